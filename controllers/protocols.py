@@ -1,0 +1,54 @@
+"""Structural protocols that simulated robots and learned models satisfy.
+
+The consumer (the controllers) defines them; robots and learned models satisfy them
+structurally, without importing this module.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@runtime_checkable
+class Dynamics(Protocol):
+    """Discrete-time dynamics ``x' = f(x, u)``, batched.
+
+    Attributes:
+        nx: state dimension.
+        nu: control dimension.
+        dt: time step in seconds.
+    """
+
+    nx: int
+    nu: int
+    dt: float
+
+    def step(self, x: Tensor, u: Tensor) -> Tensor:
+        """Advance one time step.
+
+        Args:
+            x: states, shape ``(B, nx)``.
+            u: controls, shape ``(B, nu)``.
+
+        Returns:
+            Next states, shape ``(B, nx)``. Differentiable in ``x`` and ``u`` for torch dynamics.
+        """
+        ...
+
+
+@runtime_checkable
+class Cost(Protocol):
+    """Trajectory cost ``sum_t l(x_t, u_t, t) + l_T(x_T)``, batched over problems.
+
+    Per-problem data (goals, weights) lives inside the cost object with a leading batch axis.
+    """
+
+    def running(self, x: Tensor, u: Tensor, t: int) -> Tensor:
+        """Running cost at step ``t``: ``x (B, nx)``, ``u (B, nu)`` -> ``(B,)``."""
+        ...
+
+    def terminal(self, x: Tensor) -> Tensor:
+        """Terminal cost: ``x (B, nx)`` -> ``(B,)``."""
+        ...

@@ -1,0 +1,1 @@
+"""Thin, reproducible experiment entry points, discovered by ``ml3r`` via entry points."""

@@ -1,0 +1,41 @@
+"""The installed packages keep the one-way import direction of DESIGN.md."""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# package -> packages it must never import
+FORBIDDEN = {
+    "robots": {"controllers", "ml3_robotics", "experiments"},
+    "controllers": {"ml3_robotics", "experiments"},
+    "ml3_robotics": {"experiments"},
+}
+
+
+def _imported_roots(path: pathlib.Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_import_direction(package: str) -> None:
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files, f"package {package} has no modules"
+    for f in files:
+        bad = _imported_roots(f) & FORBIDDEN[package]
+        assert not bad, f"{f.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_library_code_does_not_print() -> None:
+    for package in ("robots", "controllers", "ml3_robotics"):
+        for f in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                    pytest.fail(f"print() in library code: {f.relative_to(ROOT)}:{node.lineno}")
