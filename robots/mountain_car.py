@@ -154,7 +154,7 @@ def straight_through(x: Tensor, target: Tensor) -> Tensor:
     Computed as ``(x - x.detach()) + target.detach()``: for finite ``x`` the bracket is exactly
     0.0 in floating point, so the forward value is bit-exactly ``target`` (unlike the common
     ``x + (target - x).detach()``, which is off by rounding). Plain torch ops, so it works under
-    autograd, ``torch.func`` (jacrev, jacfwd, vmap) and ``torch.compile``; a custom
+    autograd and ``torch.func`` (jacrev, jacfwd, vmap; tested); a custom
     ``autograd.Function`` did the same but cost about 150 us per call at batch 1.
 
     Args:
@@ -234,7 +234,8 @@ class MountainCar:
             x: states ``(B, 2)``: position p [m], velocity v [m/s].
             u: actions ``(B, 1)``: acceleration command a, clamped to ``+-action_bound``.
             validate: check shapes, dtypes and NaN (cheap; turn off in tight inner loops that
-                have validated their inputs once, as :meth:`rollout` does).
+                have validated their inputs once, as :meth:`rollout` does). Must be ``False``
+                under ``torch.func.vmap``, where data-dependent checks are not allowed.
 
         Returns:
             Next states ``(B, 2)``, differentiable in ``x`` and ``u``.
