@@ -233,7 +233,7 @@ class MountainCar:
         Args:
             x: states ``(B, 2)``: position p [m], velocity v [m/s].
             u: actions ``(B, 1)``: acceleration command a, clamped to ``+-action_bound``.
-            validate: check shapes, dtypes and NaN (cheap; turn off in tight inner loops that
+            validate: check shapes, dtypes and NaN/inf (cheap; turn off in tight inner loops that
                 have validated their inputs once, as :meth:`rollout` does). Must be ``False``
                 under ``torch.func.vmap``, where data-dependent checks are not allowed.
 
@@ -241,7 +241,7 @@ class MountainCar:
             Next states ``(B, 2)``, differentiable in ``x`` and ``u``.
 
         Raises:
-            ValueError: wrong shape or NaN in ``x`` or ``u``.
+            ValueError: wrong shape, or NaN/inf in ``x`` or ``u``.
             TypeError: not a floating-point tensor, or ``x`` and ``u`` dtypes differ.
         """
         if validate:
