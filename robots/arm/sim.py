@@ -12,11 +12,14 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import mujoco
 import numpy as np
+import torch
 from mujoco import rollout as mj_rollout
 
 from robots.arm.config import ArmConfig, load_arm_config, suggest
@@ -58,12 +61,15 @@ def _as_array(name: str, value: Any, shape: tuple[int, ...], what: str) -> np.nd
 
 
 class _MujocoBackend:
-    def __init__(self, config: ArmConfig) -> None:
-        self.model = mujoco.MjModel.from_xml_string(config.to_mjcf())
-        self.data = mujoco.MjData(self.model)
-        self.n = config.n_links
-        self.ee_site = self.model.site("ee").id
-        self.goal_site = self.model.site("goal").id
+    """A compiled MuJoCo model with an ``ee`` site, an optional ``goal`` site and a camera."""
+
+    def __init__(self, model: mujoco.MjModel, camera: str) -> None:
+        self.model = model
+        self.data = mujoco.MjData(model)
+        self.n = model.nv
+        self.camera = camera
+        self.ee_site = model.site("ee").id
+        self.goal_site = model.site("goal").id
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
         self._rollout_data: list[mujoco.MjData] = []
 
@@ -82,8 +88,7 @@ class _MujocoBackend:
 
     def ee_position(self) -> np.ndarray:
         mujoco.mj_kinematics(self.model, self.data)
-        p = self.data.site_xpos[self.ee_site]
-        return np.array([p[0], p[2]])
+        return self.data.site_xpos[self.ee_site].copy()
 
     def rollout(self, x0: np.ndarray, U: np.ndarray) -> np.ndarray:
         B, T, _ = U.shape
@@ -93,15 +98,12 @@ class _MujocoBackend:
             self._rollout_data.append(mujoco.MjData(m))
         spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
         template = np.empty(mujoco.mj_stateSize(m, spec))
-        fresh = mujoco.MjData(m)
-        mujoco.mj_getState(m, fresh, template, spec)
+        mujoco.mj_getState(m, mujoco.MjData(m), template, spec)
         # Full-physics state layout: [time, qpos, qvel, act, ...] (mjtState bit order).
         init = np.tile(template, (B, 1))
         init[:, 1 : 1 + n] = x0[:, :n]
         init[:, 1 + n : 1 + 2 * n] = x0[:, n:]
-        state, _ = mj_rollout.rollout(
-            m, self._rollout_data[:nthread], init, U, nstep=T
-        )
+        state, _ = mj_rollout.rollout(m, self._rollout_data[:nthread], init, U, nstep=T)
         X = np.empty((B, T + 1, 2 * n))
         X[:, 0] = x0
         X[:, 1:] = state[:, :, 1 : 1 + 2 * n]
@@ -122,11 +124,11 @@ class _MujocoBackend:
             self.model.site_rgba[self.goal_site, 3] = 0.0
         else:
             self.model.site_rgba[self.goal_site, 3] = 0.8
-            self.model.site_pos[self.goal_site] = [goal[0], 0.0, goal[1]]
+            self.model.site_pos[self.goal_site] = goal
             # site_xpos is derived data: refresh it (state and time are untouched).
             mujoco.mj_kinematics(self.model, self.data)
         renderer = self._renderers[key]
-        renderer.update_scene(self.data, camera="side")
+        renderer.update_scene(self.data, camera=self.camera)
         return np.array(renderer.render(), dtype=np.uint8)
 
     def close(self) -> None:
@@ -135,40 +137,46 @@ class _MujocoBackend:
         self._renderers.clear()
 
 
-class _PyBulletBackend:
-    """PyBullet in DIRECT mode, one BulletClient per sim, model from ``ArmConfig.to_urdf``.
+@dataclass(frozen=True)
+class _BulletView:
+    """Camera of the PyBullet TinyRenderer: eye, target, up (world, m) and vertical fov (deg)."""
 
-    Why URDF and not ``pybullet.loadMJCF`` of the same MJCF: loadMJCF reads only part of MJCF
-    (no actuators/ctrlrange, no ``<option>`` timestep/integrator, no ``gravcomp``, no sites), so
-    the MuJoCo model cannot be loaded faithfully; the URDF is generated from the same ArmConfig
-    with the same explicit inertials (docs/arms.md).
+    eye: tuple[float, float, float]
+    target: tuple[float, float, float]
+    up: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    fov: float = 45.0
+    marker_radius: float = 0.012
+
+
+class _PyBulletBackend:
+    """PyBullet in DIRECT mode, one BulletClient per sim, torque control of a fixed-base URDF.
+
+    The URDF is loaded with ``URDF_USE_INERTIA_FROM_FILE``; PyBullet's own damping, speed cap and
+    velocity motors are switched off, and joint damping is integrated the way MuJoCo's Euler
+    integrator does it (``step``), so both backends step the same equations.
     """
 
-    def __init__(self, config: ArmConfig) -> None:
+    def __init__(self, urdf: Path, damping: Sequence[float], dt: float,
+                 gravity_compensation: bool, ee_link: int, ee_offset: Sequence[float],
+                 view: _BulletView) -> None:
         import pybullet
         from pybullet_utils import bullet_client
 
         self.pb = pybullet
-        self.config = config
-        self.n = config.n_links
         self.client = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
         c = self.client
-        c.setTimeStep(config.dt)
+        c.setTimeStep(dt)
         c.setPhysicsEngineParameter(numSubSteps=0, deterministicOverlappingPairs=1)
-        c.setGravity(0.0, 0.0, 0.0 if config.gravity_compensation else -GRAVITY)
-        tmp = Path(tempfile.mkdtemp(prefix="ml3r_arm_"))
-        try:
-            urdf = tmp / f"{config.name}.urdf"
-            urdf.write_text(config.to_urdf())
-            self.body = c.loadURDF(
-                str(urdf), useFixedBase=True, flags=pybullet.URDF_USE_INERTIA_FROM_FILE
-            )
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        self.joints = list(range(self.n))
+        c.setGravity(0.0, 0.0, 0.0 if gravity_compensation else -GRAVITY)
+        self.body = c.loadURDF(str(urdf), useFixedBase=True,
+                               flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
+        self.n = len(damping)
+        self.joints = [j for j in range(c.getNumJoints(self.body))
+                       if c.getJointInfo(self.body, j)[2] == pybullet.JOINT_REVOLUTE]
+        assert len(self.joints) == self.n, (self.joints, self.n)
         # PyBullet's defaults would add physics MuJoCo does not have: velocity motors holding the
         # joints, linear/angular damping 0.04 on every link and a 100 rad/s joint speed cap.
-        for j in [-1, *self.joints]:
+        for j in range(-1, c.getNumJoints(self.body)):
             c.changeDynamics(self.body, j, linearDamping=0.0, angularDamping=0.0,
                              jointDamping=0.0)
         for j in self.joints:
@@ -176,14 +184,15 @@ class _PyBulletBackend:
         c.setJointMotorControlArray(
             self.body, self.joints, pybullet.VELOCITY_CONTROL, forces=[0.0] * self.n
         )
-        self.damping = np.asarray(config.joint_damping)
-        self.dt = config.dt
-        self._qd = np.zeros(self.n)
+        self.damping = np.asarray(damping, dtype=np.float64)
+        self.dt = dt
+        self.ee_link, self.ee_offset = ee_link, np.asarray(ee_offset, dtype=np.float64)
+        self.view = view
         self._marker: int | None = None
 
     def set_state(self, q: np.ndarray, qd: np.ndarray) -> None:
-        for j in self.joints:
-            self.client.resetJointState(self.body, j, float(q[j]), float(qd[j]))
+        for i, j in enumerate(self.joints):
+            self.client.resetJointState(self.body, j, float(q[i]), float(qd[i]))
 
     def get_state(self) -> np.ndarray:
         states = self.client.getJointStates(self.body, self.joints)
@@ -211,11 +220,10 @@ class _PyBulletBackend:
         self.client.stepSimulation()
 
     def ee_position(self) -> np.ndarray:
-        s = self.client.getLinkState(self.body, self.n - 1, computeForwardKinematics=True)
+        s = self.client.getLinkState(self.body, self.ee_link, computeForwardKinematics=True)
         pos, orn = np.asarray(s[4]), s[5]
         rot = np.asarray(self.client.getMatrixFromQuaternion(orn)).reshape(3, 3)
-        p = pos + rot @ np.array([self.config.link_lengths[-1], 0.0, 0.0])
-        return np.array([p[0], p[2]])
+        return pos + rot @ self.ee_offset
 
     def rollout(self, x0: np.ndarray, U: np.ndarray) -> np.ndarray:
         B, T, _ = U.shape
@@ -234,18 +242,18 @@ class _PyBulletBackend:
         return X
 
     def render(self, width: int, height: int, goal: np.ndarray | None) -> np.ndarray:
-        c, reach = self.client, self.config.reach
+        c, v = self.client, self.view
         if goal is not None:
             if self._marker is None:
-                vis = c.createVisualShape(self.pb.GEOM_SPHERE, radius=1.2 * self.config.link_radius,
+                vis = c.createVisualShape(self.pb.GEOM_SPHERE, radius=v.marker_radius,
                                           rgbaColor=[0.1, 0.8, 0.2, 1.0])
                 self._marker = c.createMultiBody(baseMass=0, baseVisualShapeIndex=vis)
-            c.resetBasePositionAndOrientation(self._marker, [goal[0], 0.0, goal[1]], [0, 0, 0, 1])
+            c.resetBasePositionAndOrientation(self._marker, goal.tolist(), [0, 0, 0, 1])
         elif self._marker is not None:
-            c.resetBasePositionAndOrientation(self._marker, [0, 0, -100 * reach], [0, 0, 0, 1])
-        dist = 1.3 * reach / np.tan(np.radians(22.5))
-        view = c.computeViewMatrix([0.0, -dist, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0])
-        proj = c.computeProjectionMatrixFOV(45.0, width / height, 0.01 * dist, 10 * dist)
+            c.resetBasePositionAndOrientation(self._marker, [0, 0, -1e3], [0, 0, 0, 1])
+        dist = float(np.linalg.norm(np.subtract(v.eye, v.target)))
+        view = c.computeViewMatrix(list(v.eye), list(v.target), list(v.up))
+        proj = c.computeProjectionMatrixFOV(v.fov, width / height, 0.01 * dist, 10 * dist)
         img = c.getCameraImage(width, height, view, proj, renderer=self.pb.ER_TINY_RENDERER)
         rgba = np.reshape(np.asarray(img[2], dtype=np.uint8), (height, width, 4))
         return np.ascontiguousarray(rgba[:, :, :3])
@@ -256,35 +264,43 @@ class _PyBulletBackend:
             self.client = None
 
 
-class ArmSim:
-    """A planar arm simulated by MuJoCo or PyBullet behind one interface.
+def _planar_pybullet(config: ArmConfig) -> _PyBulletBackend:
+    """The PyBullet backend of a planar arm, from the URDF generated from the same ArmConfig.
 
-    Args:
-        config: an ``ArmConfig`` or the name/path of a shipped YAML configuration.
-        backend: ``"mujoco"`` or ``"pybullet"``.
-
-    Attributes:
-        config: the ``ArmConfig``.
-        backend: the backend name.
-        nx: state dimension ``2n``; nu: control dimension ``n``; dt: time step (s).
-        mj_model, mj_data: the MuJoCo model and data (MuJoCo backend only; e.g. for
-            ``mujoco.mjd_transitionFD``).
+    Why URDF and not ``pybullet.loadMJCF`` of the MJCF: loadMJCF reads only part of MJCF (no
+    actuators/ctrlrange, no ``<option>`` timestep/integrator, no ``gravcomp``, no sites), so the
+    MuJoCo model cannot be loaded faithfully; the URDF carries the same explicit inertials.
     """
-
-    def __init__(self, config: ArmConfig | str | Path = "reacher2", backend: str = "mujoco"):
-        self.config = load_arm_config(config)
-        self.backend = check_backend(backend)
-        self.nx, self.nu, self.dt = self.config.nx, self.config.nu, self.config.dt
-        self._limits = np.asarray(self.config.torque_limits)
-        self._impl: Any = (
-            _MujocoBackend(self.config) if backend == "mujoco" else _PyBulletBackend(self.config)
+    tmp = Path(tempfile.mkdtemp(prefix="ml3r_arm_"))
+    try:
+        urdf = tmp / f"{config.name}.urdf"
+        urdf.write_text(config.to_urdf())
+        dist = 1.3 * config.reach / np.tan(np.radians(22.5))
+        return _PyBulletBackend(
+            urdf, config.joint_damping, config.dt, config.gravity_compensation,
+            ee_link=config.n_links - 1, ee_offset=(config.link_lengths[-1], 0.0, 0.0),
+            view=_BulletView(eye=(0.0, -dist, 0.0), target=(0.0, 0.0, 0.0),
+                             marker_radius=1.2 * config.link_radius),
         )
-        self.goal: np.ndarray | None = None
-        self.reset()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _SimBase:
+    """Validation, clipping, blow-up checks and batching shared by the arm simulators."""
+
+    backend: str
+    nx: int
+    nu: int
+    dt: float
+    _limits: np.ndarray
+    _impl: Any
+    _label: str
 
     # ------------------------------------------------------------------ MuJoCo handles
     @property
     def mj_model(self) -> mujoco.MjModel:
+        """The MuJoCo model (MuJoCo backend only), e.g. for ``mujoco.mjd_transitionFD``."""
         if self.backend != "mujoco":
             raise AttributeError(f"mj_model: only the MuJoCo backend has one (backend="
                                  f"{self.backend!r})")
@@ -292,6 +308,7 @@ class ArmSim:
 
     @property
     def mj_data(self) -> mujoco.MjData:
+        """The MuJoCo data holding the current state (MuJoCo backend only)."""
         if self.backend != "mujoco":
             raise AttributeError(f"mj_data: only the MuJoCo backend has one (backend="
                                  f"{self.backend!r})")
@@ -325,9 +342,8 @@ class ArmSim:
         self._impl.step(u)
         x = self._impl.get_state()
         if not np.all(np.isfinite(x)) or np.abs(x[self.nu :]).max() >= MAX_JOINT_SPEED:
-            raise SimulationError(
-                f"{self.backend} simulation of {self.config.name!r} blew up: state {x}"
-            )
+            raise SimulationError(f"{self.backend} simulation of {self._label!r} blew up: "
+                                  f"state {x}")
         return x
 
     def rollout(self, x0: Any, U: Any) -> np.ndarray:
@@ -340,6 +356,10 @@ class ArmSim:
         Returns:
             States ``(B, T+1, nx)``, ``X[:, 0] == x0``. MuJoCo runs them with ``mujoco.rollout``
             (threaded); PyBullet steps them one after another.
+
+        Raises:
+            ValueError: bad shapes or non-finite inputs.
+            SimulationError: a rollout blew up (the message lists the batch entries).
         """
         x0 = np.asarray(x0, dtype=np.float64)
         U = np.asarray(U, dtype=np.float64)
@@ -355,7 +375,7 @@ class ArmSim:
         )
         if bad.any():
             raise SimulationError(
-                f"{self.backend} rollout of {self.config.name!r} blew up in batch entries "
+                f"{self.backend} rollout of {self._label!r} blew up in batch entries "
                 f"{np.flatnonzero(bad)[:10].tolist()}"
             )
         return X
@@ -367,9 +387,77 @@ class ArmSim:
             raise ValueError(f"u: expected shape (B, {self.nu}), got {u.shape}")
         return self.rollout(x, u[:, None, :])[:, 1]
 
+    def as_dynamics(self) -> SimDynamics:
+        """This simulator as a batched torch ``Dynamics`` (``step(x, u)``, not differentiable)."""
+        return SimDynamics(self)
+
+    def _check_size(self, width: Any, height: Any) -> None:
+        for arg, v in (("width", width), ("height", height)):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{arg}: expected a positive integer, got {v!r}")
+
+    def close(self) -> None:
+        """Release renderers and the PyBullet client."""
+        self._impl.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SimDynamics:
+    """Adapter: a simulator as the controllers' ``Dynamics`` protocol (torch in, torch out).
+
+    ``step(x (B, nx), u (B, nu)) -> (B, nx)`` runs the simulator (``transition``); results come back
+    with the dtype/device of ``x``. Not differentiable: use ``mujoco.mjd_transitionFD`` on
+    ``sim.mj_model`` for Jacobians.
+    """
+
+    def __init__(self, sim: _SimBase) -> None:
+        self.sim = sim
+        self.nx, self.nu, self.dt = sim.nx, sim.nu, sim.dt
+
+    def step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        out = self.sim.transition(x.detach().cpu().numpy(), u.detach().cpu().numpy())
+        return torch.as_tensor(out, dtype=x.dtype, device=x.device)
+
+
+class ArmSim(_SimBase):
+    """A planar arm simulated by MuJoCo or PyBullet behind one interface.
+
+    Args:
+        config: an ``ArmConfig`` or the name/path of a shipped YAML configuration.
+        backend: ``"mujoco"`` or ``"pybullet"``.
+
+    Attributes:
+        config: the ``ArmConfig``.
+        backend: the backend name.
+        nx: state dimension ``2n``; nu: control dimension ``n``; dt: time step (s).
+        goal: optional ``(x, z)`` marker drawn by ``render``.
+        mj_model, mj_data: the MuJoCo model and data (MuJoCo backend only; e.g. for
+            ``mujoco.mjd_transitionFD``).
+    """
+
+    def __init__(self, config: ArmConfig | str | Path = "reacher2", backend: str = "mujoco"):
+        self.config = load_arm_config(config)
+        self.backend = check_backend(backend)
+        self.nx, self.nu, self.dt = self.config.nx, self.config.nu, self.config.dt
+        self._label = self.config.name
+        self._limits = np.asarray(self.config.torque_limits)
+        if backend == "mujoco":
+            model = mujoco.MjModel.from_xml_string(self.config.to_mjcf())
+            self._impl: Any = _MujocoBackend(model, camera="side")
+        else:
+            self._impl = _planar_pybullet(self.config)
+        self.goal: np.ndarray | None = None
+        self.reset()
+
     def ee_position(self) -> np.ndarray:
         """End-effector position ``(x, z)`` in the arm's plane, m, as the simulator computes it."""
-        return self._impl.ee_position()
+        p = self._impl.ee_position()
+        return np.array([p[0], p[2]])
 
     def render(self, width: int = 320, height: int = 240, goal: Any = None) -> np.ndarray:
         """Render the current state offscreen: ``(height, width, 3)`` uint8.
@@ -378,21 +466,10 @@ class ArmSim:
             width, height: image size in pixels.
             goal: optional ``(x, z)`` marker to draw (defaults to ``self.goal``).
         """
-        for arg, v in (("width", width), ("height", height)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{arg}: expected a positive integer, got {v!r}")
+        self._check_size(width, height)
         goal = self.goal if goal is None else _as_array("goal", goal, (2,), "(x, z) in m")
-        return self._impl.render(width, height, goal)
-
-    def close(self) -> None:
-        """Release renderers and the PyBullet client."""
-        self._impl.close()
-
-    def __enter__(self) -> ArmSim:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        goal3 = None if goal is None else np.array([goal[0], 0.0, goal[1]])
+        return self._impl.render(width, height, goal3)
 
     def __repr__(self) -> str:
         return f"ArmSim({self.config.name!r}, backend={self.backend!r}, n_links={self.nu})"
