@@ -6,7 +6,7 @@ on either backend, compute kinematics in torch, sample reach goals and wrap it a
 """
 
 from robots.arm.config import ArmConfig, available_arm_configs, load_arm_config
-from robots.arm.env import ReachEnv
+from robots.arm.env import IiwaReachEnv, ReachEnv
 from robots.arm.kinematics import (
     ee_velocity,
     forward_kinematics,
@@ -15,15 +15,20 @@ from robots.arm.kinematics import (
     joint_positions,
 )
 from robots.arm.render import render_rollout
-from robots.arm.sim import BACKENDS, ArmSim, SimulationError
+from robots.arm.sim import BACKENDS, MAX_JOINT_SPEED, ArmSim, SimDynamics, SimulationError
+from robots.arm.spatial import SpatialArmSim
 from robots.arm.task import sample_goals, start_state
 
 __all__ = [
     "BACKENDS",
+    "MAX_JOINT_SPEED",
     "ArmConfig",
     "ArmSim",
+    "IiwaReachEnv",
     "ReachEnv",
+    "SimDynamics",
     "SimulationError",
+    "SpatialArmSim",
     "available_arm_configs",
     "ee_velocity",
     "forward_kinematics",

@@ -11,6 +11,7 @@ from gymnasium import spaces
 
 from robots.arm.config import ArmConfig, load_arm_config
 from robots.arm.sim import ArmSim
+from robots.arm.spatial import SpatialArmSim
 from robots.arm.task import sample_goals, start_state
 
 
@@ -67,6 +68,12 @@ class ReachEnv(gymnasium.Env):
             raise ValueError(f"goal: expected a finite (x, z) pair in m, got {goal!r}")
         return g
 
+    def _sample_goal(self) -> np.ndarray:
+        return sample_goals(self.config, 1, self.np_random)[0]
+
+    def _start(self) -> np.ndarray:
+        return start_state(self.config)
+
     def _obs(self) -> np.ndarray:
         return np.concatenate([self.sim.state, self.goal])
 
@@ -85,9 +92,9 @@ class ReachEnv(gymnasium.Env):
         elif self._fixed_goal is not None:
             self.goal = self._fixed_goal
         else:
-            self.goal = sample_goals(self.config, 1, self.np_random)[0]
+            self.goal = self._sample_goal()
         self.sim.goal = self.goal
-        self.sim.reset(options.get("x0", start_state(self.config)))
+        self.sim.reset(options.get("x0", self._start()))
         self._t = 0
         return self._obs(), self._info()
 
@@ -118,3 +125,57 @@ class Arm4ReachEnv(ReachEnv):
 
     def __init__(self, config: ArmConfig | str | Path = "arm4", **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
+
+
+class IiwaReachEnv(ReachEnv):
+    """Reach a 3-D goal with the 7-DoF KUKA iiwa (``SpatialArmSim``), torque controlled.
+
+    Observation ``(17,)`` float64: ``[q (7), qdot (7), goal (3)]``; action ``(7,)`` torques within
+    the URDF efforts; reward ``-||ee - goal||`` (tool point from the simulator). Episodes start at
+    rest at ``q = 0`` (arm upright); goals are tool points of joint angles drawn uniformly within
+    80 % of the joint limits.
+
+    Args:
+        backend, goal, horizon, render_mode, width, height: as ``ReachEnv`` (goal is ``(x, y, z)``).
+        dt: time step in s.
+    """
+
+    def __init__(
+        self,
+        backend: str = "mujoco",
+        goal: Any = None,
+        horizon: int = 100,
+        render_mode: str | None = None,
+        width: int = 320,
+        height: int = 240,
+        dt: float = 0.01,
+    ) -> None:
+        gymnasium.Env.__init__(self)
+        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
+            raise ValueError(f"horizon: expected a positive integer, got {horizon!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode: expected None or 'rgb_array', got {render_mode!r}")
+        self.config = None
+        self.sim = SpatialArmSim(backend, dt=dt)
+        self.horizon, self.render_mode = horizon, render_mode
+        self.width, self.height = width, height
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / dt)}
+        self._fixed_goal = None if goal is None else self._check_goal(goal)
+        lim = self.sim._limits.astype(np.float32)
+        self.action_space = spaces.Box(-lim, lim, shape=(self.sim.nu,), dtype=np.float32)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(self.sim.nx + 3,),
+                                            dtype=np.float64)
+        self.goal = self._fixed_goal if self._fixed_goal is not None else np.zeros(3)
+        self._t = 0
+
+    def _check_goal(self, goal: Any) -> np.ndarray:
+        g = np.asarray(goal, dtype=np.float64)
+        if g.shape != (3,) or not np.all(np.isfinite(g)):
+            raise ValueError(f"goal: expected a finite (x, y, z) point in m, got {goal!r}")
+        return g
+
+    def _sample_goal(self) -> np.ndarray:
+        return self.sim.sample_goals(1, self.np_random)[0]
+
+    def _start(self) -> np.ndarray:
+        return np.zeros(self.sim.nx)

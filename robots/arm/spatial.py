@@ -143,6 +143,37 @@ class SpatialArmSim(_SimBase):
         """End-effector (tool point) position ``(3,)`` in world coordinates, m."""
         return self._impl.ee_position()
 
+    def ee_positions(self, Q: Any) -> np.ndarray:
+        """Forward kinematics by the simulator: joint angles ``(B, 7)`` -> tool points ``(B, 3)``.
+
+        The sim's own state is restored afterwards.
+        """
+        Q = np.asarray(Q, dtype=np.float64)
+        if Q.ndim != 2:
+            raise ValueError(f"Q: expected shape (B, {self.nu}), got {Q.shape}")
+        Q = _as_array("Q", Q, (Q.shape[0], self.nu), "joint angles in rad")
+        saved = self.state
+        try:
+            out = []
+            for q in Q:
+                self.reset(np.concatenate([q, np.zeros(self.nu)]))
+                out.append(self.ee_position())
+        finally:
+            self.reset(saved)
+        return np.array(out).reshape(-1, 3)
+
+    def sample_goals(self, n: int, seed: int | np.random.Generator,
+                     limit_fraction: float = 0.8) -> np.ndarray:
+        """``n`` reachable tool-point goals ``(n, 3)``: joint angles uniform within
+        ``limit_fraction`` of the joint limits, mapped through the simulator's kinematics."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"n: expected a non-negative integer, got {n!r}")
+        if not 0 < limit_fraction <= 1:
+            raise ValueError(f"limit_fraction: expected a value in (0, 1], got {limit_fraction}")
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        lim = self.joint_limits * limit_fraction
+        return self.ee_positions(rng.uniform(lim[:, 0], lim[:, 1], size=(n, self.nu)))
+
     def render(self, width: int = 320, height: int = 240, goal: Any = None) -> np.ndarray:
         """Render the current state offscreen: ``(height, width, 3)`` uint8 (goal ``(3,)``)."""
         self._check_size(width, height)

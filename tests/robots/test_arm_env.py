@@ -16,6 +16,7 @@ def test_arm_ids_registered() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:.*Box observation space.*infinity")
+@pytest.mark.filterwarnings("ignore:.*symmetric and normalized space")  # torques in N*m, by design
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("env_id", ARM_IDS)
 def test_check_env(env_id: str, backend: str) -> None:
@@ -67,3 +68,19 @@ def test_observation_reward_and_goal_options() -> None:
         ReachEnv(horizon=0)
     with pytest.raises(ValueError, match="goal"):
         ReachEnv(goal=[np.nan, 0.0])
+
+
+def test_iiwa_env_goals_reachable_and_seeded() -> None:
+    from robots.arm import IiwaReachEnv
+
+    env = IiwaReachEnv(horizon=2)
+    a, _ = env.reset(seed=3)
+    b, _ = env.reset(seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (17,) and np.all(a[:14] == 0)
+    # the goal is a tool point the arm reaches at some joint angles within the limits
+    goals = env.sim.sample_goals(4, seed=0)
+    q = np.random.default_rng(0).uniform(env.sim.joint_limits[:, 0] * 0.8,
+                                         env.sim.joint_limits[:, 1] * 0.8, size=(4, 7))
+    np.testing.assert_allclose(goals, env.sim.ee_positions(q), atol=1e-12)
+    env.close()

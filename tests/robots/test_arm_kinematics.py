@@ -123,3 +123,20 @@ def test_sample_goals_reachable_seeded_and_excluding() -> None:
     assert r.min() >= 0.5 and r.max() <= 0.9
     with pytest.raises(ValueError, match="found only"):
         sample_goals(cfg, 1000, seed=0, min_distance=0.2, max_tries=3)
+
+
+def test_ee_velocity_matches_mujoco_site_velocity() -> None:
+    import mujoco
+
+    cfg = load_arm_config("arm4").replace(joint_limits=None)
+    rng = np.random.default_rng(2)
+    with ArmSim(cfg) as sim:
+        m, d = sim.mj_model, sim.mj_data
+        for _ in range(5):
+            x = rng.normal(size=8)
+            sim.reset(x)
+            vel = np.zeros(6)  # [angular, linear] in the world frame
+            mujoco.mj_objectVelocity(m, d, mujoco.mjtObj.mjOBJ_SITE, m.site("ee").id, vel, 0)
+            v = ee_velocity(cfg, torch.as_tensor(x[:4]), torch.as_tensor(x[4:])).numpy()
+            np.testing.assert_allclose(v, vel[[3, 5]], atol=1e-12)
+            assert abs(vel[4]) < 1e-12  # no motion out of the plane

@@ -137,3 +137,18 @@ def test_joint_limits_are_enforced(backend: str) -> None:
     # MuJoCo's limit is a soft constraint (measured penetration 0.009 rad here, PyBullet 0.0006).
     assert X[0, :, 1].max() < 0.5 + 0.02
     assert X[0, -1, 1] > 0.49
+
+
+def test_sim_dynamics_satisfies_the_controllers_protocol() -> None:
+    import torch
+
+    from controllers.protocols import Dynamics
+
+    with ArmSim("arm3") as sim:
+        dyn = sim.as_dynamics()
+        assert isinstance(dyn, Dynamics) and (dyn.nx, dyn.nu, dyn.dt) == (6, 3, 0.01)
+        x = torch.zeros(5, 6, dtype=torch.float64)
+        u = torch.full((5, 3), 0.05, dtype=torch.float64)
+        y = dyn.step(x, u)
+        assert y.shape == (5, 6) and y.dtype == torch.float64
+        np.testing.assert_allclose(y.numpy(), sim.transition(x.numpy(), u.numpy()))
