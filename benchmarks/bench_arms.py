@@ -89,16 +89,20 @@ def main() -> None:
         rows.append((label, raw, mj, pb))
         for s in sims.values():
             s.close()
-    print(f"{'system':18s} {'raw mj_step/s':>14s} {'ArmSim mujoco/s':>16s} "
-          f"{'ArmSim pybullet/s':>18s} {'mujoco/pybullet':>16s}")
+    print(
+        f"{'system':18s} {'raw mj_step/s':>14s} {'ArmSim mujoco/s':>16s} "
+        f"{'ArmSim pybullet/s':>18s} {'mujoco/pybullet':>16s}"
+    )
     for label, raw, mj, pb in rows:
         print(f"{label:18s} {raw:14,.0f} {mj:16,.0f} {pb:18,.0f} {mj / pb:15.1f}x")
 
     print()
     print("64 rollouts x 100 steps (state recorded every step)")
     print(f"{'system':18s} {'mujoco.rollout s':>17s} {'mj_step loop s':>15s} {'speed-up':>9s}")
-    for label, sim in [("2-link reacher", ArmSim("reacher2")),
-                       ("7-DoF KUKA iiwa", SpatialArmSim())]:
+    for label, sim in [
+        ("2-link reacher", ArmSim("reacher2")),
+        ("7-DoF KUKA iiwa", SpatialArmSim()),
+    ]:
         fast, slow = rollout_vs_loop(sim.mj_model)
         print(f"{label:18s} {fast:17.4f} {slow:15.4f} {slow / fast:8.1f}x")
         sim.close()

@@ -222,12 +222,20 @@ class ArmConfig:
         return dataclasses.replace(self, **changes)
 
     def scaled(
-        self, length: float = 1.0, mass: float = 1.0, damping: float = 1.0, torque: float = 1.0,
+        self,
+        length: float = 1.0,
+        mass: float = 1.0,
+        damping: float = 1.0,
+        torque: float = 1.0,
         name: str | None = None,
     ) -> ArmConfig:
         """A copy with lengths, masses, damping and torque limits multiplied by the factors."""
-        for arg, v in (("length", length), ("mass", mass), ("damping", damping),
-                       ("torque", torque)):
+        for arg, v in (
+            ("length", length),
+            ("mass", mass),
+            ("damping", damping),
+            ("torque", torque),
+        ):
             if not _is_number(v) or not v > 0:
                 raise ValueError(f"{arg}: expected a scale factor > 0, got {v!r}")
         return dataclasses.replace(

@@ -79,8 +79,11 @@ class ReachEnv(gymnasium.Env):
 
     def _info(self) -> dict[str, Any]:
         ee = self.sim.ee_position()
-        return {"ee_position": ee, "distance": float(np.linalg.norm(ee - self.goal)),
-                "goal": self.goal.copy()}
+        return {
+            "ee_position": ee,
+            "distance": float(np.linalg.norm(ee - self.goal)),
+            "goal": self.goal.copy(),
+        }
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -163,8 +166,9 @@ class IiwaReachEnv(ReachEnv):
         self._fixed_goal = None if goal is None else self._check_goal(goal)
         lim = self.sim._limits.astype(np.float32)
         self.action_space = spaces.Box(-lim, lim, shape=(self.sim.nu,), dtype=np.float32)
-        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(self.sim.nx + 3,),
-                                            dtype=np.float64)
+        self.observation_space = spaces.Box(
+            -np.inf, np.inf, shape=(self.sim.nx + 3,), dtype=np.float64
+        )
         self.goal = self._fixed_goal if self._fixed_goal is not None else np.zeros(3)
         self._t = 0
 

@@ -79,8 +79,10 @@ def ee_velocity(config: ArmConfig, q: Tensor, qdot: Tensor) -> Tensor:
 def _limits(config: ArmConfig, like: Tensor) -> tuple[Tensor, Tensor]:
     lo = [-math.inf if lim is None else lim[0] for lim in config.joint_limits]
     hi = [math.inf if lim is None else lim[1] for lim in config.joint_limits]
-    return (torch.tensor(lo, dtype=like.dtype, device=like.device),
-            torch.tensor(hi, dtype=like.dtype, device=like.device))
+    return (
+        torch.tensor(lo, dtype=like.dtype, device=like.device),
+        torch.tensor(hi, dtype=like.dtype, device=like.device),
+    )
 
 
 def _wrap(a: Tensor) -> Tensor:
@@ -108,8 +110,9 @@ def _ik_two_link(config: ArmConfig, target: Tensor, q0: Tensor | None) -> Tensor
     return torch.where(pick_a[..., None], a, b)
 
 
-def _ik_dls(config: ArmConfig, target: Tensor, q0: Tensor | None, max_iters: int,
-            tol: float, damping: float) -> Tensor:
+def _ik_dls(
+    config: ArmConfig, target: Tensor, q0: Tensor | None, max_iters: int, tol: float, damping: float
+) -> Tensor:
     """Damped least squares from several seeds, projected onto the joint limits; best seed wins."""
     n = config.n_links
     lo, hi = _limits(config, target)
@@ -188,9 +191,11 @@ def inverse_kinematics(
         outside = (r > config.reach + slack) | (r < config.min_reach - slack)
         if outside.any():
             idx = torch.nonzero(outside)[:5].tolist() if outside.ndim else "(unbatched)"
-            msg = (f"target: {int(outside.sum())} target(s) outside the reachable annulus "
-                   f"[{config.min_reach:.4g}, {config.reach:.4g}] m, e.g. at batch index {idx} "
-                   f"(distance {r[outside][:5].tolist()} m)")
+            msg = (
+                f"target: {int(outside.sum())} target(s) outside the reachable annulus "
+                f"[{config.min_reach:.4g}, {config.reach:.4g}] m, e.g. at batch index {idx} "
+                f"(distance {r[outside][:5].tolist()} m)"
+            )
             if strict:
                 raise ValueError(msg)
             log.warning(msg)
@@ -199,17 +204,20 @@ def inverse_kinematics(
             lo, hi = _limits(config, q)
             inside = ((q >= lo) & (q <= hi)).all(-1)
             if not inside.all():  # neither closed-form elbow fits the limits: search instead
-                q = torch.where(inside[..., None], q,
-                                _ik_dls(config, target, q0, max_iters, tol, damping))
+                q = torch.where(
+                    inside[..., None], q, _ik_dls(config, target, q0, max_iters, tol, damping)
+                )
         else:
             q = _ik_dls(config, target, q0, max_iters, tol, damping)
         err = (forward_kinematics(config, q) - target).norm(dim=-1)
         missed = (err > tol) & ~outside
         if missed.any():
             idx = torch.nonzero(missed)[:5].tolist() if missed.ndim else "(unbatched)"
-            msg = (f"target: {int(missed.sum())} target(s) not reached within {tol} m "
-                   f"(joint limits {config.joint_limits}), e.g. at batch index {idx}, "
-                   f"residual {err[missed][:5].tolist()} m")
+            msg = (
+                f"target: {int(missed.sum())} target(s) not reached within {tol} m "
+                f"(joint limits {config.joint_limits}), e.g. at batch index {idx}, "
+                f"residual {err[missed][:5].tolist()} m"
+            )
             if strict:
                 raise ValueError(msg)
             log.warning(msg)

@@ -50,8 +50,9 @@ def _as_array(name: str, value: Any, shape: tuple[int, ...], what: str) -> np.nd
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"{name}: expected a numeric array of shape {shape} ({what}), got "
-                        f"{value!r}") from e
+        raise TypeError(
+            f"{name}: expected a numeric array of shape {shape} ({what}), got {value!r}"
+        ) from e
     if arr.shape != shape:
         raise ValueError(f"{name}: expected shape {shape} ({what}), got {arr.shape}")
     if not np.all(np.isfinite(arr)):
@@ -156,9 +157,16 @@ class _PyBulletBackend:
     integrator does it (``step``), so both backends step the same equations.
     """
 
-    def __init__(self, urdf: Path, damping: Sequence[float], dt: float,
-                 gravity_compensation: bool, ee_link: int, ee_offset: Sequence[float],
-                 view: _BulletView) -> None:
+    def __init__(
+        self,
+        urdf: Path,
+        damping: Sequence[float],
+        dt: float,
+        gravity_compensation: bool,
+        ee_link: int,
+        ee_offset: Sequence[float],
+        view: _BulletView,
+    ) -> None:
         import pybullet
         from pybullet_utils import bullet_client
 
@@ -168,17 +176,20 @@ class _PyBulletBackend:
         c.setTimeStep(dt)
         c.setPhysicsEngineParameter(numSubSteps=0, deterministicOverlappingPairs=1)
         c.setGravity(0.0, 0.0, 0.0 if gravity_compensation else -GRAVITY)
-        self.body = c.loadURDF(str(urdf), useFixedBase=True,
-                               flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
+        self.body = c.loadURDF(
+            str(urdf), useFixedBase=True, flags=pybullet.URDF_USE_INERTIA_FROM_FILE
+        )
         self.n = len(damping)
-        self.joints = [j for j in range(c.getNumJoints(self.body))
-                       if c.getJointInfo(self.body, j)[2] == pybullet.JOINT_REVOLUTE]
+        self.joints = [
+            j
+            for j in range(c.getNumJoints(self.body))
+            if c.getJointInfo(self.body, j)[2] == pybullet.JOINT_REVOLUTE
+        ]
         assert len(self.joints) == self.n, (self.joints, self.n)
         # PyBullet's defaults would add physics MuJoCo does not have: velocity motors holding the
         # joints, linear/angular damping 0.04 on every link and a 100 rad/s joint speed cap.
         for j in range(-1, c.getNumJoints(self.body)):
-            c.changeDynamics(self.body, j, linearDamping=0.0, angularDamping=0.0,
-                             jointDamping=0.0)
+            c.changeDynamics(self.body, j, linearDamping=0.0, angularDamping=0.0, jointDamping=0.0)
         for j in self.joints:
             c.changeDynamics(self.body, j, maxJointVelocity=MAX_JOINT_SPEED)
         c.setJointMotorControlArray(
@@ -209,8 +220,9 @@ class _PyBulletBackend:
             # so commanding tau = c + M (M + dt D)^-1 (u - c - D v) gives the same update. Both M
             # and c come from PyBullet's own model, so this only changes how damping is integrated
             # (implicitly: stable for light distal links, where explicit damping blows up).
-            c = np.asarray(self.client.calculateInverseDynamics(
-                self.body, q, qd.tolist(), [0.0] * self.n))
+            c = np.asarray(
+                self.client.calculateInverseDynamics(self.body, q, qd.tolist(), [0.0] * self.n)
+            )
             M = np.asarray(self.client.calculateMassMatrix(self.body, q))
             f = u - c - self.damping * qd
             tau = c + M @ np.linalg.solve(M + self.dt * np.diag(self.damping), f)
@@ -245,8 +257,9 @@ class _PyBulletBackend:
         c, v = self.client, self.view
         if goal is not None:
             if self._marker is None:
-                vis = c.createVisualShape(self.pb.GEOM_SPHERE, radius=v.marker_radius,
-                                          rgbaColor=[0.1, 0.8, 0.2, 1.0])
+                vis = c.createVisualShape(
+                    self.pb.GEOM_SPHERE, radius=v.marker_radius, rgbaColor=[0.1, 0.8, 0.2, 1.0]
+                )
                 self._marker = c.createMultiBody(baseMass=0, baseVisualShapeIndex=vis)
             c.resetBasePositionAndOrientation(self._marker, goal.tolist(), [0, 0, 0, 1])
         elif self._marker is not None:
@@ -277,10 +290,17 @@ def _planar_pybullet(config: ArmConfig) -> _PyBulletBackend:
         urdf.write_text(config.to_urdf())
         dist = 1.3 * config.reach / np.tan(np.radians(22.5))
         return _PyBulletBackend(
-            urdf, config.joint_damping, config.dt, config.gravity_compensation,
-            ee_link=config.n_links - 1, ee_offset=(config.link_lengths[-1], 0.0, 0.0),
-            view=_BulletView(eye=(0.0, -dist, 0.0), target=(0.0, 0.0, 0.0),
-                             marker_radius=1.2 * config.link_radius),
+            urdf,
+            config.joint_damping,
+            config.dt,
+            config.gravity_compensation,
+            ee_link=config.n_links - 1,
+            ee_offset=(config.link_lengths[-1], 0.0, 0.0),
+            view=_BulletView(
+                eye=(0.0, -dist, 0.0),
+                target=(0.0, 0.0, 0.0),
+                marker_radius=1.2 * config.link_radius,
+            ),
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -302,16 +322,18 @@ class _SimBase:
     def mj_model(self) -> mujoco.MjModel:
         """The MuJoCo model (MuJoCo backend only), e.g. for ``mujoco.mjd_transitionFD``."""
         if self.backend != "mujoco":
-            raise AttributeError(f"mj_model: only the MuJoCo backend has one (backend="
-                                 f"{self.backend!r})")
+            raise AttributeError(
+                f"mj_model: only the MuJoCo backend has one (backend={self.backend!r})"
+            )
         return self._impl.model
 
     @property
     def mj_data(self) -> mujoco.MjData:
         """The MuJoCo data holding the current state (MuJoCo backend only)."""
         if self.backend != "mujoco":
-            raise AttributeError(f"mj_data: only the MuJoCo backend has one (backend="
-                                 f"{self.backend!r})")
+            raise AttributeError(
+                f"mj_data: only the MuJoCo backend has one (backend={self.backend!r})"
+            )
         return self._impl.data
 
     # ------------------------------------------------------------------ state
@@ -342,8 +364,9 @@ class _SimBase:
         self._impl.step(u)
         x = self._impl.get_state()
         if not np.all(np.isfinite(x)) or np.abs(x[self.nu :]).max() >= MAX_JOINT_SPEED:
-            raise SimulationError(f"{self.backend} simulation of {self._label!r} blew up: "
-                                  f"state {x}")
+            raise SimulationError(
+                f"{self.backend} simulation of {self._label!r} blew up: state {x}"
+            )
         return x
 
     def rollout(self, x0: Any, U: Any) -> np.ndarray:

@@ -54,8 +54,9 @@ def _urdf_joint_data(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.
     return names, np.array(damping), np.array(effort), np.array(limits)
 
 
-def _iiwa_mujoco(path: Path, names: list[str], effort: np.ndarray, dt: float,
-                 gravity_compensation: bool) -> mujoco.MjModel:
+def _iiwa_mujoco(
+    path: Path, names: list[str], effort: np.ndarray, dt: float, gravity_compensation: bool
+) -> mujoco.MjModel:
     spec = mujoco.MjSpec.from_file(str(path))
     spec.meshdir = str(path.parent)  # mesh filenames are relative to the URDF ("meshes/...")
     spec.option.timestep = dt
@@ -74,8 +75,14 @@ def _iiwa_mujoco(path: Path, names: list[str], effort: np.ndarray, dt: float,
     last.add_site(name="ee", pos=list(EE_OFFSET), size=[0.02, 0, 0], rgba=[0.9, 0.1, 0.1, 1])
     world = spec.worldbody
     world.add_site(name="goal", pos=[0.5, 0, 0.5], size=[0.03, 0, 0], rgba=[0.1, 0.8, 0.2, 0.8])
-    world.add_geom(type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2, 2, 0.01], pos=[0, 0, 0],
-                   rgba=[0.75, 0.77, 0.8, 1], contype=0, conaffinity=0)
+    world.add_geom(
+        type=mujoco.mjtGeom.mjGEOM_PLANE,
+        size=[2, 2, 0.01],
+        pos=[0, 0, 0],
+        rgba=[0.75, 0.77, 0.8, 1],
+        contype=0,
+        conaffinity=0,
+    )
     world.add_light(pos=[0.5, -1.0, 2.5], dir=[-0.2, 0.4, -1.0], diffuse=[0.5, 0.5, 0.5])
     eye, tgt = np.array(CAMERA_EYE), np.array(CAMERA_TARGET)
     fwd = (tgt - eye) / np.linalg.norm(tgt - eye)
@@ -84,8 +91,9 @@ def _iiwa_mujoco(path: Path, names: list[str], effort: np.ndarray, dt: float,
     up = np.cross(right, fwd)
     world.add_camera(name="view", pos=eye.tolist(), xyaxes=[*right, *up], fovy=45)
     for name, t in zip(names, effort, strict=True):
-        act = spec.add_actuator(name=f"motor_{name}", target=name,
-                                trntype=mujoco.mjtTrn.mjTRN_JOINT)
+        act = spec.add_actuator(
+            name=f"motor_{name}", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT
+        )
         act.gainprm[0] = 1.0
         act.ctrlrange = [-t, t]
         act.ctrllimited = True
@@ -95,8 +103,11 @@ def _iiwa_mujoco(path: Path, names: list[str], effort: np.ndarray, dt: float,
     spec.compiler.discardvisual = False
     for i, geom in enumerate(g for g in spec.geoms if g.type == mujoco.mjtGeom.mjGEOM_MESH):
         geom.contype, geom.conaffinity = 0, 0
-        geom.rgba = [0.2, 0.2, 0.2, 1] if i == 0 else (
-            [0.45, 0.6, 0.85, 1] if i % 2 else [0.9, 0.45, 0.15, 1])
+        geom.rgba = (
+            [0.2, 0.2, 0.2, 1]
+            if i == 0
+            else ([0.45, 0.6, 0.85, 1] if i % 2 else [0.9, 0.45, 0.15, 1])
+        )
     return spec.compile()
 
 
@@ -113,8 +124,9 @@ class SpatialArmSim(_SimBase):
         gravity_compensation: cancel gravity exactly (MuJoCo ``gravcomp``, PyBullet zero gravity).
     """
 
-    def __init__(self, backend: str = "mujoco", dt: float = 0.01,
-                 gravity_compensation: bool = True) -> None:
+    def __init__(
+        self, backend: str = "mujoco", dt: float = 0.01, gravity_compensation: bool = True
+    ) -> None:
         self.backend = check_backend(backend)
         if not isinstance(dt, int | float) or not np.isfinite(dt) or dt <= 0:
             raise ValueError(f"dt: expected a finite time step > 0 s, got {dt!r}")
@@ -132,7 +144,11 @@ class SpatialArmSim(_SimBase):
             self._impl: Any = _MujocoBackend(model, camera="view")
         else:
             self._impl = _PyBulletBackend(
-                path, damping, self.dt, gravity_compensation, ee_link=self.nu - 1,
+                path,
+                damping,
+                self.dt,
+                gravity_compensation,
+                ee_link=self.nu - 1,
                 ee_offset=EE_OFFSET,
                 view=_BulletView(eye=CAMERA_EYE, target=CAMERA_TARGET, marker_radius=0.03),
             )
@@ -162,8 +178,9 @@ class SpatialArmSim(_SimBase):
             self.reset(saved)
         return np.array(out).reshape(-1, 3)
 
-    def sample_goals(self, n: int, seed: int | np.random.Generator,
-                     limit_fraction: float = 0.8) -> np.ndarray:
+    def sample_goals(
+        self, n: int, seed: int | np.random.Generator, limit_fraction: float = 0.8
+    ) -> np.ndarray:
         """``n`` reachable tool-point goals ``(n, 3)``: joint angles uniform within
         ``limit_fraction`` of the joint limits, mapped through the simulator's kinematics."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:

@@ -80,7 +80,8 @@ def test_iiwa_env_goals_reachable_and_seeded() -> None:
     assert a.shape == (17,) and np.all(a[:14] == 0)
     # the goal is a tool point the arm reaches at some joint angles within the limits
     goals = env.sim.sample_goals(4, seed=0)
-    q = np.random.default_rng(0).uniform(env.sim.joint_limits[:, 0] * 0.8,
-                                         env.sim.joint_limits[:, 1] * 0.8, size=(4, 7))
+    q = np.random.default_rng(0).uniform(
+        env.sim.joint_limits[:, 0] * 0.8, env.sim.joint_limits[:, 1] * 0.8, size=(4, 7)
+    )
     np.testing.assert_allclose(goals, env.sim.ee_positions(q), atol=1e-12)
     env.close()

@@ -67,8 +67,10 @@ def test_jacobian_and_gradcheck() -> None:
     qdot = torch.randn(3, 4, dtype=torch.float64)
     # ee velocity equals the finite-difference derivative of FK along qdot
     h = 1e-6
-    fd = (forward_kinematics(cfg, q.detach() + h * qdot)
-          - forward_kinematics(cfg, q.detach() - h * qdot)) / (2 * h)
+    fd = (
+        forward_kinematics(cfg, q.detach() + h * qdot)
+        - forward_kinematics(cfg, q.detach() - h * qdot)
+    ) / (2 * h)
     torch.testing.assert_close(ee_velocity(cfg, q.detach(), qdot), fd, atol=1e-8, rtol=0)
 
 
@@ -102,8 +104,12 @@ def test_ik_reports_unreachable_targets() -> None:
     with pytest.raises(ValueError, match=r"outside the reachable annulus.*\[1\]"):
         inverse_kinematics(cfg, targets)
     q = inverse_kinematics(cfg, targets, strict=False)  # best effort: stretched towards it
-    torch.testing.assert_close(forward_kinematics(cfg, q[1]), torch.tensor([0.2, 0.0],
-                               dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        forward_kinematics(cfg, q[1]),
+        torch.tensor([0.2, 0.0], dtype=torch.float64),
+        atol=1e-6,
+        rtol=0,
+    )
     limited = cfg.replace(joint_limits=[(-0.1, 0.1), (-0.1, 0.1)])
     with pytest.raises(ValueError, match="not reached"):
         inverse_kinematics(limited, torch.tensor([0.0, 0.2], dtype=torch.float64))

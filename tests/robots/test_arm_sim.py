@@ -37,10 +37,12 @@ def test_interface(sim: ArmSim) -> None:
 
 @pytest.mark.parametrize(
     ("u", "match"),
-    [([0.1], r"u: expected shape \(2,\).*got \(1,\)"),
-     ([[0.1, 0.1]], r"u: expected shape \(2,\).*got \(1, 2\)"),
-     ([np.nan, 0.0], r"u: expected finite values.*NaN"),
-     ([0.0, np.inf], r"u: expected finite values")],
+    [
+        ([0.1], r"u: expected shape \(2,\).*got \(1,\)"),
+        ([[0.1, 0.1]], r"u: expected shape \(2,\).*got \(1, 2\)"),
+        ([np.nan, 0.0], r"u: expected finite values.*NaN"),
+        ([0.0, np.inf], r"u: expected finite values"),
+    ],
 )
 def test_bad_action(sim: ArmSim, u, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -92,19 +94,23 @@ def test_gravity_compensation_holds_posture(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_blow_up_raises_simulation_error(backend: str) -> None:
+def test_blow_up_raises_simulation_error(backend: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # MuJoCo itself appends its warnings to ./MUJOCO_LOG.TXT
     # Undamped, light 7-link chain driven hard: semi-implicit Euler at dt = 0.05 diverges.
-    cfg = ArmConfig(n_links=7, joint_damping=0.0, link_masses=0.01, torque_limits=50.0, dt=0.05,
-                    name="unstable")
+    cfg = ArmConfig(
+        n_links=7, joint_damping=0.0, link_masses=0.01, torque_limits=50.0, dt=0.05, name="unstable"
+    )
     U = np.random.default_rng(0).uniform(-50, 50, size=(1, 300, 7))
     with ArmSim(cfg, backend) as s, pytest.raises(SimulationError, match="blew up"):
         s.rollout(np.zeros((1, 14)), U)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_step_blow_up_raises(backend: str) -> None:
-    cfg = ArmConfig(n_links=7, joint_damping=0.0, link_masses=0.01, torque_limits=50.0, dt=0.05,
-                    name="unstable")
+def test_step_blow_up_raises(backend: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # MuJoCo itself appends its warnings to ./MUJOCO_LOG.TXT
+    cfg = ArmConfig(
+        n_links=7, joint_damping=0.0, link_masses=0.01, torque_limits=50.0, dt=0.05, name="unstable"
+    )
     U = np.random.default_rng(0).uniform(-50, 50, size=(300, 7))
     with ArmSim(cfg, backend) as s, pytest.raises(SimulationError, match="blew up"):
         for u in U:
@@ -116,8 +122,9 @@ def test_step_blow_up_raises(backend: str) -> None:
 def test_backends_agree(name: str, gravity_compensation: bool) -> None:
     # Joint limits removed: at an active limit the backends differ by design (MuJoCo's soft
     # constraint vs PyBullet's hard one), see docs/arms.md.
-    cfg = load_arm_config(name).replace(joint_limits=None,
-                                        gravity_compensation=gravity_compensation)
+    cfg = load_arm_config(name).replace(
+        joint_limits=None, gravity_compensation=gravity_compensation
+    )
     n = cfg.n_links
     U = np.random.default_rng(7).uniform(-1, 1, size=(2, 150, n)) * np.array(cfg.torque_limits)
     x0 = np.zeros((2, 2 * n))
