@@ -120,6 +120,9 @@ class _MujocoBackend:
     def render(self, width: int, height: int, goal: np.ndarray | None) -> np.ndarray:
         key = (width, height)
         if key not in self._renderers:
+            # The offscreen buffer must hold the frame; it can grow before a Renderer is made.
+            vis = self.model.vis.global_
+            vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
             self._renderers[key] = mujoco.Renderer(self.model, height=height, width=width)
         if goal is None:
             self.model.site_rgba[self.goal_site, 3] = 0.0
