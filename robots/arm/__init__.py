@@ -15,7 +15,14 @@ from robots.arm.kinematics import (
     joint_positions,
 )
 from robots.arm.render import render_rollout
-from robots.arm.sim import BACKENDS, MAX_JOINT_SPEED, ArmSim, SimDynamics, SimulationError
+from robots.arm.sim import (
+    BACKENDS,
+    MAX_JOINT_SPEED,
+    ArmSim,
+    RenderingUnavailableError,
+    SimDynamics,
+    SimulationError,
+)
 from robots.arm.spatial import SpatialArmSim
 from robots.arm.task import sample_goals, start_state
 
@@ -26,6 +33,7 @@ __all__ = [
     "ArmSim",
     "IiwaReachEnv",
     "ReachEnv",
+    "RenderingUnavailableError",
     "SimDynamics",
     "SimulationError",
     "SpatialArmSim",

@@ -61,6 +61,15 @@ def _as_array(name: str, value: Any, shape: tuple[int, ...], what: str) -> np.nd
     return arr
 
 
+class RenderingUnavailableError(RuntimeError):
+    """MuJoCo could not create an offscreen OpenGL context (set MUJOCO_GL=egl or osmesa)."""
+
+
+# The first failure to create a MuJoCo renderer, kept because a second attempt after a failed
+# GLFW initialisation aborts the whole process instead of raising.
+_RENDER_FAILURE: str | None = None
+
+
 class _MujocoBackend:
     """A compiled MuJoCo model with an ``ee`` site, an optional ``goal`` site and a camera."""
 
@@ -123,7 +132,18 @@ class _MujocoBackend:
             # The offscreen buffer must hold the frame; it can grow before a Renderer is made.
             vis = self.model.vis.global_
             vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
-            self._renderers[key] = mujoco.Renderer(self.model, height=height, width=width)
+            global _RENDER_FAILURE
+            if _RENDER_FAILURE is None:
+                try:
+                    self._renderers[key] = mujoco.Renderer(self.model, height=height, width=width)
+                except Exception as e:
+                    _RENDER_FAILURE = f"{type(e).__name__}: {e}"
+            if _RENDER_FAILURE is not None:
+                raise RenderingUnavailableError(
+                    f"MuJoCo offscreen rendering unavailable (MUJOCO_GL="
+                    f"{os.environ.get('MUJOCO_GL')!r}; set MUJOCO_GL=egl or osmesa before "
+                    f"importing mujoco): {_RENDER_FAILURE}"
+                )
         if goal is None:
             self.model.site_rgba[self.goal_site, 3] = 0.0
         else:

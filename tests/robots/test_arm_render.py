@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from robots.arm import BACKENDS, ArmSim, render_rollout
+from robots.arm import BACKENDS, ArmSim, RenderingUnavailableError, render_rollout
 from robots.video import write_video
 
 
@@ -11,11 +11,9 @@ def _sim_or_skip(backend: str) -> ArmSim:
     sim = ArmSim("reacher2", backend)
     try:
         sim.render(64, 48)
-    except Exception as e:  # no EGL/OSMesa context on this machine
+    except RenderingUnavailableError as e:  # no EGL/OSMesa context on this machine
         sim.close()
-        if backend == "mujoco":
-            pytest.skip(f"MuJoCo offscreen rendering unavailable (MUJOCO_GL=egl/osmesa): {e}")
-        raise
+        pytest.skip(str(e))
     return sim
 
 
