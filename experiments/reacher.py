@@ -1,0 +1,554 @@
+"""Model-based RL with a meta-learned loss on the 2-link reacher (ML3 paper, section IV.A.2).
+
+Random babbling in MuJoCo fills a replay buffer; a probabilistic ensemble learns the dynamics.
+ML3 meta-trains a learned loss M_phi over a set of training goals: fresh per-goal policies take K
+SGD steps on M_phi through differentiable model rollouts, and the meta-loss is the paper's task
+loss of the adapted policies' model rollouts. Every ``collect_every`` iterations the adapted
+policies run in the real simulator and their transitions join the buffer; the model refits every
+``refit_every`` iterations. Meta-test on held-out goals: fresh policies, K steps on M_phi only,
+executed in MuJoCo, against (a) the same policy trained with the task loss through the same model
+(step size tuned on the training goals), (b) iLQR on the learned model and (c) iLQR on the true
+MuJoCo dynamics, both executed in MuJoCo with the plan's feedback gains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from controllers import ILQR, ILQRConfig, MujocoDynamics
+from ml3_robotics.inner import InnerOptimizer, Params
+from ml3_robotics.learned_dynamics import (
+    EnsembleConfig,
+    ProbabilisticEnsemble,
+    fit,
+    prediction_error,
+)
+from ml3_robotics.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.mbrl import (
+    REACH_FEATURES,
+    ReachPolicy,
+    ReachTask,
+    adapt_policies,
+    execute_plan,
+    execute_policies,
+    init_policy_params,
+    learned_loss_fn,
+    meta_loss,
+    reach_feature_spec,
+    task_loss_fn,
+)
+from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep, iteration_generator
+from ml3_robotics.plotting import new_figure, save
+from ml3_robotics.replay_buffer import ReplayBuffer
+from ml3_robotics.runs import Experiment, RunContext, RunResult
+from ml3_robotics.serialization import load_learned_loss, save_learned_loss
+from robots.arm import (
+    ArmSim,
+    RenderingUnavailableError,
+    forward_kinematics,
+    load_arm_config,
+    render_rollout,
+    sample_goals,
+)
+from robots.video import write_video
+
+log = logging.getLogger(__name__)
+
+METHODS = ("ml3", "task_loss", "ilqr_learned_model", "ilqr_true_model")
+SUCCESS_MM = 10.0
+
+
+@dataclass(frozen=True)
+class ReacherConfig:
+    """Sizes and constants. Defaults: the full run (`ml3r run reacher`).
+
+    Paper constants: 2 links of 0.1 m, dt 0.01 s, horizon 65, start at zero, learned loss ELU
+    400-400 + softplus, meta lr 1e-2, policy tanh 64-64.
+    """
+
+    arm: str = "reacher2"
+    horizon: int = 65
+    n_train_goals: int = 16
+    n_test_goals: int = 10
+    goal_min_radius: float = 0.3  # fraction of the reach; goals at the base are degenerate
+    goal_separation: float = 0.02  # m between any two goals (held-out vs training too)
+    inner_steps: int = 3
+    inner_lr: float = 1e-3
+    outer_steps: int = 300
+    outer_lr: float = 1e-2
+    grad_clip: float = 10.0
+    loss_hidden: tuple[int, ...] = (400, 400)
+    policy_hidden: tuple[int, ...] = (64, 64)
+    babble_trajectories: int = 100
+    babble_hold: int = 8  # babbling torques are held for this many steps (coloured noise)
+    collect_every: int = 20
+    refit_every: int = 40
+    ensemble_members: int = 5
+    ensemble_hidden: tuple[int, ...] = (128, 128)
+    fit_epochs: int = 100
+    refit_epochs: int = 30
+    eval_every: int = 20
+    checkpoint_every: int = 10
+    lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    ilqr_iters: int = 100
+    n_holdout_trajectories: int = 20
+    video_goals: int = 4
+    torch_threads: int = 1
+    loss_path: str | None = None
+
+    def __post_init__(self) -> None:
+        positive = (
+            "horizon", "n_train_goals", "n_test_goals", "inner_steps", "babble_hold",
+            "collect_every", "refit_every", "ensemble_members", "fit_epochs", "refit_epochs",
+            "eval_every", "checkpoint_every", "ilqr_iters", "n_holdout_trajectories",
+            "torch_threads",
+        )  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        for name in ("outer_steps", "babble_trajectories", "video_goals"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        for name in ("inner_lr", "outer_lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if not 0 <= self.goal_min_radius < 1:
+            raise ValueError(f"goal_min_radius: expected a fraction in [0, 1), got "
+                             f"{self.goal_min_radius}")  # fmt: skip
+        if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
+            raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid}")
+        if self.babble_trajectories < 2 and self.loss_path is None:
+            raise ValueError(
+                f"babble_trajectories: expected >= 2 to fit a model, got {self.babble_trajectories}"
+            )
+
+
+class MBRLState:
+    """Everything of the MBRL loop a checkpoint must hold besides M_phi and Adam: the replay
+    buffer, the model (weights and normalisation) and counters (Stateful for MetaTrainer)."""
+
+    def __init__(self, buffer: ReplayBuffer, model: ProbabilisticEnsemble) -> None:
+        self.buffer = buffer
+        self.model = model
+        self.refits = 0
+
+    def state_dict(self) -> dict[str, Tensor]:
+        out = {f"buffer.{k}": v for k, v in self.buffer.state_dict().items()}
+        out.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        out["refits"] = torch.tensor(self.refits)
+        return out
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.buffer.load_state_dict(
+            {k[7:]: v for k, v in state.items() if k.startswith("buffer.")}
+        )
+        self.model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+        self.refits = int(state["refits"])
+
+
+def babble(
+    sim: ArmSim, n: int, horizon: int, hold: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random babbling from the zero state: uniform torques held for ``hold`` steps.
+
+    Held torques (rather than white noise, which barely moves the arm at dt = 0.01 s) spread the
+    data over the speeds and angles that reaching visits.
+    """
+    limits = np.asarray(sim.config.torque_limits)
+    n_seg = -(-horizon // hold)
+    seg = rng.uniform(-1, 1, size=(n, n_seg, sim.nu)) * limits
+    U = np.repeat(seg, hold, axis=1)[:, :horizon]
+    X = sim.rollout(np.zeros((n, sim.nx)), U)
+    return X, U
+
+
+def _summary(dist_m: np.ndarray, steps: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    mm = 1000.0 * np.asarray(dist_m)
+    return {
+        "mean_final_distance_mm": float(mm.mean()),
+        "max_final_distance_mm": float(mm.max()),
+        "success_rate_10mm": float((mm < SUCCESS_MM).mean()),
+        "real_env_steps": int(steps),
+        "wall_time_s": float(seconds),
+        "final_distance_mm_per_goal": [float(v) for v in mm],
+        **extra,
+    }
+
+
+def run(config: ReacherConfig, ctx: RunContext) -> RunResult:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.torch_threads)
+    try:
+        return _run(config, ctx)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
+    seed = ctx.seed
+    arm = load_arm_config(config.arm)
+    sim = ArmSim(arm, "mujoco")
+    T = config.horizon
+    reach_kw = {"min_radius": config.goal_min_radius, "min_distance": config.goal_separation}
+    train_goals = sample_goals(arm, config.n_train_goals, seed, **reach_kw)
+    test_goals = sample_goals(arm, config.n_test_goals, seed + 7919, exclude=train_goals, **reach_kw)
+    train = ReachTask(arm, train_goals, T)
+    test = ReachTask(arm, test_goals, T)
+    policy = ReachPolicy(arm, config.policy_hidden)
+    inner = InnerOptimizer("sgd", lr=config.inner_lr, steps=config.inner_steps)
+    # Fresh policies for the held-out goals: one draw shared by every policy-based method.
+    test_init = init_policy_params(policy, test.n, torch.Generator().manual_seed(10_000 + seed))
+    tune_init = init_policy_params(policy, train.n, torch.Generator().manual_seed(20_000 + seed))
+
+    buffer = ReplayBuffer(arm.nx, arm.nu, capacity=1_000_000)
+    ens_cfg = EnsembleConfig(
+        n_members=config.ensemble_members,
+        hidden=config.ensemble_hidden,
+        epochs=config.fit_epochs,
+        angle_dims=tuple(range(arm.n_links)),
+    )
+    model = ProbabilisticEnsemble(
+        arm.nx, arm.nu, arm.dt, ens_cfg, generator=torch.Generator().manual_seed(seed)
+    )
+    for p in model.parameters():
+        p.requires_grad_(False)  # the meta-gradient never needs the model's weights
+    state = MBRLState(buffer, model)
+    monitor_steps = 0
+
+    def model_step(x: Tensor, u: Tensor) -> Tensor:
+        return model.step(x, u)
+
+    def refit(epochs: int, generator: torch.Generator) -> None:
+        with ctx.phase("model_fit"):
+            for p in model.parameters():
+                p.requires_grad_(True)
+            fit(model, buffer, dataclasses.replace(ens_cfg, epochs=epochs), generator=generator,
+                progress=False)  # fmt: skip
+            for p in model.parameters():
+                p.requires_grad_(False)  # the meta-gradient never needs the model's weights
+            state.refits += 1
+
+    def real_distance(loss_fn: Any, task: ReachTask, init: Params, opt: InnerOptimizer) -> tuple:
+        adapted = adapt_policies(policy, init, model_step, task, loss_fn, opt, differentiable=False)
+        X, U = execute_policies(sim, policy, adapted, task)
+        return task.final_distance(X), X, U
+
+    # -- the learned loss: meta-train, or load ------------------------------------------------
+    history: list[dict[str, float]] = []
+    if config.loss_path is not None:
+        loss, _ = load_learned_loss(config.loss_path, expect_features=REACH_FEATURES)
+    else:
+        loss = LearnedLoss(
+            LossConfig(
+                reach_feature_spec(),
+                hidden=config.loss_hidden,
+                activation="elu",
+                output_activation="softplus",
+            )
+        )
+        loss.reset_parameters(torch.Generator().manual_seed(seed))
+    learned = learned_loss_fn(loss)
+    eval_init = test_init  # monitoring uses the held-out goals with the meta-test draw
+
+    def objective(iteration: int, g: torch.Generator) -> OuterStep:
+        nonlocal monitor_steps
+        metrics: dict[str, float] = {}
+        if iteration % config.eval_every == 0:
+            # Visible progress in the real simulator: fresh policies on the held-out goals, K
+            # steps on the current M_phi, executed in MuJoCo (monitoring only, never selection).
+            d, _, _ = real_distance(learned, test, eval_init, inner)
+            monitor_steps += test.n * T
+            metrics["heldout_real_distance_mm"] = float(1000 * d.mean())
+        params = init_policy_params(policy, train.n, g)
+        value, adapted = meta_loss(policy, params, model_step, train, learned, inner)
+        if (iteration + 1) % config.collect_every == 0:
+            with ctx.phase("collect"):
+                X, U = execute_policies(sim, policy, adapted, train)
+                for x, u in zip(X, U, strict=True):
+                    buffer.add_trajectory(x, u)
+            metrics["train_real_distance_mm"] = float(1000 * train.final_distance(X).mean())
+        metrics["buffer_transitions"] = float(buffer.n_transitions_added)
+        return OuterStep(value, metrics)
+
+    def after_update(iteration: int, row: dict[str, float]) -> None:
+        # Refit after the meta-update (the model's weights and normalisation are in the graph
+        # until then) and before the checkpoint, which then holds the refitted model.
+        if (iteration + 1) % config.refit_every == 0:
+            refit(config.refit_epochs, iteration_generator(seed + 1, iteration))
+
+    trainer = MetaTrainer(
+        loss,
+        objective,
+        MetaTrainConfig(
+            config.outer_steps,
+            lr=config.outer_lr,
+            seed=seed,
+            checkpoint_every=config.checkpoint_every,
+            grad_clip=config.grad_clip,
+        ),
+        checkpoint_path=ctx.checkpoint_path,
+        callbacks=[lambda i, row: ctx.metrics_log.append(row), after_update],
+        state=state,
+        progress=ctx.progress,
+    )
+    resumed = ctx.resume and trainer.load_checkpoint()
+    if resumed:
+        ctx.metrics_log.restart(trainer.history)
+    else:
+        with ctx.phase("babble"):
+            Xb, Ub = babble(
+                sim, config.babble_trajectories, T, config.babble_hold, np.random.default_rng(seed)
+            )
+            for x, u in zip(Xb, Ub, strict=True):
+                buffer.add_trajectory(x, u)
+        refit(config.fit_epochs, torch.Generator().manual_seed(seed))
+        trainer.save_checkpoint()  # babbling and the first fit survive a kill too
+    babble_steps = config.babble_trajectories * T
+    if config.loss_path is None:
+        with ctx.phase("meta_train"):
+            trainer.run()
+        history = trainer.history
+        save_learned_loss(
+            loss,
+            ctx.out / "loss",
+            provenance={
+                "experiment": "reacher",
+                "seed": seed,
+                "arm": config.arm,
+                "outer_steps": trainer.iteration,
+                "inner_steps": config.inner_steps,
+                "inner_lr": config.inner_lr,
+                "features": "per time step, joint-count independent (ml3_robotics.mbrl)",
+            },
+        )
+    model_steps = buffer.n_transitions_added  # real transitions the model was trained on
+    meta_seconds = ctx.timing.get("meta_train", 0.0)
+
+    # -- meta-test: ML3 -------------------------------------------------------------------------
+    paths: dict[str, np.ndarray] = {}
+    controls: dict[str, np.ndarray] = {}
+    results: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    with ctx.phase("meta_test"):
+        d, X, U = real_distance(learned, test, test_init, inner)
+    paths["ml3"], controls["ml3"] = X, U
+    results["ml3"] = _summary(
+        d, model_steps + test.n * T, meta_seconds + time.perf_counter() - t0,
+        monitoring_env_steps=monitor_steps, inner_lr=config.inner_lr,
+    )  # fmt: skip
+
+    # -- (a) task loss through the same model, step size tuned on the training goals ----------
+    t0 = time.perf_counter()
+    with ctx.phase("baseline_task_loss"):
+        tuned: dict[float, float] = {}
+        for lr in config.lr_grid:
+            opt = InnerOptimizer("sgd", lr=lr, steps=config.inner_steps)
+            try:
+                dist, _, _ = real_distance(task_loss_fn, train, tune_init, opt)
+                tuned[lr] = float(dist.mean())
+            except (ValueError, RuntimeError) as e:  # a step size that blows the rollout up
+                log.info("task-loss lr %g failed on the training goals: %s", lr, e)
+                tuned[lr] = float("inf")
+        best_lr = min(tuned, key=lambda lr: tuned[lr])
+        opt = InnerOptimizer("sgd", lr=best_lr, steps=config.inner_steps)
+        d, X, _ = real_distance(task_loss_fn, test, test_init, opt)
+    paths["task_loss"] = X
+    results["task_loss"] = _summary(
+        d, model_steps + (len(config.lr_grid) * train.n + test.n) * T,
+        time.perf_counter() - t0, lr=best_lr,
+        lr_grid_train_distance_mm={str(k): 1000 * v for k, v in tuned.items()},
+    )  # fmt: skip
+
+    # -- (b, c) iLQR on the learned and on the true model ---------------------------------------
+    limits = torch.as_tensor(arm.torque_limits, dtype=torch.float64)
+    ilqr_runs = (
+        ("ilqr_learned_model", model, ILQRConfig(max_iters=config.ilqr_iters, dtype=torch.float32)),
+        ("ilqr_true_model", MujocoDynamics(sim.mj_model),
+         ILQRConfig(max_iters=config.ilqr_iters)),
+    )  # fmt: skip
+    for name, dyn, icfg in ilqr_runs:
+        t0 = time.perf_counter()
+        with ctx.phase(f"baseline_{name}"):
+            planner = ILQR(dyn, test.cost, T, lower=-limits, upper=limits, config=icfg)
+            plan = planner.solve(test.x0(torch.float64))
+            X, _ = execute_plan(
+                sim, plan.states.double().numpy(), plan.controls.double().numpy(),
+                plan.K.double().numpy(), arm.torque_limits,
+            )  # fmt: skip
+        paths[name] = X
+        d = test.final_distance(X)
+        extra: dict[str, Any] = {
+            "ilqr_iterations_mean": float(plan.iterations.float().mean()),
+            "ilqr_converged": int(plan.converged.sum()),
+            "planned_final_distance_mm": float(1000 * test.final_distance(plan.states).mean()),
+        }
+        steps = test.n * T
+        if name == "ilqr_learned_model":
+            steps += model_steps
+        results[name] = _summary(d, steps, time.perf_counter() - t0, **extra)
+
+    # -- model quality on held-out real trajectories -------------------------------------------
+    with ctx.phase("model_eval"):
+        Xh, Uh = babble(
+            sim, config.n_holdout_trajectories, T, config.babble_hold,
+            np.random.default_rng(30_000 + seed),
+        )  # fmt: skip
+        err_babble = prediction_error(model, Xh, Uh, horizon=T)
+        err_policy = prediction_error(model, paths["ml3"], controls["ml3"], horizon=T)
+
+    with ctx.phase("plots"):
+        _plots(ctx, history, results, paths, test, arm)
+    video = None
+    if config.video_goals > 0:
+        with ctx.phase("video"):
+            video = _video(ctx, sim, paths["ml3"], test, config.video_goals)
+
+    def short(r: dict[str, Any]) -> dict[str, Any]:
+        keys = ("mean_final_distance_mm", "max_final_distance_mm", "success_rate_10mm",
+                "real_env_steps", "wall_time_s")  # fmt: skip
+        return {k: r[k] for k in keys} | {k: v for k, v in r.items() if k not in keys}
+
+    return RunResult(
+        metrics=short(results["ml3"]),
+        baselines={name: short(results[name]) for name in METHODS[1:]},
+        extra={
+            "train_goals": train_goals.tolist(),
+            "test_goals": test_goals.tolist(),
+            "babble_env_steps": babble_steps,
+            "model_train_env_steps": model_steps,
+            "model_refits": state.refits,
+            "prediction_error_babble_holdout": _round(err_babble),
+            "prediction_error_ml3_test_rollouts": _round(err_policy),
+            "meta_train_seconds_per_iteration": (
+                float(np.mean([r["seconds"] for r in history])) if history else None
+            ),
+            "heldout_distance_during_meta_training_mm": [
+                [r["iteration"], r["heldout_real_distance_mm"]]
+                for r in history
+                if "heldout_real_distance_mm" in r
+            ],
+            "video": video,
+            "resumed": bool(resumed),
+        },
+    )
+
+
+def _round(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, float):
+            out[k] = float(f"{v:.4g}")
+        elif isinstance(v, list):
+            out[k] = [float(f"{x:.4g}") for x in v]
+        else:
+            out[k] = v
+    return out
+
+
+def _plots(
+    ctx: RunContext,
+    history: list[dict[str, float]],
+    results: dict[str, dict[str, Any]],
+    paths: dict[str, np.ndarray],
+    test: ReachTask,
+    arm: Any,
+) -> None:
+    if history:
+        fig, axes = new_figure(2)
+        it = [r["iteration"] for r in history]
+        axes[0, 0].plot(it, [r["meta_loss"] for r in history])
+        axes[0, 0].set(title="meta-loss (task loss through the model)", xlabel="outer iteration",
+                       yscale="log")  # fmt: skip
+        ev = [(r["iteration"], r["heldout_real_distance_mm"]) for r in history
+              if "heldout_real_distance_mm" in r]  # fmt: skip
+        tr = [(r["iteration"], r["train_real_distance_mm"]) for r in history
+              if "train_real_distance_mm" in r]  # fmt: skip
+        if ev:
+            axes[0, 1].plot(*zip(*ev, strict=True), "o-", label="held-out goals (fresh policies)")
+        if tr:
+            axes[0, 1].plot(*zip(*tr, strict=True), "s--", label="training goals (collected)")
+        axes[0, 1].axhline(SUCCESS_MM, color="gray", lw=0.8, ls=":")
+        axes[0, 1].set(title=f"real MuJoCo final distance after K steps", xlabel="outer iteration",
+                       ylabel="mm", yscale="log")  # fmt: skip
+        axes[0, 1].legend()
+        for ax in axes[0]:
+            ax.grid(alpha=0.3)
+        save(fig, ctx.path("meta_training.png"))
+
+    fig, axes = new_figure(1, size=(8.0, 3.6))
+    ax = axes[0, 0]
+    width = 0.8 / len(results)
+    for i, (name, r) in enumerate(results.items()):
+        v = r["final_distance_mm_per_goal"]
+        ax.bar(np.arange(len(v)) + i * width, v, width, label=name)
+    ax.axhline(SUCCESS_MM, color="gray", lw=0.8, ls=":")
+    ax.set(yscale="log", xlabel="held-out goal", ylabel="final distance (mm)",
+           title="final end-effector distance per held-out goal")  # fmt: skip
+    ax.legend(fontsize=8)
+    save(fig, ctx.path("final_distance_per_goal.png"))
+
+    fig, axes = new_figure(len(paths), size=(3.6, 3.6))
+    n = arm.n_links
+    for ax, (name, X) in zip(axes[0], paths.items(), strict=True):
+        ee = forward_kinematics(arm, torch.as_tensor(X[..., :n])).numpy()
+        for g in range(ee.shape[0]):
+            (line,) = ax.plot(ee[g, :, 0], ee[g, :, 1], lw=1)
+            ax.plot(*test.goals[g].numpy(), "x", color=line.get_color())
+        ax.plot(0, 0, "ko", ms=3)
+        ax.set(title=name, aspect="equal", xlabel="x (m)", ylabel="z (m)")
+        ax.grid(alpha=0.3)
+    save(fig, ctx.path("ee_paths.png"))
+
+
+def _video(ctx: RunContext, sim: ArmSim, X: np.ndarray, test: ReachTask, n: int) -> str | None:
+    frames = []
+    try:
+        for g in range(min(n, test.n)):
+            frames.append(
+                render_rollout(sim, X[g], width=240, height=180, goal=test.goals[g].numpy(),
+                               stride=2)  # fmt: skip
+            )
+    except RenderingUnavailableError as e:
+        log.warning("no video: %s", e)
+        return None
+    path = write_video(np.concatenate(frames), ctx.path("meta_test_ml3.gif"), fps=25)
+    return path.name
+
+
+EXPERIMENT = Experiment(
+    name="reacher",
+    summary="MBRL on the 2-link reacher: ML3 learned loss vs task loss vs iLQR (learned/true model)",
+    config_type=ReacherConfig,
+    run=run,
+    smoke={
+        "n_train_goals": 2,
+        "n_test_goals": 2,
+        "inner_steps": 1,
+        "outer_steps": 3,
+        "loss_hidden": [16, 16],
+        "policy_hidden": [8, 8],
+        "babble_trajectories": 4,
+        "collect_every": 2,
+        "refit_every": 2,
+        "ensemble_members": 2,
+        "ensemble_hidden": [16, 16],
+        "fit_epochs": 2,
+        "refit_epochs": 1,
+        "eval_every": 2,
+        "checkpoint_every": 1,
+        "lr_grid": [1e-3, 1e-2],
+        "ilqr_iters": 2,
+        "n_holdout_trajectories": 2,
+        "video_goals": 1,
+    },
+)
