@@ -87,6 +87,7 @@ class ReacherConfig:
     grad_clip: float = 10.0
     loss_hidden: tuple[int, ...] = (400, 400)
     policy_hidden: tuple[int, ...] = (64, 64)
+    policy_zero_output: bool = True
     babble_trajectories: int = 100
     babble_hold: int = 8  # babbling torques are held for this many steps (coloured noise)
     collect_every: int = 20
@@ -141,11 +142,13 @@ class MBRLState:
         self.buffer = buffer
         self.model = model
         self.refits = 0
+        self.monitor_steps = 0  # real steps spent on monitoring evaluations (not on learning)
 
     def state_dict(self) -> dict[str, Tensor]:
         out = {f"buffer.{k}": v for k, v in self.buffer.state_dict().items()}
         out.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
         out["refits"] = torch.tensor(self.refits)
+        out["monitor_steps"] = torch.tensor(self.monitor_steps)
         return out
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -154,6 +157,7 @@ class MBRLState:
         )
         self.model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
         self.refits = int(state["refits"])
+        self.monitor_steps = int(state["monitor_steps"])
 
 
 def babble(
@@ -201,14 +205,21 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     T = config.horizon
     reach_kw = {"min_radius": config.goal_min_radius, "min_distance": config.goal_separation}
     train_goals = sample_goals(arm, config.n_train_goals, seed, **reach_kw)
-    test_goals = sample_goals(arm, config.n_test_goals, seed + 7919, exclude=train_goals, **reach_kw)
+    test_goals = sample_goals(
+        arm, config.n_test_goals, seed + 7919, exclude=train_goals, **reach_kw
+    )
     train = ReachTask(arm, train_goals, T)
     test = ReachTask(arm, test_goals, T)
     policy = ReachPolicy(arm, config.policy_hidden)
     inner = InnerOptimizer("sgd", lr=config.inner_lr, steps=config.inner_steps)
     # Fresh policies for the held-out goals: one draw shared by every policy-based method.
-    test_init = init_policy_params(policy, test.n, torch.Generator().manual_seed(10_000 + seed))
-    tune_init = init_policy_params(policy, train.n, torch.Generator().manual_seed(20_000 + seed))
+    zero = {"zero_output_layer": config.policy_zero_output}
+    test_init = init_policy_params(
+        policy, test.n, torch.Generator().manual_seed(10_000 + seed), **zero
+    )
+    tune_init = init_policy_params(
+        policy, train.n, torch.Generator().manual_seed(20_000 + seed), **zero
+    )
 
     buffer = ReplayBuffer(arm.nx, arm.nu, capacity=1_000_000)
     ens_cfg = EnsembleConfig(
@@ -223,7 +234,6 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     for p in model.parameters():
         p.requires_grad_(False)  # the meta-gradient never needs the model's weights
     state = MBRLState(buffer, model)
-    monitor_steps = 0
 
     def model_step(x: Tensor, u: Tensor) -> Tensor:
         return model.step(x, u)
@@ -261,15 +271,14 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     eval_init = test_init  # monitoring uses the held-out goals with the meta-test draw
 
     def objective(iteration: int, g: torch.Generator) -> OuterStep:
-        nonlocal monitor_steps
         metrics: dict[str, float] = {}
         if iteration % config.eval_every == 0:
             # Visible progress in the real simulator: fresh policies on the held-out goals, K
             # steps on the current M_phi, executed in MuJoCo (monitoring only, never selection).
             d, _, _ = real_distance(learned, test, eval_init, inner)
-            monitor_steps += test.n * T
+            state.monitor_steps += test.n * T
             metrics["heldout_real_distance_mm"] = float(1000 * d.mean())
-        params = init_policy_params(policy, train.n, g)
+        params = init_policy_params(policy, train.n, g, **zero)
         value, adapted = meta_loss(policy, params, model_step, train, learned, inner)
         if (iteration + 1) % config.collect_every == 0:
             with ctx.phase("collect"):
@@ -344,7 +353,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     paths["ml3"], controls["ml3"] = X, U
     results["ml3"] = _summary(
         d, model_steps + test.n * T, meta_seconds + time.perf_counter() - t0,
-        monitoring_env_steps=monitor_steps, inner_lr=config.inner_lr,
+        monitoring_env_steps=state.monitor_steps, inner_lr=config.inner_lr,
     )  # fmt: skip
 
     # -- (a) task loss through the same model, step size tuned on the training goals ----------
@@ -478,7 +487,7 @@ def _plots(
         if tr:
             axes[0, 1].plot(*zip(*tr, strict=True), "s--", label="training goals (collected)")
         axes[0, 1].axhline(SUCCESS_MM, color="gray", lw=0.8, ls=":")
-        axes[0, 1].set(title=f"real MuJoCo final distance after K steps", xlabel="outer iteration",
+        axes[0, 1].set(title="real MuJoCo final distance after K steps", xlabel="outer iteration",
                        ylabel="mm", yscale="log")  # fmt: skip
         axes[0, 1].legend()
         for ax in axes[0]:
@@ -514,10 +523,8 @@ def _video(ctx: RunContext, sim: ArmSim, X: np.ndarray, test: ReachTask, n: int)
     frames = []
     try:
         for g in range(min(n, test.n)):
-            frames.append(
-                render_rollout(sim, X[g], width=240, height=180, goal=test.goals[g].numpy(),
-                               stride=2)  # fmt: skip
-            )
+            goal = test.goals[g].numpy()
+            frames.append(render_rollout(sim, X[g], width=240, height=180, goal=goal, stride=2))
     except RenderingUnavailableError as e:
         log.warning("no video: %s", e)
         return None
@@ -527,7 +534,7 @@ def _video(ctx: RunContext, sim: ArmSim, X: np.ndarray, test: ReachTask, n: int)
 
 EXPERIMENT = Experiment(
     name="reacher",
-    summary="MBRL on the 2-link reacher: ML3 learned loss vs task loss vs iLQR (learned/true model)",
+    summary="MBRL on the 2-link reacher: ML3 learned loss vs task loss vs iLQR (learned, true)",
     config_type=ReacherConfig,
     run=run,
     smoke={

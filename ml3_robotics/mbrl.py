@@ -161,22 +161,35 @@ class ReachPolicy(nn.Module):
 
 
 def init_policy_params(
-    policy: nn.Module, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+    policy: nn.Module,
+    n: int,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    *,
+    zero_output_layer: bool = False,
 ) -> Params:
     """``n`` independent initialisations of ``policy``'s parameters, stacked on axis 0.
 
     Same distribution as ``nn.Linear``'s default (uniform within ``1/sqrt(fan_in)``), drawn from
     ``generator`` so that a seed fixes every fresh policy.
+
+    Args:
+        zero_output_layer: start the last linear layer at zero, so every fresh policy commands
+            zero torque (the arm rests) while its hidden features stay random; the random draw
+            is made anyway, so the hidden layers are the same either way.
     """
     out: Params = {}
     fan_in: dict[str, int] = {}
     for name, p in policy.named_parameters():
         if p.ndim == 2:
             fan_in[name.rsplit(".", 1)[0]] = p.shape[1]
+    layers = list(dict.fromkeys(name.rsplit(".", 1)[0] for name, _ in policy.named_parameters()))
     for name, p in policy.named_parameters():
-        bound = 1.0 / math.sqrt(fan_in[name.rsplit(".", 1)[0]])
+        layer = name.rsplit(".", 1)[0]
+        bound = 1.0 / math.sqrt(fan_in[layer])
         u = torch.rand((n, *p.shape), generator=generator, dtype=torch.float64)
-        out[name] = ((2 * u - 1) * bound).to(dtype)
+        value = ((2 * u - 1) * bound).to(dtype)
+        out[name] = torch.zeros_like(value) if zero_output_layer and layer == layers[-1] else value
     return out
 
 
@@ -288,11 +301,13 @@ class ReachTask:
 LossFn = Callable[[Tensor, Tensor, ReachTask], Tensor]  # (X, U, task) -> per-goal (G,)
 
 
-def learned_loss_fn(loss: LearnedLoss | Callable[..., Tensor], params: Params | None = None) -> LossFn:
+def learned_loss_fn(loss: LearnedLoss, params: Params | None = None) -> LossFn:
     """Per-goal learned loss ``mean_t M_phi(features_t)`` (with ``params`` substituted if given)."""
 
     def fn(X: Tensor, U: Tensor, task: ReachTask) -> Tensor:
         f = reach_features(task.config, X, U, task.goals.to(X))
+        source = params.values() if params is not None else loss.parameters()
+        f = f.to(next(iter(source)).dtype)  # float64 rollouts into a float32 loss, or back
         values = loss(f) if params is None else functional_call(loss, params, (f,))
         return values.mean(-1)
 

@@ -1,0 +1,185 @@
+"""MBRL reacher pieces: joint-count-independent features, gradient paths, float64 meta-gradient."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ml3_robotics.inner import InnerOptimizer
+from ml3_robotics.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble
+from ml3_robotics.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.mbrl import (
+    REACH_FEATURES,
+    ReachPolicy,
+    ReachTask,
+    adapt_policies,
+    batched_policy,
+    init_policy_params,
+    learned_loss_fn,
+    meta_loss,
+    model_rollout,
+    reach_feature_spec,
+    reach_features,
+)
+from robots.arm import forward_kinematics, load_arm_config, sample_goals
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _random_rollout(arm, B, T, gen, dtype=torch.float64):
+    n = arm.n_links
+    X = torch.randn(B, T + 1, 2 * n, generator=gen, dtype=dtype)
+    U = (torch.rand(B, T, n, generator=gen, dtype=dtype) * 2 - 1) * torch.tensor(
+        arm.torque_limits, dtype=dtype)
+    return X, U
+
+
+@pytest.mark.parametrize("name", ["reacher2", "arm3", "arm4"])
+def test_features_have_the_same_size_for_any_joint_count(name):
+    arm = load_arm_config(name)
+    gen = torch.Generator().manual_seed(0)
+    X, U = _random_rollout(arm, 3, 5, gen)
+    goal = torch.as_tensor(sample_goals(arm, 3, 0))
+    f = reach_features(arm, X, U, goal)
+    assert f.shape == (3, 5, len(REACH_FEATURES)) == (3, 5, reach_feature_spec().size)
+    n = arm.n_links
+    # Each named feature is what its name says.
+    ee = forward_kinematics(arm, X[:, 1:, :n])
+    torch.testing.assert_close(f[..., :2], ee - goal[:, None])
+    torch.testing.assert_close(f[..., 2], torch.sqrt(((ee - goal[:, None]) ** 2).sum(-1) + 1e-8))
+    torch.testing.assert_close(f[0, :, 5], torch.arange(1, 6, dtype=f.dtype) / 5)
+    torch.testing.assert_close(f[..., 6], (X[:, 1:, n:] ** 2).mean(-1))
+    lim = torch.tensor(arm.torque_limits, dtype=f.dtype)
+    torch.testing.assert_close(f[..., 7], ((U / lim) ** 2).mean(-1))
+
+
+def test_pooled_joint_terms_are_symmetric_in_the_joints():
+    arm = load_arm_config("arm4").replace(torque_limits=0.3)
+    gen = torch.Generator().manual_seed(1)
+    X, U = _random_rollout(arm, 2, 4, gen)
+    goal = torch.zeros(2, 2)
+    perm = torch.tensor([2, 0, 3, 1])
+    Xp = X.clone()
+    Xp[..., 4:] = X[..., 4:][..., perm]
+    f, fp = reach_features(arm, X, U, goal), reach_features(arm, Xp, U[..., perm], goal)
+    torch.testing.assert_close(f[..., 6:], fp[..., 6:])
+
+
+def test_one_learned_loss_applies_to_2_3_and_4_link_arms():
+    loss = LearnedLoss(LossConfig(reach_feature_spec(), hidden=(8,)))
+    gen = torch.Generator().manual_seed(2)
+    for name in ("reacher2", "arm3", "arm4"):
+        arm = load_arm_config(name)
+        X, U = _random_rollout(arm, 2, 3, gen)
+        task = ReachTask(arm, sample_goals(arm, 2, 0), 3)
+        assert learned_loss_fn(loss)(X, U, task).shape == (2,)
+
+
+def test_batched_policy_equals_the_module_goal_by_goal():
+    arm = load_arm_config("reacher2")
+    policy = ReachPolicy(arm, (8, 8))
+    params = init_policy_params(policy, 3, torch.Generator().manual_seed(0))
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    u = batched_policy(policy)(params, x)
+    for g in range(3):
+        single = torch.func.functional_call(policy, {k: v[g] for k, v in params.items()}, (x[g],))
+        torch.testing.assert_close(u[g], single)
+    assert (u.abs() <= torch.tensor(arm.torque_limits)).all()
+
+
+def _tiny_problem(dtype=torch.float64, horizon=4):
+    arm = load_arm_config("reacher2")
+    model = ProbabilisticEnsemble(4, 2, 0.01, EnsembleConfig(n_members=2, hidden=(8,),
+                                  angle_dims=(0, 1)), generator=torch.Generator().manual_seed(0),
+                                  dtype=dtype)  # fmt: skip
+    with torch.no_grad():  # a model whose torques matter: deltas of order one per unit input
+        model.out_std.fill_(0.05)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    policy = ReachPolicy(arm, (4, 4)).to(dtype)
+    task = ReachTask(arm, sample_goals(arm, 2, 0, min_radius=0.3), horizon)
+    params = init_policy_params(policy, 2, torch.Generator().manual_seed(3), dtype=dtype)
+    loss = LearnedLoss(LossConfig(reach_feature_spec(), hidden=(6,), activation="elu")).to(dtype)
+    loss.reset_parameters(torch.Generator().manual_seed(4))
+    return arm, model, policy, task, params, loss
+
+
+def _param_grads(loss_fn, policy, params, step, task):
+    p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    X, U = model_rollout(policy, p, step, task.x0(torch.float64), task.horizon)
+    grads = torch.autograd.grad(loss_fn(X, U, task).sum(), list(p.values()))
+    return torch.cat([g.flatten() for g in grads])
+
+
+def test_gradients_reach_the_policy_through_actions_and_through_the_model_rollout():
+    _, model, policy, task, params, loss = _tiny_problem()
+    lfn = learned_loss_fn(loss)
+    # Only the action path: a model that ignores the torques (and cuts the state path).
+    g_actions = _param_grads(lfn, policy, params, lambda x, u: model.step(x, 0 * u).detach(), task)
+    assert g_actions.abs().max() > 0
+    # Only the state path: the loss cannot read the torque feature.
+    with torch.no_grad():
+        loss.net[0].weight[:, REACH_FEATURES.index("mean_sq_torque_fraction")] = 0.0
+    g_states = _param_grads(lfn, policy, params, model.step, task)
+    assert g_states.abs().max() > 0
+    # And the state path really goes through the model: a torque-blind model gives nothing.
+    g_none = _param_grads(lfn, policy, params, lambda x, u: model.step(x, 0 * u), task)
+    assert g_none.abs().max() == 0
+
+
+def test_meta_gradient_float64_gradcheck_through_a_model_rollout():
+    _, model, policy, task, params, _ = _tiny_problem(horizon=3)
+    loss = LearnedLoss(LossConfig(reach_feature_spec(), hidden=(3,), activation="elu"))
+    loss = loss.to(torch.float64)
+    loss.reset_parameters(torch.Generator().manual_seed(5))
+    names = [n for n, _ in loss.named_parameters()]
+    opt = InnerOptimizer("sgd", lr=0.5, steps=1)
+
+    def f(*phi):
+        lfn = learned_loss_fn(loss, dict(zip(names, phi, strict=True)))
+        value, _ = meta_loss(policy, params, model.step, task, lfn, opt)
+        return value
+
+    phi = tuple(p.detach().clone().requires_grad_(True) for p in loss.parameters())
+    # The meta-gradient is not trivially zero: the inner step changes the task loss.
+    grads = torch.autograd.grad(f(*phi), phi)
+    assert max(float(g.abs().max()) for g in grads) > 1e-6
+    assert torch.autograd.gradcheck(f, phi, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_adapted_goals_are_independent():
+    """Batching goals changes nothing: goal 0 adapted alone equals goal 0 adapted in a batch."""
+    _, model, policy, task, params, loss = _tiny_problem()
+    opt = InnerOptimizer("sgd", lr=0.1, steps=2)
+    both = adapt_policies(policy, params, model.step, task, learned_loss_fn(loss), opt,
+                          differentiable=False)  # fmt: skip
+    alone = adapt_policies(policy, {k: v[:1] for k, v in params.items()}, model.step,
+                           task.subset([0]), learned_loss_fn(loss), opt, differentiable=False)
+    for k in both:
+        torch.testing.assert_close(both[k][:1], alone[k])
+        assert not torch.equal(both[k], params[k]) or k.endswith("bias")
+
+
+def test_task_loss_is_the_papers_loss():
+    arm = load_arm_config("reacher2")
+    task = ReachTask(arm, sample_goals(arm, 2, 0, min_radius=0.3), 5)
+    X, U = _random_rollout(arm, 2, 5, torch.Generator().manual_seed(6))
+    q, qd, qg = X[..., :2], X[..., 2:], task.q_goal[:, None]
+
+    def rho(r):
+        return torch.sqrt((r**2).sum(-1) + 1e-6) - 1e-3
+
+    expected = (10 * rho(q[:, -1] - qg[:, 0]) + rho(q[:, 1:] - qg).mean(1)
+                + 1e-4 * rho(qd[:, 1:]).mean(1) + 1e-6 / 5 * (U**2).sum((1, 2)))  # fmt: skip
+    torch.testing.assert_close(task.task_loss(X, U), expected)
+    # The joint-space goal is where the end effector meets the task-space goal.
+    torch.testing.assert_close(forward_kinematics(arm, task.q_goal), task.goals)
+    assert math.isclose(float(np.linalg.norm(task.goals[0])), float(
+        np.linalg.norm(forward_kinematics(arm, task.q_goal[0]))), rel_tol=1e-9)

@@ -1,0 +1,123 @@
+"""The reacher experiment end to end at smoke size, and exact resume after SIGKILL.
+
+The experiment registers through the ``ml3r.experiments`` entry point (see notes/mbrl.md); these
+tests do not depend on the installed entry point: they run the real CLI code path with the
+registry pointed at ``experiments.reacher``.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ml3_robotics.runs as runs
+from experiments.reacher import EXPERIMENT, METHODS
+from ml3_robotics.cli import run_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = (
+    "import sys; import ml3_robotics.runs as r; from experiments.reacher import EXPERIMENT; "
+    "r.discover_experiments = lambda: {'reacher': EXPERIMENT}; "
+    "from ml3_robotics.cli import main; raise SystemExit(main(sys.argv[1:]))"
+)
+FAST = ["video_goals=0", "lr_grid=[0.001]", "ilqr_iters=1", "n_holdout_trajectories=1"]
+
+
+def _ml3r(*args):
+    return [sys.executable, "-c", RUNNER, *args]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def test_smoke_run_writes_every_artefact(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "discover_experiments", lambda: {"reacher": EXPERIMENT})
+    out = tmp_path / "run"
+    run_experiment("reacher", seed=3, out=out, smoke=True)
+    doc = json.loads((out / "results.json").read_text())
+    methods = {"ml3": doc["metrics"], **doc["baselines"]}
+    assert set(methods) == set(METHODS)
+    for name, m in methods.items():
+        for key in ("mean_final_distance_mm", "max_final_distance_mm", "success_rate_10mm",
+                    "real_env_steps", "wall_time_s"):  # fmt: skip
+            assert key in m, (name, key)
+        assert 0 <= m["mean_final_distance_mm"] <= m["max_final_distance_mm"] <= 500
+        assert len(m["final_distance_mm_per_goal"]) == doc["config"]["n_test_goals"]
+        assert m["real_env_steps"] >= doc["config"]["n_test_goals"] * doc["config"]["horizon"]
+    # Every method ran on the same held-out goals, apart from the training goals.
+    assert len(doc["extra"]["test_goals"]) == doc["config"]["n_test_goals"]
+    for key in ("prediction_error_babble_holdout", "prediction_error_ml3_test_rollouts"):
+        err = doc["extra"][key]
+        assert err["horizon"] == 65 and err["one_step_rmse"] > 0 and err["open_loop_rmse"] > 0
+    for name in ("meta_training.png", "final_distance_per_goal.png", "ee_paths.png",
+                 "loss.safetensors", "loss.json", "metrics.csv", "config.yaml"):  # fmt: skip
+        assert (out / name).is_file(), name
+    if os.environ.get("MUJOCO_GL"):
+        assert (out / "meta_test_ml3.gif").is_file()
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + doc["config"]["outer_steps"]
+    assert "heldout_real_distance_mm" in rows[0]
+
+
+def _sets(*items):
+    return [a for item in items for a in ("--set", item)]
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_mid_meta_training_then_resume_loses_nothing(tmp_path):
+    sets = _sets("outer_steps=10", "checkpoint_every=1", "eval_every=4", *FAST)
+    reference = tmp_path / "reference"
+    done = subprocess.run(_ml3r("run", "reacher", "--smoke", *sets, "--out", str(reference)),
+                          capture_output=True, text=True, env=_env())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_ml3r("run", "reacher", "--smoke", *sets, "--out", str(killed)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    metrics = killed / "metrics.csv"
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) > 4:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "loss.safetensors").exists()
+
+    done = subprocess.run(_ml3r("run", "reacher", "--resume", "--out", str(killed)),
+                          capture_output=True, text=True, env=_env())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    a, b = load_file(reference / "loss.safetensors"), load_file(killed / "loss.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # The checkpoint's problem state (replay buffer, model, counters) ends identical too.
+    ca = load_file(reference / "checkpoints" / "meta_train.safetensors")
+    cb = load_file(killed / "checkpoints" / "meta_train.safetensors")
+    state_keys = [k for k in ca if k.startswith("state.")]
+    assert any(k.startswith("state.buffer.") for k in state_keys)
+    assert any(k.startswith("state.model.") for k in state_keys)
+    assert any(k.startswith("optim.") for k in ca)
+    assert ca.keys() == cb.keys()
+    for name in ca:
+        assert torch.equal(ca[name], cb[name]), name
+    ra = json.loads((reference / "results.json").read_text())
+    rb = json.loads((killed / "results.json").read_text())
+    assert rb["extra"]["resumed"] and not ra["extra"]["resumed"]
+    for method in METHODS[1:]:
+        assert ra["baselines"][method]["final_distance_mm_per_goal"] == \
+            rb["baselines"][method]["final_distance_mm_per_goal"]  # fmt: skip
+    rows = (killed / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 11  # header + one row per outer iteration, none lost or repeated
