@@ -109,7 +109,9 @@ def main() -> None:
             out[name] = fn()
             times[name].append(time.perf_counter() - t0)
     (vb, gb), (vr, gr) = out["batched"], out["reference"]
-    err = max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(gb, gr, strict=True))
+    err = max(
+        float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(gb, gr, strict=True)
+    )
     best = {k: min(v) for k, v in times.items()}
     print(f"reacher meta-training, G={task.n} goals, K={K}, T=65, ensemble 5x(128,128), "
           f"M_phi 400-400, 1 torch thread, best of {args.reps}")

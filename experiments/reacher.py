@@ -102,6 +102,7 @@ class ReacherConfig:
     ilqr_iters: int = 100
     n_holdout_trajectories: int = 20
     video_goals: int = 4
+    video_stride: int = 3  # render every n-th state (CPU rendering: ~0.1-0.3 s per frame)
     torch_threads: int = 1
     loss_path: str | None = None
 
@@ -110,7 +111,7 @@ class ReacherConfig:
             "horizon", "n_train_goals", "n_test_goals", "inner_steps", "babble_hold",
             "collect_every", "refit_every", "ensemble_members", "fit_epochs", "refit_epochs",
             "eval_every", "checkpoint_every", "ilqr_iters", "n_holdout_trajectories",
-            "torch_threads",
+            "torch_threads", "video_stride",
         )  # fmt: skip
         for name in positive:
             value = getattr(self, name)
@@ -420,7 +421,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     video = None
     if config.video_goals > 0:
         with ctx.phase("video"):
-            video = _video(ctx, sim, paths["ml3"], test, config.video_goals)
+            video = _video(ctx, sim, paths["ml3"], test, config.video_goals, config.video_stride)
 
     def short(r: dict[str, Any]) -> dict[str, Any]:
         keys = ("mean_final_distance_mm", "max_final_distance_mm", "success_rate_10mm",
@@ -519,16 +520,19 @@ def _plots(
     save(fig, ctx.path("ee_paths.png"))
 
 
-def _video(ctx: RunContext, sim: ArmSim, X: np.ndarray, test: ReachTask, n: int) -> str | None:
+def _video(
+    ctx: RunContext, sim: ArmSim, X: np.ndarray, test: ReachTask, n: int, stride: int
+) -> str | None:
     frames = []
     try:
         for g in range(min(n, test.n)):
             goal = test.goals[g].numpy()
-            frames.append(render_rollout(sim, X[g], width=240, height=180, goal=goal, stride=2))
+            frames.append(render_rollout(sim, X[g], 200, 150, goal=goal, stride=stride))
     except RenderingUnavailableError as e:
         log.warning("no video: %s", e)
         return None
-    path = write_video(np.concatenate(frames), ctx.path("meta_test_ml3.gif"), fps=25)
+    fps = max(1, round(1.0 / (sim.dt * stride)))  # real time
+    path = write_video(np.concatenate(frames), ctx.path("meta_test_ml3.gif"), fps=fps)
     return path.name
 
 
@@ -557,5 +561,6 @@ EXPERIMENT = Experiment(
         "ilqr_iters": 2,
         "n_holdout_trajectories": 2,
         "video_goals": 1,
+        "video_stride": 16,
     },
 )

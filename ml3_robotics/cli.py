@@ -33,8 +33,18 @@ from ml3_robotics.runs import (
 log = logging.getLogger("ml3r")
 
 # `ml3r demo`: the main job at a size that finishes in a couple of minutes on 2 CPU cores.
-DEMO_EXPERIMENT = "sine"
-DEMO_SETTINGS: dict[str, Any] = {}
+DEMO_EXPERIMENT = "reacher"
+DEMO_SETTINGS: dict[str, Any] = {
+    "outer_steps": 150,
+    "n_train_goals": 16,
+    "n_test_goals": 10,
+    "inner_steps": 3,
+    "fit_epochs": 50,
+    "refit_epochs": 20,
+    "eval_every": 25,
+    "ilqr_iters": 20,
+    "video_goals": 3,
+}
 
 
 def _parser() -> argparse.ArgumentParser:
