@@ -3,6 +3,17 @@
 Imports only ``robots`` protocols; never creates environments or writes files.
 """
 
+from controllers.costs import MountainCarCost, QuadraticCost, ReachCost
+from controllers.ilqr import ILQR, ILQRConfig, ILQRResult
 from controllers.protocols import Cost, Dynamics
 
-__all__ = ["Cost", "Dynamics"]
+__all__ = [
+    "ILQR",
+    "Cost",
+    "Dynamics",
+    "ILQRConfig",
+    "ILQRResult",
+    "MountainCarCost",
+    "QuadraticCost",
+    "ReachCost",
+]
