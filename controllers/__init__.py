@@ -5,6 +5,7 @@ Imports only ``robots`` protocols; never creates environments or writes files.
 
 from controllers.costs import MountainCarCost, QuadraticCost, ReachCost
 from controllers.ilqr import ILQR, ILQRConfig, ILQRResult
+from controllers.mujoco_dynamics import MujocoDynamics
 from controllers.protocols import Cost, Dynamics
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "ILQRConfig",
     "ILQRResult",
     "MountainCarCost",
+    "MujocoDynamics",
     "QuadraticCost",
     "ReachCost",
 ]

@@ -137,6 +137,38 @@ def _bounds(name: str, value: Any, nu: int, fill: float) -> np.ndarray:
     return a
 
 
+def _spd_solve(H: np.ndarray, R: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """``-H^{-1} R`` for a batch of symmetric ``H (B, n, n)``, and which ``H`` are not PD.
+
+    Returns ``(bad, X)`` with ``bad`` None when every ``H`` is positive definite; rows of ``X``
+    for bad problems are meaningless. n = 1 and 2 use closed forms because LAPACK's per-call
+    overhead is several times the arithmetic at that size.
+    """
+    n = H.shape[-1]
+    if n == 1:
+        h = H[:, 0, 0]
+        bad = ~(h > 0)
+        return (bad if bad.any() else None), -R / np.where(bad, 1.0, h)[:, None, None]
+    if n == 2:
+        a, b, d = H[:, 0, 0], H[:, 0, 1], H[:, 1, 1]
+        det = a * d - b * b
+        bad = ~((a > 0) & (det > 0))
+        det = np.where(bad, 1.0, det)[:, None]
+        a, b, d = a[:, None], b[:, None], d[:, None]
+        r0, r1 = R[:, 0], R[:, 1]
+        X = np.stack([(b * r1 - d * r0) / det, (b * r0 - a * r1) / det], 1)
+        return (bad if bad.any() else None), X
+    try:
+        np.linalg.cholesky(H)
+        bad = None
+    except np.linalg.LinAlgError:
+        bad = ~np.isfinite(H).all((-1, -2))
+        Hs = np.where(bad[:, None, None], np.eye(n), H)
+        bad |= np.linalg.eigvalsh(Hs).min(-1) <= 0
+        H = np.where(bad[:, None, None], np.eye(n), H)
+    return bad, -np.linalg.solve(H, R)
+
+
 class ILQR:
     """Batched box-constrained iLQR planner.
 
@@ -172,6 +204,8 @@ class ILQR:
         self.dynamics, self.cost, self.horizon = dynamics, cost, horizon
         self.nx, self.nu = int(dynamics.nx), int(dynamics.nu)
         self.config = config if config is not None else ILQRConfig()
+        # Optional fast path for simulators that work in numpy float64 (MujocoDynamics).
+        self._step_numpy = getattr(dynamics, "step_numpy", None)
         self.lower = _bounds("lower", lower, self.nu, -np.inf)
         self.upper = _bounds("upper", upper, self.nu, np.inf)
         lo, hi = np.broadcast_arrays(self.lower, self.upper)
@@ -186,6 +220,8 @@ class ILQR:
 
     # ---------------------------------------------------------------- helpers
     def _step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        if self._step_numpy is not None:
+            return self._step_numpy(x, u)
         dt = self.config.dtype
         with torch.no_grad():
             y = self.dynamics.step(torch.from_numpy(x).to(dt), torch.from_numpy(u).to(dt))
@@ -255,8 +291,15 @@ class ILQR:
         return x, U
 
     def _derivatives(self, X: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Derivatives packed for the backward pass.
+
+        Returns ``Faug (B, T, 1+nx, 1+nz)`` = blockdiag(1, [A B]), ``FT (B, T, nz, nx)`` =
+        [A B]^T, ``Laug (B, T, nz, 1+nz)`` = [l_z | l_zz] and the terminal ``V (B, nx, 1+nx)`` =
+        [V_x | V_xx], where ``z = [x, u]`` and ``nz = nx + nu``.
+        """
         nb, T = U.shape[:2]
         nx, nu = self.nx, self.nu
+        nz = nx + nu
         dt = self.config.dtype
         xs = torch.from_numpy(np.ascontiguousarray(X[:, :T]).reshape(nb * T, nx)).to(dt)
         us = torch.from_numpy(np.ascontiguousarray(U).reshape(nb * T, nu)).to(dt)
@@ -264,76 +307,83 @@ class ILQR:
         A = np.asarray(A.detach().to(torch.float64).cpu().numpy() if isinstance(A, Tensor) else A)
         Bm = np.asarray(Bm.detach().to(torch.float64).cpu().numpy()
                         if isinstance(Bm, Tensor) else Bm)
-        F = np.concatenate([A.reshape(nb, T, nx, nx), Bm.reshape(nb, T, nx, nu)], axis=-1)
+        Faug = np.zeros((nb, T, 1 + nx, 1 + nz))
+        Faug[..., 0, 0] = 1.0
+        Faug[..., 1:, 1:1 + nx] = A.reshape(nb, T, nx, nx)
+        Faug[..., 1:, 1 + nx:] = Bm.reshape(nb, T, nx, nu)
+        FT = np.ascontiguousarray(np.swapaxes(Faug[..., 1:, 1:], -1, -2))
         c = cost_derivatives(self.cost, torch.from_numpy(X).to(dt), torch.from_numpy(U).to(dt))
-        nz = nx + nu
-        Lzz = np.empty((nb, T, nz, nz))
-        Lzz[..., :nx, :nx] = c.lxx[:, :T]
-        Lzz[..., nx:, nx:] = c.luu
-        Lzz[..., nx:, :nx] = c.lux
-        Lzz[..., :nx, nx:] = np.swapaxes(c.lux, -1, -2)
-        Lz = np.concatenate([c.lx[:, :T], c.lu], axis=-1)
-        return F, Lz, Lzz, c.lx[:, T], c.lxx[:, T]
+        Laug = np.empty((nb, T, nz, 1 + nz))
+        Laug[..., :nx, 0] = c.lx[:, :T]
+        Laug[..., nx:, 0] = c.lu
+        Laug[..., :nx, 1:1 + nx] = c.lxx[:, :T]
+        Laug[..., nx:, 1 + nx:] = c.luu
+        Laug[..., nx:, 1:1 + nx] = c.lux
+        Laug[..., :nx, 1 + nx:] = np.swapaxes(c.lux, -1, -2)
+        VT = np.concatenate([c.lx[:, T, :, None], c.lxx[:, T]], axis=-1)
+        return Faug, FT, Laug, VT
 
-    def _backward(self, U: np.ndarray, F: np.ndarray, Lz: np.ndarray, Lzz: np.ndarray,
-                  VxT: np.ndarray, VxxT: np.ndarray, mu: np.ndarray, k_prev: np.ndarray
-                  ) -> tuple[np.ndarray, ...]:
-        """Riccati sweep with per-step box QP. Returns ``ok (B,)``, k, K, dV1, dV2."""
+    def _backward(self, U: np.ndarray, Faug: np.ndarray, FT: np.ndarray, Laug: np.ndarray,
+                  VT: np.ndarray, mu: np.ndarray, k_prev: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Riccati sweep with a box QP per step. Returns ``ok (B,)``, k, K, dV1, dV2.
+
+        Works on augmented matrices so that each step is a handful of batched calls (the
+        Python overhead per call dominates at these sizes): with ``V = [V_x | V_xx]``,
+        ``Q = [Q_z | Q_zz] = Laug_t + F^T (V blockdiag(1, F))`` and, for the affine policy
+        ``du = k + K dx`` packed as ``Gaug = [[1, 0], [0, I], [k, K]]``, the new value is
+        ``V = [I 0 ... ; K]^T Q Gaug`` (Tassa et al. 2012, eq. 11 in matrix form).
+        """
         nb, T = U.shape[:2]
         nx, nu = self.nx, self.nu
         eye_u = np.eye(nu)
-        k = np.zeros((nb, T, nu))
-        K = np.zeros((nb, T, nu, nx))
+        S = np.zeros((nb, T, nu, 1 + nx))  # [k | K]
+        Qu_all = np.empty((nb, T, nu))
+        Quu_all = np.empty((nb, T, nu, nu))
         ok = np.ones(nb, dtype=bool)
-        dV1 = np.zeros(nb)
-        dV2 = np.zeros(nb)
-        Vx, Vxx = VxT, VxxT
-        G = np.zeros((nb, nx + nu, nx))
-        G[:, :nx] = np.eye(nx)
-        gvec = np.zeros((nb, nx + nu))
+        V = VT
+        Gaug = np.zeros((nb, 1 + nx + nu, 1 + nx))
+        Gaug[:, 0, 0] = 1.0
+        Gaug[:, 1:1 + nx, 1:] = np.eye(nx)
+        GT = np.swapaxes(Gaug[:, 1:, 1:], -1, -2)  # view: follows Gaug's K block
         lo = np.broadcast_to(self.lower, (nb, nu))
         hi = np.broadcast_to(self.upper, (nb, nu))
         mu_i = mu[:, None, None] * eye_u
+        bounded = self.bounded
         for t in range(T - 1, -1, -1):
-            Ft = F[:, t]
-            FT = np.swapaxes(Ft, -1, -2)
-            Qzz = Lzz[:, t] + FT @ (Vxx @ Ft)
-            Qz = Lz[:, t] + (FT @ Vx[..., None])[..., 0]
-            Quu = Qzz[:, nx:, nx:]
-            Qux = Qzz[:, nx:, :nx]
-            Qu = Qz[:, nx:]
+            Q = Laug[:, t] + FT[:, t] @ (V @ Faug[:, t])
+            Qu_rows = Q[:, nx:]  # [Q_u | Q_ux | Q_uu]
+            Quu = Qu_rows[:, :, 1 + nx:]
             H = Quu + mu_i
-            try:
-                np.linalg.cholesky(H)
-            except np.linalg.LinAlgError:
-                # Find the problems that are not positive definite; keep going for the others.
-                bad = np.linalg.eigvalsh(H).min(-1) <= 0
-                bad |= ~np.isfinite(H).all((-1, -2))
+            bad, sol = _spd_solve(H, Qu_rows[:, :, : 1 + nx])
+            if bad is not None:
                 ok &= ~bad
                 H = np.where(bad[:, None, None], eye_u, H)
-            sol = np.linalg.solve(H, -np.concatenate([Qu[..., None], Qux], axis=-1))
-            kt, Kt = sol[..., 0], sol[..., 1:]
-            if self.bounded:
+            if bounded:
                 ut = U[:, t]
+                kt = sol[..., 0]
                 viol = ((ut + kt < lo) | (ut + kt > hi)).any(-1)
                 if viol.any():
                     i = np.nonzero(viol)[0]
-                    res = box_qp(H[i], Qu[i], lo[i] - ut[i], hi[i] - ut[i], k_prev[i, t],
+                    Qu = Qu_rows[i, :, 0]
+                    res = box_qp(H[i], Qu, lo[i] - ut[i], hi[i] - ut[i], k_prev[i, t],
                                  max_iter=self.config.boxqp_max_iter)
-                    kt[i] = res.x
                     Hm = masked_hessian(H[i], res.free)
-                    Kt[i] = np.linalg.solve(Hm, -np.where(res.free[..., None], Qux[i], 0.0))
-            k[:, t], K[:, t] = kt, Kt
-            G[:, nx:] = Kt
-            gvec[:, nx:] = kt
-            QG = Qzz @ G
-            GT = np.swapaxes(G, -1, -2)
-            Vxx = GT @ QG
-            Vxx = 0.5 * (Vxx + np.swapaxes(Vxx, -1, -2))
-            Vx = (GT @ (Qz + (Qzz @ gvec[..., None])[..., 0])[..., None])[..., 0]
-            dV1 += np.einsum("bi,bi->b", kt, Qu)
-            dV2 += 0.5 * np.einsum("bi,bij,bj->b", kt, Quu, kt)
-        return ok, k, K, dV1, dV2
+                    Ki = np.linalg.solve(Hm, -np.where(res.free[..., None],
+                                                      Qu_rows[i, :, 1:1 + nx], 0.0))
+                    sol[i, :, 0] = res.x
+                    sol[i, :, 1:] = Ki
+            S[:, t] = sol
+            Qu_all[:, t] = Qu_rows[:, :, 0]
+            Quu_all[:, t] = Quu
+            Gaug[:, 1 + nx:] = sol
+            V = GT @ (Q @ Gaug)
+            Vxx = V[:, :, 1:]
+            V[:, :, 1:] = 0.5 * (Vxx + np.swapaxes(Vxx, -1, -2))
+        k = S[..., 0]
+        K = S[..., 1:]
+        dV1 = np.einsum("bti,bti->b", k, Qu_all)
+        dV2 = 0.5 * np.einsum("bti,btij,btj->b", k, Quu_all, k)
+        return ok, np.ascontiguousarray(k), np.ascontiguousarray(K), dV1, dV2
 
     # ---------------------------------------------------------------- solve
     def solve(self, x0: Tensor, U0: Tensor | None = None) -> ILQRResult:
@@ -378,10 +428,10 @@ class ILQR:
         for _ in range(cfg.max_iters):
             active = ~done
             iters[active] += 1
-            F, Lz, Lzz, VxT, VxxT = self._derivatives(X, U)
+            derivs = self._derivatives(X, U)
             # Backward pass; problems whose Quu + mu I is not positive definite get more mu.
             while True:
-                ok, k, K, dV1, dV2 = self._backward(U, F, Lz, Lzz, VxT, VxxT, mu, k_out)
+                ok, k, K, dV1, dV2 = self._backward(U, *derivs, mu, k_out)
                 failed = active & ~ok
                 if not failed.any():
                     break
