@@ -36,6 +36,8 @@ def test_import_direction(package: str) -> None:
 def test_library_code_does_not_print() -> None:
     for package in ("robots", "controllers", "ml3_robotics"):
         for f in (ROOT / package).rglob("*.py"):
+            if f == ROOT / "ml3_robotics" / "cli.py":  # the user-facing edge prints by design
+                continue
             for node in ast.walk(ast.parse(f.read_text())):
                 if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
                     pytest.fail(f"print() in library code: {f.relative_to(ROOT)}:{node.lineno}")

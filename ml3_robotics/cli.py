@@ -1,0 +1,177 @@
+"""``ml3r``: the command line. This module is the user-facing edge, so it (alone) prints.
+
+Errors the user can fix (unknown names, bad values, bad files, an occupied output directory)
+end with one line on stderr and exit status 2; nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ml3_robotics.errors import ML3Error
+from ml3_robotics.runs import (
+    ConfigError,
+    RunContext,
+    RunResult,
+    build_config,
+    discover_experiments,
+    get_experiment,
+    parse_set_options,
+    prepare_out_dir,
+    read_config_file,
+    read_run_config,
+    write_config,
+    write_results,
+)
+
+log = logging.getLogger("ml3r")
+
+# `ml3r demo`: the main job at a size that finishes in a couple of minutes on 2 CPU cores.
+DEMO_EXPERIMENT = "sine"
+DEMO_SETTINGS: dict[str, Any] = {}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ml3r", description="Robot control with meta-learned losses")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the registered experiments")
+    run = sub.add_parser("run", help="run an experiment and write its artefacts")
+    run.add_argument("experiment")
+    _run_options(run)
+    demo = sub.add_parser("demo", help="run the main job at demo size and print its table")
+    demo.add_argument("--out", type=Path, default=None)
+    demo.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _run_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--config", type=Path, help="YAML file of config keys")
+    run.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable; values parsed as YAML)",
+    )
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default runs/<experiment>/<timestamp>)",
+    )
+    run.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out")
+    run.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+
+
+def run_experiment(
+    name: str,
+    *,
+    seed: int = 0,
+    out: Path | None = None,
+    config_file: Path | None = None,
+    sets: Sequence[str] = (),
+    smoke: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> tuple[RunContext, RunResult]:
+    """Resolve the config, prepare ``out``, run the experiment, write its artefacts."""
+    experiment = get_experiment(name)
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs --out DIR naming the run to continue")
+        if config_file is not None or sets or smoke:
+            raise ConfigError(
+                "--resume takes the run's own config.yaml; drop --config/--set/--smoke"
+            )
+        prepare_out_dir(out, resume=True, overwrite=overwrite)
+        saved = read_run_config(out)
+        if saved.get("experiment") != name:
+            raise ConfigError(
+                f"--resume: {out} holds a run of {saved.get('experiment')!r}, not {name!r}"
+            )
+        config = build_config(experiment.config_type, saved["config"])
+        seed, smoke = int(saved["seed"]), bool(saved.get("smoke", False))
+    else:
+        layers = [dict(experiment.smoke) if smoke else {}]
+        if config_file is not None:
+            layers.append(read_config_file(config_file))
+        layers.append(parse_set_options(list(sets)))
+        config = build_config(experiment.config_type, *layers)
+        if out is None:
+            out = Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
+        prepare_out_dir(out, resume=False, overwrite=overwrite)
+    ctx = RunContext(out, seed, resume=resume, smoke=smoke, progress=progress)
+    write_config(ctx, name, config, smoke)
+    with ctx.phase("total"):
+        result = experiment.run(config, ctx)
+    write_results(ctx, name, config, result)
+    return ctx, result
+
+
+def _table(result: RunResult) -> str:
+    methods = {"ml3": result.metrics, **result.baselines}
+    keys = [k for k, v in result.metrics.items() if isinstance(v, int | float)]
+    width = max(len(m) for m in methods) + 2
+    lines = ["method".ljust(width) + "".join(k[:18].rjust(20) for k in keys)]
+    for method, values in methods.items():
+        cells = []
+        for k in keys:
+            v = values.get(k)
+            cells.append((f"{v:.4g}" if isinstance(v, int | float) else "-").rjust(20))
+        lines.append(method.ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    progress = sys.stderr.isatty()
+    try:
+        if args.command == "list":
+            for name, exp in discover_experiments().items():
+                print(f"{name:16s} {exp.summary}")
+            return 0
+        if args.command == "demo":
+            ctx, result = run_experiment(
+                DEMO_EXPERIMENT,
+                seed=args.seed,
+                out=args.out,
+                sets=[f"{k}={v}" for k, v in DEMO_SETTINGS.items()],
+                progress=progress,
+            )
+        else:
+            ctx, result = run_experiment(
+                args.experiment,
+                seed=args.seed,
+                out=args.out,
+                config_file=args.config,
+                sets=args.sets,
+                smoke=args.smoke,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=progress,
+            )
+    except (ML3Error, ConfigError) as e:
+        print(f"ml3r: error: {e}", file=sys.stderr)
+        return 2
+    print(_table(result))
+    print(f"artefacts in {ctx.out} ({ctx.timing['total']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Functional, differentiable inner loops: K steps of SGD or Adam on a dict of parameters.
+
+Gradients come from :func:`torch.func.grad`, so the same code runs plainly, under
+:func:`torch.func.vmap` (a batch of tasks), and inside an outer ``torch.autograd`` computation
+(the meta-gradient flows through every inner step, like ``create_graph=True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value
+
+from ml3_robotics.learned_loss import check_choice
+
+Params = dict[str, Tensor]
+INNER_METHODS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class InnerOptimizer:
+    """An inner-loop optimizer, matching ``torch.optim.SGD`` / ``torch.optim.Adam`` defaults.
+
+    Attributes:
+        method: ``"sgd"`` or ``"adam"``.
+        lr: step size.
+        steps: number of inner steps K (>= 1).
+        betas: Adam's moment decay rates.
+        eps: Adam's denominator offset.
+    """
+
+    method: str = "sgd"
+    lr: float = 1e-3
+    steps: int = 1
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, INNER_METHODS)
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected a positive step size, got {self.lr}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps: expected an int >= 1, got {self.steps!r}")
+        b1, b2 = self.betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"betas: expected values in [0, 1), got {self.betas}")
+        if not self.eps > 0:
+            raise ValueError(f"eps: expected a positive number, got {self.eps}")
+
+
+def _safe_sqrt(v: Tensor) -> Tensor:
+    # sqrt has an infinite derivative at 0; where v == 0 the Adam update is exactly 0 anyway
+    # (m == 0 too), so route those entries around sqrt to keep meta-gradients finite.
+    positive = v > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, v, torch.ones_like(v))), 0.0)
+
+
+def adapt(
+    objective: Callable[[Params], Tensor],
+    params: Mapping[str, Tensor],
+    optimizer: InnerOptimizer,
+    *,
+    steps: int | None = None,
+    differentiable: bool = True,
+    on_step: Callable[[int, Params, Tensor], None] | None = None,
+) -> Params:
+    """Run K inner optimisation steps of ``objective`` starting from ``params``.
+
+    Args:
+        objective: maps a parameter dict to a scalar loss (e.g. the learned loss of a model's
+            predictions). It may close over tensors that require grad (M_phi's parameters):
+            the returned parameters stay differentiable with respect to them.
+        params: initial parameters (name -> tensor); not modified.
+        optimizer: the inner optimizer; ``optimizer.steps`` is K unless ``steps`` overrides it.
+        steps: optional override of K.
+        differentiable: if False, every step is detached (plain training, e.g. at meta-test);
+            the arithmetic is identical.
+        on_step: optional callback ``(k, params_before_step, loss_before_step)``.
+
+    Returns:
+        The adapted parameters after K steps.
+    """
+    k_steps = optimizer.steps if steps is None else steps
+    if k_steps < 1:
+        raise ValueError(f"steps: expected an int >= 1, got {k_steps}")
+    grad_fn = grad_and_value(objective)
+    current: Params = dict(params)
+    if not differentiable:
+        current = {k: v.detach() for k, v in current.items()}
+    exp_avg: Params = {k: torch.zeros_like(v) for k, v in current.items()}
+    exp_avg_sq: Params = {k: torch.zeros_like(v) for k, v in current.items()}
+    lr = optimizer.lr
+    b1, b2 = optimizer.betas
+    for k in range(k_steps):
+        grads, loss = grad_fn(current)
+        if not differentiable:
+            grads = {n: g.detach() for n, g in grads.items()}
+            loss = loss.detach()
+        if on_step is not None:
+            on_step(k, current, loss)
+        if optimizer.method == "sgd":
+            current = {n: p - lr * grads[n] for n, p in current.items()}
+            continue
+        # Adam, written as torch.optim.Adam computes it (same operation order, so the plain
+        # run equals torch.optim's to rounding).
+        t = k + 1
+        bias_correction1 = 1 - b1**t
+        bias_correction2_sqrt = (1 - b2**t) ** 0.5
+        step_size = lr / bias_correction1
+        updated: Params = {}
+        for n, p in current.items():
+            g = grads[n]
+            exp_avg[n] = exp_avg[n] * b1 + g * (1 - b1)
+            exp_avg_sq[n] = exp_avg_sq[n] * b2 + g * g * (1 - b2)
+            denom = _safe_sqrt(exp_avg_sq[n]) / bias_correction2_sqrt + optimizer.eps
+            updated[n] = p - step_size * (exp_avg[n] / denom)
+        current = updated
+    return current
+
+
+def module_params(module: nn.Module) -> Params:
+    """The module's parameters as a plain dict (the starting point of an inner loop)."""
+    return dict(module.named_parameters())
+
+
+def call(module: nn.Module, params: Mapping[str, Tensor], *args: Tensor) -> Tensor:
+    """Evaluate ``module`` with ``params`` substituted (torch.func.functional_call)."""
+    return functional_call(module, dict(params), args)
+
+
+def stack_params(param_dicts: list[Params]) -> Params:
+    """Stack per-task parameter dicts along a new leading axis (for vmap over tasks)."""
+    if not param_dicts:
+        raise ValueError("param_dicts: expected at least one parameter dict, got none")
+    return {k: torch.stack([p[k] for p in param_dicts]) for k in param_dicts[0]}

@@ -1,0 +1,245 @@
+"""The ML3 outer loop: Adam on M_phi's parameters, checkpoints, resume, non-finite guards.
+
+Determinism across a kill and resume comes from two choices: every outer iteration draws its
+randomness from a generator seeded by ``(seed, iteration)`` alone, and a checkpoint holds
+everything else that changes (M_phi, Adam's state, the history, and the problem's own state).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ml3_robotics.errors import NonFiniteError
+from ml3_robotics.serialization import atomic_save_tensors
+
+log = logging.getLogger(__name__)
+
+
+class Stateful(Protocol):
+    """Problem state carried across iterations (e.g. a replay buffer and a dynamics model)."""
+
+    def state_dict(self) -> dict[str, Tensor]: ...
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    """Outer-loop settings.
+
+    Attributes:
+        outer_steps: number of meta-updates.
+        lr: Adam step size on phi.
+        seed: base seed; iteration ``i`` uses a generator seeded from ``(seed, i)``.
+        checkpoint_every: write a checkpoint every this many iterations (and at the end).
+        grad_clip: optional max-norm clip of the meta-gradient.
+    """
+
+    outer_steps: int
+    lr: float = 1e-3
+    seed: int = 0
+    checkpoint_every: int = 50
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.outer_steps, int) or self.outer_steps < 0:
+            raise ValueError(f"outer_steps: expected an int >= 0, got {self.outer_steps!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected a positive number, got {self.lr}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            raise ValueError(
+                f"checkpoint_every: expected an int >= 1, got {self.checkpoint_every!r}"
+            )
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip: expected a positive number or None, got {self.grad_clip}")
+
+
+@dataclass
+class OuterStep:
+    """What the meta-objective returns for one outer iteration."""
+
+    loss: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+MetaObjective = Callable[[int, torch.Generator], "OuterStep | Tensor"]
+Callback = Callable[[int, dict[str, float]], None]
+
+
+def iteration_generator(seed: int, iteration: int) -> torch.Generator:
+    """A generator that depends only on ``(seed, iteration)``, so a resumed run repeats it."""
+    state = np.random.SeedSequence([int(seed), int(iteration)]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] % (2**63)))
+
+
+class MetaTrainer:
+    """Runs the ML3 outer loop on a learned loss.
+
+    Args:
+        loss: M_phi; its parameters are updated in place.
+        objective: ``objective(iteration, generator)`` returns the meta-loss (a scalar tensor
+            differentiable with respect to ``loss``'s parameters) or an :class:`OuterStep`.
+        config: outer-loop settings.
+        checkpoint_path: file for checkpoints (``.safetensors``); None disables them.
+        callbacks: called as ``callback(iteration, metrics)`` after every meta-update.
+        state: optional problem state saved in and restored from checkpoints.
+        progress: show a tqdm bar (the CLI passes True only on a TTY).
+    """
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        objective: MetaObjective,
+        config: MetaTrainConfig,
+        *,
+        checkpoint_path: str | Path | None = None,
+        callbacks: Sequence[Callback] = (),
+        state: Stateful | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.loss = loss
+        self.objective = objective
+        self.config = config
+        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.callbacks = list(callbacks)
+        self.state = state
+        self.progress = progress
+        self.optimizer = torch.optim.Adam(loss.parameters(), lr=config.lr)
+        self.iteration = 0  # number of completed meta-updates
+        self.history: list[dict[str, float]] = []
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Write the full outer-loop state atomically (a crash leaves the previous file)."""
+        if self.checkpoint_path is None:
+            return
+        tensors: dict[str, Tensor] = {f"loss.{k}": v for k, v in self.loss.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for idx, slots in opt["state"].items():
+            for name, value in slots.items():
+                tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
+        if self.state is not None:
+            tensors.update({f"state.{k}": v for k, v in self.state.state_dict().items()})
+        meta = {
+            "iteration": str(self.iteration),
+            "seed": str(self.config.seed),
+            "param_groups": json.dumps(opt["param_groups"]),
+            "history": json.dumps(self.history),
+        }
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_tensors(tensors, self.checkpoint_path, metadata=meta)
+
+    def load_checkpoint(self) -> bool:
+        """Restore from ``checkpoint_path``; returns False when there is no checkpoint yet."""
+        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+            return False
+        try:
+            tensors = load_file(self.checkpoint_path)
+            with safe_open(self.checkpoint_path, framework="pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"checkpoint {self.checkpoint_path} is unreadable ({e})") from e
+        if int(meta.get("seed", -1)) != self.config.seed:
+            raise ValueError(
+                f"checkpoint {self.checkpoint_path} was written with seed {meta.get('seed')}, "
+                f"this run has seed {self.config.seed}"
+            )
+        self.loss.load_state_dict(
+            {k[len("loss.") :]: v for k, v in tensors.items() if k.startswith("loss.")}
+        )
+        opt_state: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = value
+        self.optimizer.load_state_dict(
+            {"state": opt_state, "param_groups": json.loads(meta["param_groups"])}
+        )
+        if self.state is not None:
+            self.state.load_state_dict(
+                {k[len("state.") :]: v for k, v in tensors.items() if k.startswith("state.")}
+            )
+        self.iteration = int(meta["iteration"])
+        self.history = json.loads(meta["history"])
+        log.info("resumed from %s at iteration %d", self.checkpoint_path, self.iteration)
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def step(self) -> dict[str, float]:
+        """One meta-update. Raises :class:`NonFiniteError` without touching phi on NaN/inf."""
+        i = self.iteration
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.objective(i, iteration_generator(self.config.seed, i))
+        result = out if isinstance(out, OuterStep) else OuterStep(loss=out)
+        value = float(result.loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteError(
+                f"meta-loss is {value} at outer iteration {i}; {self._last_good()}"
+            )
+        result.loss.backward()
+        grads = [p.grad for p in self.loss.parameters() if p.grad is not None]
+        grad_norm = (
+            float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+            if grads
+            else 0.0
+        )
+        if not math.isfinite(grad_norm):
+            raise NonFiniteError(
+                f"meta-gradient norm is {grad_norm} at outer iteration {i}; {self._last_good()}"
+            )
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.loss.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.iteration = i + 1
+        row = {
+            "iteration": float(i),
+            "meta_loss": value,
+            "meta_grad_norm": grad_norm,
+            "seconds": time.perf_counter() - start,
+            **{k: float(v) for k, v in result.metrics.items()},
+        }
+        self.history.append(row)
+        return row
+
+    def _last_good(self) -> str:
+        if self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            return f"the last good checkpoint {self.checkpoint_path} is left intact"
+        return "no checkpoint was written"
+
+    def run(self, resume: bool = False) -> list[dict[str, float]]:
+        """Run until ``config.outer_steps`` meta-updates are done; returns the history."""
+        if resume:
+            self.load_checkpoint()
+        total = self.config.outer_steps
+        bar = tqdm(
+            total=total, initial=self.iteration, desc="meta-train", disable=not self.progress
+        )
+        try:
+            while self.iteration < total:
+                row = self.step()
+                bar.update(1)
+                bar.set_postfix(meta_loss=f"{row['meta_loss']:.4g}", refresh=False)
+                for callback in self.callbacks:
+                    callback(self.iteration - 1, row)
+                if self.iteration % self.config.checkpoint_every == 0 or self.iteration == total:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        return self.history

@@ -1,0 +1,381 @@
+"""Experiments, their configs and the artefacts every run leaves in its output directory.
+
+An experiment is a frozen config dataclass plus a ``run(config, ctx)`` function; it registers
+under the ``ml3r.experiments`` entry-point group. The CLI resolves the config (defaults, then
+``--smoke`` sizes, then ``--config`` YAML, then ``--set``), prepares the output directory and
+writes ``config.yaml``, ``results.json`` and ``metrics.csv``; the experiment writes its plots,
+learned loss and checkpoints through :class:`RunContext`, always inside ``ctx.out``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import json
+import platform
+import shutil
+import time
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ml3_robotics.errors import ML3Error, RunDirError
+from ml3_robotics.serialization import atomic_write_bytes
+
+ENTRY_POINT_GROUP = "ml3r.experiments"
+RUN_MARKERS = ("config.yaml", "results.json", "checkpoints")
+
+
+class ConfigError(ML3Error, ValueError):
+    """An unknown or mistyped configuration key or value."""
+
+
+@dataclass
+class RunResult:
+    """What an experiment reports; written to ``results.json``.
+
+    Attributes:
+        metrics: named numbers of our method.
+        baselines: the same metrics per baseline name.
+        extra: anything else worth keeping (per-task figures, per-seed lists).
+    """
+
+    metrics: dict[str, Any]
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A registered experiment.
+
+    Attributes:
+        name: the CLI name (``ml3r run NAME``).
+        summary: one line for ``ml3r list``.
+        config_type: frozen dataclass with a default for every field.
+        run: ``run(config, ctx) -> RunResult``.
+        smoke: field overrides for ``--smoke`` (a size the test suite runs end to end).
+    """
+
+    name: str
+    summary: str
+    config_type: type
+    run: Callable[[Any, RunContext], RunResult]
+    smoke: Mapping[str, Any] = field(default_factory=dict)
+
+
+def discover_experiments() -> dict[str, Experiment]:
+    """All experiments registered under the ``ml3r.experiments`` entry-point group."""
+    found: dict[str, Experiment] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        exp = ep.load()
+        if not isinstance(exp, Experiment):
+            raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not an Experiment")
+        found[exp.name] = exp
+    return dict(sorted(found.items()))
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment called ``name``; unknown names suggest the nearest registered one."""
+    experiments = discover_experiments()
+    if name in experiments:
+        return experiments[name]
+    close = difflib.get_close_matches(name, list(experiments), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"unknown experiment {name!r}{hint} (available: {', '.join(experiments) or 'none'})"
+    )
+
+
+# -- config resolution -----------------------------------------------------------------------
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check/convert ``value`` (parsed YAML) against a dataclass field annotation."""
+    if isinstance(annotation, str):
+        raise TypeError(f"field {key}: unresolved annotation {annotation!r}")
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: got {value!r}")
+    if origin is tuple:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, v, args[0]) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=True))
+    if origin is typing.Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key}: got {value!r}, expected one of {list(args)}{hint}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"field {key}: unsupported annotation {annotation!r}")
+
+
+def build_config(
+    config_type: type,
+    *layers: Mapping[str, Any],
+) -> Any:
+    """Instantiate ``config_type`` from its defaults overridden by ``layers`` in order.
+
+    Unknown keys raise :class:`ConfigError` suggesting the nearest field; values are checked
+    against the field types; the dataclass's own ``__post_init__`` validates the rest.
+    """
+    hints = typing.get_type_hints(config_type)
+    names = [f.name for f in dataclasses.fields(config_type)]
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown config key {key!r}{hint}")
+            values[key] = _coerce(key, value, hints[key])
+    try:
+        return config_type(**values)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def parse_set_options(items: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=[2, 3]"]`` -> ``{"a": 1, "b": [2, 3]}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set: expected key=value, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot parse {raw!r} ({e})") from e
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of config keys (refuses anything else with a clear message)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config: {path} is not valid YAML ({e})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"--config: {path} must hold a mapping of keys, got {type(data).__name__}"
+        )
+    return data
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain YAML/JSON-friendly dict of a config dataclass (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        return v
+
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+# -- the run directory -----------------------------------------------------------------------
+
+
+def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Create ``out``; refuse one that holds another run unless resuming or overwriting."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    holds_run = out.is_dir() and any((out / m).exists() for m in RUN_MARKERS)
+    if resume:
+        if not (out / "config.yaml").is_file():
+            raise RunDirError(f"--resume: {out} holds no run to resume (no config.yaml)")
+        return
+    if holds_run:
+        if not overwrite:
+            raise RunDirError(
+                f"output directory {out} holds another run; pass --resume to continue it or "
+                "--overwrite to replace it"
+            )
+        for child in out.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape results."""
+    out = {"python": platform.python_version()}
+    for dist in ("ml3-robotics", "torch", "numpy", "mujoco", "pybullet", "gymnasium"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+class MetricsLog:
+    """``metrics.csv``: one row per logged step, appended and flushed as the run goes.
+
+    A row may bring a column the earlier rows lacked (an evaluation every N iterations); the
+    file is then rewritten with the union of columns, empty where a row had no value.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._rows: list[dict[str, Any]] = []
+        self._fields: list[str] = []
+
+    def restart(self, rows: list[dict[str, float]]) -> None:
+        """Rewrite the file from ``rows`` (on resume: drop rows past the checkpoint)."""
+        self._rows = []
+        self._fields = []
+        self.path.unlink(missing_ok=True)
+        for row in rows:
+            self.append(row)
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        self._rows.append(dict(row))
+        new_fields = [k for k in row if k not in self._fields]
+        if new_fields or not self.path.exists():
+            self._fields += new_fields
+            self._write(self._rows, mode="w", header=True)
+        else:
+            self._write([row], mode="a", header=False)
+
+    def _write(self, rows: list[Mapping[str, Any]], mode: str, header: bool) -> None:
+        with self.path.open(mode, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._fields, restval="")
+            if header:
+                writer.writeheader()
+            writer.writerows(rows)
+
+
+class RunContext:
+    """Everything an experiment needs from the run: seed, output dir, timing, logging.
+
+    Attributes:
+        out: the output directory (the only place a run writes).
+        seed: the run's seed.
+        resume: continue from the checkpoint in ``out/checkpoints``.
+        smoke: the run uses the experiment's smoke sizes.
+        progress: show progress bars.
+        timing: seconds per named phase.
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        seed: int,
+        *,
+        resume: bool = False,
+        smoke: bool = False,
+        progress: bool = False,
+    ) -> None:
+        self.out = Path(out)
+        self.seed = seed
+        self.resume = resume
+        self.smoke = smoke
+        self.progress = progress
+        self.timing: dict[str, float] = {}
+        self.metrics_log = MetricsLog(self.out / "metrics.csv")
+
+    @property
+    def checkpoint_path(self) -> Path:
+        path = self.out / "checkpoints" / "meta_train.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase; repeated phases add up."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timing[name] = self.timing.get(name, 0.0) + time.perf_counter() - start
+
+    def path(self, name: str) -> Path:
+        """A file name inside the output directory (refuses to escape it)."""
+        target = (self.out / name).resolve()
+        if self.out.resolve() not in target.parents:
+            raise ValueError(f"name: {name!r} would leave the output directory {self.out}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+
+def write_results(ctx: RunContext, experiment: str, config: Any, result: RunResult) -> Path:
+    """Write ``results.json`` with the fields DESIGN.md names."""
+    doc = {
+        "experiment": experiment,
+        "seed": ctx.seed,
+        "config": config_to_dict(config),
+        "metrics": result.metrics,
+        "baselines": result.baselines,
+        "timing": {k: round(v, 4) for k, v in ctx.timing.items()},
+        "versions": versions(),
+        **({"extra": result.extra} if result.extra else {}),
+    }
+    path = ctx.out / "results.json"
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
+    return path
+
+
+def write_config(ctx: RunContext, experiment: str, config: Any, smoke: bool) -> None:
+    doc = {
+        "experiment": experiment,
+        "seed": ctx.seed,
+        "smoke": smoke,
+        "config": config_to_dict(config),
+    }
+    atomic_write_bytes(ctx.out / "config.yaml", yaml.safe_dump(doc, sort_keys=False).encode())
+
+
+def read_run_config(out: Path) -> dict[str, Any]:
+    """The ``config.yaml`` of an existing run (for ``--resume``)."""
+    data = yaml.safe_load((out / "config.yaml").read_text())
+    if not isinstance(data, dict) or "config" not in data:
+        raise RunDirError(f"{out / 'config.yaml'} is not a run config written by ml3r")
+    return data

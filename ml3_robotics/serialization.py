@@ -1,0 +1,172 @@
+"""Saving and loading learned losses: safetensors weights plus a JSON sidecar. Never unpickles.
+
+``loss.safetensors`` holds the parameters; ``loss.json`` holds the architecture, the feature
+spec (names and normalisation) and provenance (experiment, seed, versions, training figures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ml3_robotics.errors import LossFileError
+from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+
+FORMAT = "ml3r-learned-loss"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(
+    tensors: Mapping[str, Tensor], path: Path, metadata: Mapping[str, str] | None = None
+) -> None:
+    """safetensors' ``save_file`` made atomic (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(contiguous, tmp, metadata=dict(metadata) if metadata else None)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def loss_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(weights, sidecar)`` for a path given as ``X.safetensors``, ``X.json`` or ``X``."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def _config_to_json(config: LossConfig) -> dict[str, Any]:
+    spec = config.features
+    return {
+        "features": {"names": list(spec.names), "shift": spec.shift, "scale": spec.scale},
+        "hidden": list(config.hidden),
+        "activation": config.activation,
+        "output_activation": config.output_activation,
+        "bias": config.bias,
+        "bias_init": config.bias_init,
+    }
+
+
+def _config_from_json(data: Mapping[str, Any]) -> LossConfig:
+    f = data["features"]
+    spec = FeatureSpec(
+        names=tuple(f["names"]),
+        shift=None if f.get("shift") is None else tuple(f["shift"]),
+        scale=None if f.get("scale") is None else tuple(f["scale"]),
+    )
+    return LossConfig(
+        features=spec,
+        hidden=tuple(int(h) for h in data["hidden"]),
+        activation=str(data["activation"]),
+        output_activation=str(data["output_activation"]),
+        bias=bool(data["bias"]),
+        bias_init=float(data.get("bias_init", 0.0)),
+    )
+
+
+def save_learned_loss(
+    loss: LearnedLoss, path: str | Path, provenance: Mapping[str, Any] | None = None
+) -> tuple[Path, Path]:
+    """Write ``loss`` as ``<path>.safetensors`` + ``<path>.json``; returns both paths."""
+    weights, sidecar = loss_paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.to(torch.float32) for k, v in loss.state_dict().items()}
+    atomic_save_tensors(state, weights, metadata={"format": FORMAT})
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": _config_to_json(loss.config),
+        "parameters": {k: list(v.shape) for k, v in state.items()},
+        "provenance": dict(provenance or {}),
+    }
+    atomic_write_bytes(sidecar, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    return weights, sidecar
+
+
+def read_loss_sidecar(path: str | Path) -> dict[str, Any]:
+    """The parsed JSON sidecar of a saved loss (raises :class:`LossFileError` when unusable)."""
+    _, sidecar = loss_paths(path)
+    if not sidecar.is_file():
+        raise LossFileError(f"loss file: sidecar {sidecar} does not exist")
+    try:
+        doc = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LossFileError(f"loss file: sidecar {sidecar} is not valid JSON ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise LossFileError(f"loss file: {sidecar} is not an ml3r learned-loss sidecar")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise LossFileError(
+            f"loss file: {sidecar} has format_version {doc.get('format_version')!r}, "
+            f"expected {FORMAT_VERSION}"
+        )
+    return doc
+
+
+def load_learned_loss(
+    path: str | Path, *, expect_features: tuple[str, ...] | None = None
+) -> tuple[LearnedLoss, dict[str, Any]]:
+    """Load a saved learned loss without unpickling anything.
+
+    Args:
+        path: ``X.safetensors``, ``X.json`` or the common stem ``X``.
+        expect_features: when given, the loss must read exactly these features, in this order
+            (raises :class:`~ml3_robotics.errors.FeatureSpecError` otherwise).
+
+    Returns:
+        ``(loss, sidecar)``: the module in float32 and the sidecar document.
+    """
+    weights, _ = loss_paths(path)
+    doc = read_loss_sidecar(path)
+    try:
+        config = _config_from_json(doc["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise LossFileError(f"loss file: sidecar config of {weights} is invalid ({e})") from e
+    if expect_features is not None:
+        config.features.require(expect_features)
+    if not weights.is_file():
+        raise LossFileError(f"loss file: weights {weights} do not exist")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LossFileError(f"loss file: {weights} is not a readable safetensors file ({e})") from e
+    loss = LearnedLoss(config)
+    expected = {k: tuple(v.shape) for k, v in loss.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        raise LossFileError(
+            f"loss file: {weights} holds parameters {found}, but its sidecar's architecture "
+            f"needs {expected}"
+        )
+    loss.load_state_dict(state)
+    return loss, doc
