@@ -15,11 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 import mujoco
 import numpy as np
 import torch
+from mujoco import rollout
 from torch import Tensor
 
 _BADQACC = int(mujoco.mjtWarning.mjWARN_BADQACC)
 _BADQVEL = int(mujoco.mjtWarning.mjWARN_BADQVEL)
 _BADQPOS = int(mujoco.mjtWarning.mjWARN_BADQPOS)
+_BADCTRL = int(mujoco.mjtWarning.mjWARN_BADCTRL)
+_WARNS = (_BADQACC, _BADQVEL, _BADQPOS, _BADCTRL)
 
 
 class SimulationDiverged(FloatingPointError):
@@ -78,6 +81,13 @@ class MujocoDynamics:
         self.eps, self.centered, self.n_threads = float(eps), bool(centered), n_threads
         self._datas = [mujoco.MjData(model) for _ in range(n_threads)]
         self._pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
+        # Batched stepping through mujoco.rollout; the state template carries every part of the
+        # full physics state other than qpos/qvel (time, mocap, ...) at its reset value.
+        self._roller = rollout.Rollout(nthread=n_threads if n_threads > 1 else 0)
+        self._roll_datas = [mujoco.MjData(model) for _ in range(n_threads)]
+        spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+        self._state_template = np.empty((1, mujoco.mj_stateSize(model, spec)))
+        mujoco.mj_getState(model, self._roll_datas[0], self._state_template[0], spec)
 
     @property
     def control_bounds(self) -> tuple[Tensor, Tensor]:
@@ -120,32 +130,44 @@ class MujocoDynamics:
         # Same warm start for every call, so results do not depend on call history.
         d.qacc_warmstart[:] = 0.0
 
+    @staticmethod
+    def _clear_warnings(d: mujoco.MjData) -> None:
+        # Counters are zeroed before every check because MuJoCo's auto-reset (mj_resetData)
+        # zeroes them itself, so "count went up" is not a reliable test.
+        for k in _WARNS:
+            d.warning[k].number = 0
+
+    @staticmethod
+    def _warned(d: mujoco.MjData) -> bool:
+        return any(d.warning[k].number for k in _WARNS)
+
     def step_numpy(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
         """:meth:`step` on float64 numpy arrays (the fast path the iLQR uses).
 
-        Rows whose input is non-finite, or whose simulation MuJoCo flags as unstable (it then
-        resets the data, so the output would be silently wrong), are returned as NaN.
+        The batch goes through ``mujoco.rollout`` (one C call, no Python loop over rows). Rows
+        whose input is non-finite, or whose simulation MuJoCo flags as unstable (it then resets
+        the data, so the output would be silently wrong), are returned as NaN.
         """
-        out = np.empty_like(x)
-        m, nq = self.model, self.nq
+        nq, nv = self.nq, self.nv
+        n = len(x)
         bad = ~(np.isfinite(x).all(1) & np.isfinite(u).all(1))
-
-        def work(d: mujoco.MjData, a: int, b: int) -> None:
-            warn = d.warning
-            for i in range(a, b):
-                if bad[i]:
-                    out[i] = np.nan
-                    continue
+        state0 = np.repeat(self._state_template, n, axis=0)
+        state0[:, 1:1 + nq] = np.where(bad[:, None], 0.0, x[:, :nq])
+        state0[:, 1 + nq:1 + nq + nv] = np.where(bad[:, None], 0.0, x[:, nq:])
+        ctrl = np.where(bad[:, None], 0.0, u)[:, None, :]
+        for d in self._roll_datas:
+            self._clear_warnings(d)
+        st, _ = self._roller.rollout(self.model, self._roll_datas, state0, ctrl, nstep=1)
+        out = np.concatenate([st[:, 0, 1:1 + nq], st[:, 0, 1 + nq:1 + nq + nv]], axis=1)
+        if any(self._warned(d) for d in self._roll_datas):
+            # Some row diverged; find which ones by stepping them one at a time (rare).
+            d = self._datas[0]
+            for i in range(n):
                 self._set(d, x[i], u[i])
-                n0 = warn[_BADQACC].number + warn[_BADQVEL].number + warn[_BADQPOS].number
-                mujoco.mj_step(m, d)
-                if warn[_BADQACC].number + warn[_BADQVEL].number + warn[_BADQPOS].number != n0:
-                    out[i] = np.nan
-                    continue
-                out[i, :nq] = d.qpos
-                out[i, nq:] = d.qvel
-
-        self._run(work, len(x))
+                self._clear_warnings(d)
+                mujoco.mj_step(self.model, d)
+                bad[i] |= self._warned(d)
+        out[bad] = np.nan
         return out
 
     def step(self, x: Tensor, u: Tensor) -> Tensor:

@@ -135,3 +135,19 @@ def test_quadratic_cost_trajectory_matches_protocol_sum() -> None:
     U = torch.from_numpy(rng.standard_normal((3, 4, 1)))
     total = sum(cost.running(X[:, t], U[:, t], t) for t in range(4)) + cost.terminal(X[:, 4])
     np.testing.assert_allclose(cost.trajectory(X, U).numpy(), total.numpy(), rtol=1e-13)
+
+
+def test_mujoco_divergence_is_reported_not_silently_reset() -> None:
+    """MuJoCo resets diverged data to qpos0; the adapter must flag those rows instead."""
+    from controllers import SimulationDiverged
+
+    dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF))
+    x = np.array([[0.3, 0.2, 0.0, 0.0], [0.3, 0.2, 0.0, 0.0], [np.nan, 0, 0, 0],
+                  [0.3, 0.2, 1e11, 0.0]])
+    u = np.array([[0.01, 0.0], [1e12, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    out = dyn.step_numpy(x, u)
+    assert np.isfinite(out[0]).all()
+    assert np.isnan(out[1:]).all()
+    with pytest.raises(SimulationDiverged, match=r"rows \[1, 2, 3\]") as info:
+        dyn.step(torch.from_numpy(x), torch.from_numpy(u))
+    assert np.isnan(info.value.states[1]).all()
