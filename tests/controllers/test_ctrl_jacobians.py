@@ -151,3 +151,17 @@ def test_mujoco_divergence_is_reported_not_silently_reset() -> None:
     with pytest.raises(SimulationDiverged, match=r"rows \[1, 2, 3\]") as info:
         dyn.step(torch.from_numpy(x), torch.from_numpy(u))
     assert np.isnan(info.value.states[1]).all()
+
+
+def test_mujoco_batched_path_equals_loop_path_and_flags_divergence() -> None:
+    """Large batches go through mujoco.rollout, small ones through a loop: same numbers."""
+    dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF))
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, (40, 4))
+    u = rng.uniform(-1, 1, (40, 2))
+    x[7, 2] = 1e11  # diverges
+    big = dyn.step_numpy(x, u)
+    small = np.concatenate([dyn.step_numpy(x[i:i + 4], u[i:i + 4]) for i in range(0, 40, 4)])
+    np.testing.assert_array_equal(np.isnan(big), np.isnan(small))
+    assert np.isnan(big[7]).all() and np.isfinite(np.delete(big, 7, axis=0)).all()
+    np.testing.assert_allclose(np.delete(big, 7, 0), np.delete(small, 7, 0), rtol=0, atol=1e-15)
