@@ -75,7 +75,7 @@ def reach_bench() -> None:
     # 64 goals: ours batched vs crocoddyl one after another
     many = ILQR(dyn, ReachCost(goals, T, control_weight=CONTROL_WEIGHT), T)
     xb = torch.zeros(N_GOALS, 4, dtype=torch.float64)
-    resb, t_oursb = timed(lambda: many.solve(xb), 2)
+    resb, t_oursb = timed(lambda: many.solve(xb), 1)
     row = [f"  {N_GOALS} goals per goal ours {t_oursb / N_GOALS * 1e3:8.2f} ms (batched, total "
            f"{t_oursb:.2f} s, converged {int(resb.converged.sum())}/{N_GOALS}, "
            f"iters max {int(resb.iterations.max())})"]
@@ -84,7 +84,7 @@ def reach_bench() -> None:
             return [solve_fddp(reach_problem(g, T, DT, control_weight=CONTROL_WEIGHT), T)[0]
                     for g in goals]
 
-        sols, t_cb = timed(seq, 2)
+        sols, t_cb = timed(seq, 1)
         costs_c = np.array([s.cost for s in sols])
         rel = np.abs(resb.cost.numpy() - costs_c) / costs_c
         row.append(f" | crocoddyl {t_cb / N_GOALS * 1e3:6.2f} ms (sequential, incl. problem "
@@ -102,6 +102,33 @@ def reach_bench() -> None:
           f" backward pass {t_bwd * 1e3:.0f} ms, one rollout {t_roll * 1e3:.0f} ms")
 
 
+def arm4_bench() -> None:
+    try:
+        from robots.arm import load_arm_config
+    except ImportError:
+        print("4-link arm: robots.arm not available, skipped")
+        return
+    cfg = load_arm_config("arm4")
+    dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(cfg.to_mjcf()))
+    lo, hi = dyn.control_bounds
+    rng = np.random.default_rng(1)
+    n_goals = 16  # box QPs are active at most steps here; 64 goals would take minutes
+    goals = rng.uniform(-1.0, 1.0, (n_goals, cfg.n_links))
+    print(f"4-link arm (robots 'arm4': damping, joint limits, torque limits {hi.tolist()}; "
+          f"T={T}, box-constrained, joint-space ReachCost; no Crocoddyl counterpart built)")
+    one = ILQR(dyn, ReachCost(goals[:1], T, control_weight=CONTROL_WEIGHT), T, lo, hi)
+    x0 = torch.zeros(1, dyn.nx, dtype=torch.float64)
+    one.solve(x0)
+    r1, t1 = timed(lambda: one.solve(x0), 1)
+    many = ILQR(dyn, ReachCost(goals, T, control_weight=CONTROL_WEIGHT), T, lo, hi)
+    rb, tb = timed(lambda: many.solve(torch.zeros(n_goals, dyn.nx, dtype=torch.float64)), 1)
+    err = np.abs(rb.states[:, -1, :cfg.n_links].numpy() - goals).max(1)
+    print(f"  single goal ours {t1 * 1e3:8.1f} ms  iters {int(r1.iterations[0])} | {n_goals} goals "
+          f"batched {tb / n_goals * 1e3:.1f} ms per goal, converged "
+          f"{int(rb.converged.sum())}/{n_goals}, iters max {int(rb.iterations.max())}, "
+          f"median final joint error {np.median(err):.3f} rad")
+
+
 def mountain_car_bench() -> None:
     try:
         from robots.mountain_car import MountainCar, MountainCarParams
@@ -112,6 +139,8 @@ def mountain_car_bench() -> None:
           "||x_T - (0.5, 1.0375)||^2, from zero controls)")
     x0 = torch.tensor([[-0.55, 0.0]], dtype=torch.float64)
     cfg = ILQRConfig(max_iters=300)
+    warm = MountainCar(MountainCarParams())
+    ILQR(warm, MountainCarCost(), 5, config=ILQRConfig(max_iters=2)).solve(x0)  # torch.func import
     for horizon in (35, 100):
         real = MountainCar(MountainCarParams(horizon=horizon))
         free = MountainCar(MountainCarParams(horizon=horizon, action_bound=1e6))
@@ -119,7 +148,7 @@ def mountain_car_bench() -> None:
         t0 = time.perf_counter()
         box = ILQR(real, cost, horizon, lower=-0.25, upper=0.25, config=cfg).solve(x0)
         t1 = time.perf_counter()
-        unc = ILQR(free, cost, horizon, config=cfg).solve(x0)
+        unc = ILQR(free, cost, horizon, config=ILQRConfig(max_iters=100)).solve(x0)
         t2 = time.perf_counter()
         Xb = real.rollout(x0, box.controls)
         Xc = real.rollout(x0, unc.controls.clamp(-0.25, 0.25))
@@ -127,11 +156,13 @@ def mountain_car_bench() -> None:
               f"(max p {Xb[0, :, 0].max().item():.3f}, {int(box.iterations[0])} it, "
               f"{t1 - t0:.2f} s) | clip-after-solve: reached {bool(real.solved(Xc).any())} "
               f"(max p {Xc[0, :, 0].max().item():.3f}; unclipped plan max |a| "
-              f"{unc.controls.abs().max().item():.1f}, {int(unc.iterations[0])} it, "
+              f"{unc.controls.abs().max().item():.1f}, p_T {unc.states[0, -1, 0].item():.3f}, "
+              f"{int(unc.iterations[0])} it, converged {bool(unc.converged[0])}, "
               f"{t2 - t1:.2f} s)")
 
 
 if __name__ == "__main__":
     print(f"crocoddyl available: {HAVE_CROC}; torch threads 1; numpy backward pass")
     reach_bench()
+    arm4_bench()
     mountain_car_bench()
