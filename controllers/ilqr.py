@@ -213,9 +213,6 @@ class ILQR:
         if bad.any():
             raise ValueError(f"lower: expected lower <= upper elementwise, got lower={lo[bad]} "
                              f"above upper={hi[bad]}")
-        with np.errstate(invalid="ignore"):
-            self._snap_lo = 1e-12 * (1.0 + np.abs(self.lower))
-            self._snap_hi = 1e-12 * (1.0 + np.abs(self.upper))
         self.bounded = bool(np.isfinite(self.lower).any() or np.isfinite(self.upper).any())
 
     # ---------------------------------------------------------------- helpers
@@ -235,26 +232,47 @@ class ILQR:
 
     def _rollout(self, x0: np.ndarray, U: np.ndarray, X: np.ndarray | None = None,
                  k: np.ndarray | None = None, K: np.ndarray | None = None,
-                 alpha: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Open loop (``k is None``) or closed loop around ``(X, U)`` with step ``alpha (B,)``."""
+                 alpha: float = 1.0, rows: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Open loop (``k is None``) or closed loop around ``(X, U)`` with step ``alpha``.
+
+        With ``rows`` (bool ``(B,)``), only those problems are simulated (dynamics rows are
+        independent) and the others keep ``(X, U)``: finished problems cost nothing.
+        """
+        if rows is not None and not rows.all():
+            i = np.nonzero(rows)[0]
+            Xn, Un = X.copy(), U.copy()
+            lo = self.lower[i] if self.lower.shape[0] > 1 else self.lower
+            hi = self.upper[i] if self.upper.shape[0] > 1 else self.upper
+            Xn[i], Un[i] = self._simulate(x0[i], U[i], X[i], k[i], K[i], alpha, lo, hi)
+            return Xn, Un
+        return self._simulate(x0, U, X, k, K, alpha, self.lower, self.upper)
+
+    def _simulate(self, x0: np.ndarray, U: np.ndarray, X: np.ndarray | None,
+                  k: np.ndarray | None, K: np.ndarray | None, alpha: float,
+                  lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         nb, T = U.shape[:2]
         Xn = np.empty((nb, T + 1, self.nx))
         Un = np.empty_like(U)
         Xn[:, 0] = x0
         x = x0
+        if self.bounded:
+            with np.errstate(invalid="ignore"):
+                snap_lo = 1e-12 * (1.0 + np.abs(lo))
+                snap_hi = 1e-12 * (1.0 + np.abs(hi))
         for t in range(T):
             if k is None:
                 u = U[:, t]
             else:
                 fb = (K[:, t] @ (x - X[:, t])[..., None])[..., 0]
-                u = U[:, t] + alpha[:, None] * k[:, t] + fb
+                u = U[:, t] + alpha * k[:, t] + fb
             if self.bounded:
-                u = np.clip(u, self.lower, self.upper)
+                u = np.clip(u, lo, hi)
                 if k is not None:
                     # The box QP gives k = bound - u_t on clamped dims; u_t + k can round to a
                     # few ulps inside the bound. Snap so active constraints hold exactly.
-                    u = np.where(np.abs(u - self.lower) <= self._snap_lo, self.lower, u)
-                    u = np.where(np.abs(u - self.upper) <= self._snap_hi, self.upper, u)
+                    u = np.where(np.abs(u - lo) <= snap_lo, lo, u)
+                    u = np.where(np.abs(u - hi) <= snap_hi, hi, u)
             Un[:, t] = u
             x = self._step(x, u)
             Xn[:, t + 1] = x
@@ -290,7 +308,8 @@ class ILQR:
             U = np.clip(U, self.lower[:, None], self.upper[:, None])
         return x, U
 
-    def _derivatives(self, X: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _derivatives(self, X: np.ndarray, U: np.ndarray,
+                     rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """Derivatives packed for the backward pass.
 
         Returns ``Faug (B, T, 1+nx, 1+nz)`` = blockdiag(1, [A B]), ``FT (B, T, nz, nx)`` =
@@ -301,16 +320,19 @@ class ILQR:
         nx, nu = self.nx, self.nu
         nz = nx + nu
         dt = self.config.dtype
-        xs = torch.from_numpy(np.ascontiguousarray(X[:, :T]).reshape(nb * T, nx)).to(dt)
-        us = torch.from_numpy(np.ascontiguousarray(U).reshape(nb * T, nu)).to(dt)
+        # Dynamics Jacobians only for unfinished problems (they dominate for simulators).
+        i = np.arange(nb) if rows is None else np.nonzero(rows)[0]
+        ni = len(i)
+        xs = torch.from_numpy(np.ascontiguousarray(X[i, :T]).reshape(ni * T, nx)).to(dt)
+        us = torch.from_numpy(np.ascontiguousarray(U[i]).reshape(ni * T, nu)).to(dt)
         A, Bm = dynamics_jacobians(self.dynamics, xs, us)
         A = np.asarray(A.detach().to(torch.float64).cpu().numpy() if isinstance(A, Tensor) else A)
         Bm = np.asarray(Bm.detach().to(torch.float64).cpu().numpy()
                         if isinstance(Bm, Tensor) else Bm)
         Faug = np.zeros((nb, T, 1 + nx, 1 + nz))
         Faug[..., 0, 0] = 1.0
-        Faug[..., 1:, 1:1 + nx] = A.reshape(nb, T, nx, nx)
-        Faug[..., 1:, 1 + nx:] = Bm.reshape(nb, T, nx, nu)
+        Faug[i, :, 1:, 1:1 + nx] = A.reshape(ni, T, nx, nx)
+        Faug[i, :, 1:, 1 + nx:] = Bm.reshape(ni, T, nx, nu)
         FT = np.ascontiguousarray(np.swapaxes(Faug[..., 1:, 1:], -1, -2))
         c = cost_derivatives(self.cost, torch.from_numpy(X).to(dt), torch.from_numpy(U).to(dt))
         Laug = np.empty((nb, T, nz, 1 + nz))
@@ -428,7 +450,7 @@ class ILQR:
         for _ in range(cfg.max_iters):
             active = ~done
             iters[active] += 1
-            derivs = self._derivatives(X, U)
+            derivs = self._derivatives(X, U, rows=active)
             # Backward pass; problems whose Quu + mu I is not positive definite get more mu.
             while True:
                 ok, k, K, dV1, dV2 = self._backward(U, *derivs, mu, k_out)
@@ -456,7 +478,7 @@ class ILQR:
                 pending = trial & ~accepted
                 if not pending.any():
                     break
-                Xa, Ua = self._rollout(x0n, U, X, k, K, np.full(nb, a))
+                Xa, Ua = self._rollout(x0n, U, X, k, K, a, rows=pending)
                 Ja = self._cost(Xa, Ua)
                 expected = -(a * dV1 + a * a * dV2)
                 actual = J - Ja
