@@ -14,6 +14,7 @@ parameters carry a batch axis (per-problem goals) work unchanged.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.func import grad, jacrev
+
+log = logging.getLogger(__name__)
 
 
 def dynamics_jacobians(dynamics: Any, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,9 +45,29 @@ def dynamics_jacobians(dynamics: Any, x: Tensor, u: Tensor) -> tuple[Tensor, Ten
     def summed(xx: Tensor, uu: Tensor) -> Tensor:
         return dynamics.step(xx, uu).sum(0)
 
-    ja, jb = jacrev(summed, argnums=(0, 1))(x.detach(), u.detach())
+    try:
+        ja, jb = jacrev(summed, argnums=(0, 1))(x.detach(), u.detach())
+    except RuntimeError as err:
+        # Not vmap-compatible (in-place ops, data-dependent control flow, ...): fall back to one
+        # reverse pass per output dimension with plain autograd.
+        log.debug("jacrev failed (%s); using a loop of autograd.grad", err)
+        return _jacobians_loop(dynamics, x, u)
     # (nx_out, N, nx_in) -> (N, nx_out, nx_in)
     return ja.permute(1, 0, 2), jb.permute(1, 0, 2)
+
+
+def _jacobians_loop(dynamics: Any, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    xx = x.detach().clone().requires_grad_(True)
+    uu = u.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = dynamics.step(xx, uu)
+        rows_a, rows_b = [], []
+        for i in range(y.shape[1]):
+            ga, gb = torch.autograd.grad(y[:, i].sum(), (xx, uu), retain_graph=True,
+                                         allow_unused=True)
+            rows_a.append(torch.zeros_like(xx) if ga is None else ga)
+            rows_b.append(torch.zeros_like(uu) if gb is None else gb)
+    return torch.stack(rows_a, 1).detach(), torch.stack(rows_b, 1).detach()
 
 
 @dataclass

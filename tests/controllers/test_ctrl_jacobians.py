@@ -165,3 +165,37 @@ def test_mujoco_batched_path_equals_loop_path_and_flags_divergence() -> None:
     np.testing.assert_array_equal(np.isnan(big), np.isnan(small))
     assert np.isnan(big[7]).all() and np.isfinite(np.delete(big, 7, axis=0)).all()
     np.testing.assert_allclose(np.delete(big, 7, 0), np.delete(small, 7, 0), rtol=0, atol=1e-15)
+
+
+class _Sin(torch.autograd.Function):
+    """A custom autograd op without a vmap rule: torch.func.jacrev cannot batch its backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sin(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.cos(x)
+
+
+class _PendulumCustomOp(Pendulum):
+    def step(self, x, u):
+        th, om = x[:, 0], x[:, 1]
+        om2 = om + self.dt * (-9.81 * _Sin.apply(th) - 0.1 * om + u[:, 0])
+        return torch.stack([th + self.dt * om2, om2], dim=-1)
+
+
+def test_jacobians_fall_back_for_non_vmappable_dynamics() -> None:
+    """Dynamics jacrev cannot handle still get exact Jacobians (loop of autograd.grad)."""
+    rng = np.random.default_rng(6)
+    x = torch.from_numpy(rng.uniform(-1, 1, (5, 2)))
+    u = torch.from_numpy(rng.uniform(-1, 1, (5, 1)))
+    with pytest.raises(RuntimeError):
+        torch.func.jacrev(lambda a: _PendulumCustomOp().step(a, u).sum(0))(x)
+    A, B = dynamics_jacobians(_PendulumCustomOp(), x, u)
+    A0, B0 = dynamics_jacobians(Pendulum(), x, u)
+    torch.testing.assert_close(A, A0, rtol=0, atol=1e-14)
+    torch.testing.assert_close(B, B0, rtol=0, atol=1e-14)
