@@ -4,7 +4,7 @@ Imports only ``robots`` protocols (in fact nothing of ``robots``); never creates
 writes files.
 """
 
-from controllers.costs import MountainCarCost, QuadraticCost, ReachCost
+from controllers.costs import MountainCarCost, QuadraticCost, ReachCost, TaskSpaceReachCost
 from controllers.ilqr import ILQR, ILQRConfig, ILQRResult
 from controllers.mpc import MPC, MPCRollout, Planner
 from controllers.mujoco_dynamics import MujocoDynamics, SimulationDiverged
@@ -27,5 +27,6 @@ __all__ = [
     "QuadraticCost",
     "ReachCost",
     "SimulationDiverged",
+    "TaskSpaceReachCost",
     "rollout",
 ]

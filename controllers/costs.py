@@ -315,3 +315,99 @@ class MountainCarCost:
         luu = np.broadcast_to(2 * self.w_u * np.eye(1), (nb, T, 1, 1)).copy()
         lux = np.zeros((nb, T, 1, 2))
         return CostDerivatives(lx=lx, lu=lu, lxx=lxx, luu=luu, lux=lux)
+
+
+class TaskSpaceReachCost:
+    """Reach cost on the end-effector position, through a forward-kinematics callable.
+
+    Same structure as :class:`ReachCost` with ``r = fk(q) - p_goal`` in place of ``q - q_goal``
+    (squared norms): ``w_T ||r_T||^2 + (1/T) sum_{t=1..T} [||r_t||^2 + w_v ||qd_t||^2]
+    + (w_u / T) sum_t ||u_t||^2``. :meth:`quadratize` uses the Gauss-Newton Hessian
+    ``2 J^T J`` (``J = d fk / d q`` by ``torch.func.jacrev``), which drops the curvature of the
+    kinematics: positive semi-definite, as iLQR needs, and exact at the goal.
+
+    Args:
+        fk: batched torch forward kinematics ``q (N, n) -> positions (N, d)`` (e.g.
+            ``functools.partial(robots.arm.forward_kinematics, config)``); rows independent.
+        goal: goal positions in m, ``(B, d)`` or ``(d,)``.
+        n_joints: ``n`` (state is ``[q, qd]``, ``nx = 2n``).
+        horizon: ``T``.
+        terminal_weight, velocity_weight, control_weight: as in :class:`ReachCost`.
+    """
+
+    def __init__(self, fk, goal: Tensor | Sequence[float], n_joints: int, horizon: int, *,
+                 terminal_weight: float = 10.0, velocity_weight: float = 1e-4,
+                 control_weight: float = 1e-6) -> None:
+        if not callable(fk):
+            raise TypeError(f"fk: expected a callable q (N, n) -> (N, d), got {type(fk).__name__}")
+        g = torch.as_tensor(goal, dtype=torch.float64)
+        self.goal = _as_batch("goal", g, g.shape[-1])
+        if not isinstance(n_joints, int) or n_joints < 1:
+            raise ValueError(f"n_joints: expected an int >= 1, got {n_joints!r}")
+        if not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"horizon: expected an int >= 1, got {horizon!r}")
+        for name, w in (("terminal_weight", terminal_weight), ("velocity_weight", velocity_weight),
+                        ("control_weight", control_weight)):
+            if not (np.isfinite(w) and w >= 0):
+                raise ValueError(f"{name}: expected a finite value >= 0, got {w!r}")
+        self.fk, self.n, self.horizon = fk, n_joints, horizon
+        self.nx, self.nu = 2 * n_joints, n_joints
+        self.w_T, self.w_v, self.w_u = terminal_weight, velocity_weight, control_weight
+
+    def _residual(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        p = self.fk(x.reshape(-1, self.nx)[:, : self.n])
+        p = p.reshape(*lead, p.shape[-1])
+        goal = self.goal.to(x) if x.ndim == 2 else self.goal.to(x)[:, None]
+        return p - goal
+
+    def _state_term(self, x: Tensor) -> Tensor:
+        r = self._residual(x)
+        return (r * r).sum(-1) + self.w_v * (x[..., self.n:] ** 2).sum(-1)
+
+    def running(self, x: Tensor, u: Tensor, t: int) -> Tensor:
+        """Running cost at step ``t``: ``x (B, 2n)``, ``u (B, n)`` -> ``(B,)``."""
+        c = self.w_u / self.horizon * (u * u).sum(-1)
+        if t >= 1:
+            c = c + self._state_term(x) / self.horizon
+        return c
+
+    def terminal(self, x: Tensor) -> Tensor:
+        """Terminal cost: ``x (B, 2n)`` -> ``(B,)``."""
+        r = self._residual(x)
+        return self.w_T * (r * r).sum(-1) + self._state_term(x) / self.horizon
+
+    def trajectory(self, X: Tensor, U: Tensor) -> Tensor:
+        """Total cost, ``X (B, T+1, 2n)``, ``U (B, T, n)`` -> ``(B,)``."""
+        T = U.shape[1]
+        run = self.w_u / self.horizon * (U * U).sum((-1, -2))
+        run = run + self._state_term(X[:, 1:T]).sum(-1) / self.horizon
+        return run + self.terminal(X[:, T])
+
+    def quadratize(self, X: Tensor, U: Tensor) -> CostDerivatives:
+        """Gauss-Newton derivatives along ``X (B, T+1, 2n)``, ``U (B, T, n)``."""
+        from torch.func import jacrev
+
+        nb, T = U.shape[:2]
+        n, h = self.n, self.horizon
+        X = X.detach().to(torch.float64)
+        q = X[..., :n].reshape(-1, n)
+        J = jacrev(lambda qq: self.fk(qq).sum(0))(q)  # (d, N, n) by the batch-sum trick
+        J = _np(J.permute(1, 0, 2)).reshape(nb, T + 1, -1, n)
+        r = _np(self._residual(X))
+        gq = 2.0 * np.einsum("btdi,btd->bti", J, r)
+        hq = 2.0 * np.einsum("btdi,btdj->btij", J, J)
+        Xn = _np(X)
+        lx = np.concatenate([gq, 2.0 * self.w_v * Xn[..., n:]], -1) / h
+        lxx = np.zeros((nb, T + 1, 2 * n, 2 * n))
+        lxx[..., :n, :n] = hq / h
+        lxx[..., n:, n:] = 2.0 * self.w_v / h * np.eye(n)
+        lx[:, 0] = 0.0
+        lxx[:, 0] = 0.0
+        lx[:, T, :n] += self.w_T * gq[:, T]
+        lxx[:, T, :n, :n] += self.w_T * hq[:, T]
+        Un = _np(U)
+        lu = 2.0 * self.w_u / h * Un
+        luu = np.broadcast_to(2.0 * self.w_u / h * np.eye(n), (nb, T, n, n)).copy()
+        lux = np.zeros((nb, T, n, 2 * n))
+        return CostDerivatives(lx=lx, lu=lu, lxx=lxx, luu=luu, lux=lux)
