@@ -9,8 +9,11 @@ torch autograd (use :meth:`MujocoDynamics.jacobians`, which the iLQR picks up au
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
+import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import mujoco
@@ -21,9 +24,30 @@ from torch import Tensor
 
 # MuJoCo's mjMAXVAL: larger qpos/qvel/qacc/ctrl values count as diverged (or are rejected).
 _MAXVAL = 1e10
+
+log = logging.getLogger(__name__)
 # mujoco.rollout costs ~250 us per call in Python overhead and ~5 us per row; a Python loop of
 # mj_step costs ~10-16 us per row. Below this batch size the loop is faster (measured, 2-link arm).
 _ROLLOUT_MIN_BATCH = 16
+
+
+@contextlib.contextmanager
+def _quiet_mujoco() -> Iterator[None]:
+    """Keep MuJoCo from writing MUJOCO_LOG.TXT into the current directory and printing warnings.
+
+    Library code must not write files; diverged trial steps are expected inside the iLQR line
+    search and are reported as NaN rows instead. The previous log configuration is restored.
+    """
+    cfg = mujoco.MjLogConfig.get()
+    to_file, to_console = cfg.logto_file, cfg.logto_console
+    cfg.logto_file = False
+    cfg.logto_console = False
+    mujoco.MjLogConfig.set(cfg)
+    try:
+        yield
+    finally:
+        cfg.logto_file, cfg.logto_console = to_file, to_console
+        mujoco.MjLogConfig.set(cfg)
 
 
 class SimulationDiverged(FloatingPointError):
@@ -137,6 +161,14 @@ class MujocoDynamics:
     def step_numpy(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
         """:meth:`step` on float64 numpy arrays (the fast path the iLQR uses).
 
+        See :meth:`_step_numpy`; MuJoCo's own warning log is silenced during the call.
+        """
+        with _quiet_mujoco():
+            return self._step_numpy(x, u)
+
+    def _step_numpy(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Batched step.
+
         Large batches go through ``mujoco.rollout`` (one C call), small ones through a Python loop
         of ``mj_step`` (lower overhead). Rows with non-finite input, with a control MuJoCo would
         reject (``|u| > mjMAXVAL``, it would silently zero it) or whose simulation diverged
@@ -170,7 +202,9 @@ class MujocoDynamics:
         if bad is None and np.abs(out).max(initial=0.0) <= _MAXVAL:
             return out
         diverged = ~(np.abs(out) <= _MAXVAL).all(1)
-        out[diverged if bad is None else (bad | diverged)] = np.nan
+        bad = diverged if bad is None else (bad | diverged)
+        log.debug("MujocoDynamics: %d of %d rows diverged or had invalid input", bad.sum(), n)
+        out[bad] = np.nan
         return out
 
     def step(self, x: Tensor, u: Tensor) -> Tensor:
@@ -210,5 +244,6 @@ class MujocoDynamics:
                 self._set(d, xn[i], un[i])
                 mujoco.mjd_transitionFD(m, d, eps, cen, A[i], B[i], None, None)
 
-        self._run(work, n)
+        with _quiet_mujoco():
+            self._run(work, n)
         return torch.from_numpy(A), torch.from_numpy(B)

@@ -247,3 +247,14 @@ def test_ilqr_reaches_task_space_goal() -> None:
     d.qpos[:] = res.states[0, -1, :2].numpy()
     mujoco.mj_forward(m, d)
     np.testing.assert_allclose(d.site_xpos[0][:2], tip[0], atol=1e-12)
+
+
+def test_mujoco_adapter_writes_no_log_file(tmp_path, monkeypatch) -> None:
+    """MuJoCo would write MUJOCO_LOG.TXT into the cwd on a divergence; library code must not."""
+    monkeypatch.chdir(tmp_path)
+    dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF))
+    out = dyn.step_numpy(np.array([[0.0, 0.0, 1e11, 0.0]]), np.zeros((1, 2)))
+    assert np.isnan(out).all()
+    dyn.jacobians(torch.tensor([[0.0, 0.0, 1e11, 0.0]]), torch.zeros(1, 2, dtype=torch.float64))
+    assert list(tmp_path.iterdir()) == []
+    assert mujoco.MjLogConfig.get().logto_file  # restored afterwards
