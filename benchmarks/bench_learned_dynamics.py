@@ -1,0 +1,103 @@
+"""Fit time and accuracy of the probabilistic ensemble against its hidden widths (2 CPU cores).
+
+Data: a synthetic 2-joint system (two coupled, damped, torque-driven pendulums, nx=4, nu=2,
+dt=0.01, like the reacher's sizes), random-torque babbling. Each row fits a 5-member ensemble
+with the same data, seed and epoch budget; ratios are against the PETS default (200, 200, 200)
+run in the same process. Also times the deterministic ``step`` and a batched Jacobian (what
+policy rollouts and iLQR call) at batch 64.
+
+Run: PYTHONPATH=$PWD python benchmarks/bench_learned_dynamics.py [--epochs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.func import jacrev, vmap
+
+from ml3_robotics.learned_dynamics import (
+    EnsembleConfig,
+    ProbabilisticEnsemble,
+    fit,
+    prediction_error,
+)
+
+DT = 0.01
+
+
+def coupled_pendulums(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Semi-implicit Euler step of two pendulums coupled by a spring: x = (q1, q2, w1, w2)."""
+    q, w = x[..., :2], x[..., 2:]
+    k = 4.0 * (q[..., 1] - q[..., 0])
+    coupling = torch.stack([k, -k], dim=-1)
+    acc = -30.0 * torch.sin(q) - 0.8 * w + coupling + 20.0 * u
+    w2 = w + DT * acc
+    return torch.cat([q + DT * w2, w2], dim=-1)
+
+
+def babble(n: int, T: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x = (torch.rand(n, 4, generator=g, dtype=torch.float64) - 0.5) * torch.tensor(
+        [2.0, 2.0, 2.0, 2.0], dtype=torch.float64
+    )
+    U = (torch.rand(n, T, 2, generator=g, dtype=torch.float64) - 0.5) * 2.0
+    xs = [x]
+    for t in range(T):
+        xs.append(coupled_pendulums(xs[-1], U[:, t]))
+    return torch.stack(xs, dim=1), U
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--trajectories", type=int, default=100)
+    args = ap.parse_args()
+    g = torch.Generator().manual_seed(0)
+    T = 65
+    X, U = babble(args.trajectories, T, g)
+    Xt, Ut = babble(20, T, g)
+    data = (
+        X[:, :-1].reshape(-1, 4),
+        U.reshape(-1, 2),
+        X[:, 1:].reshape(-1, 4),
+    )
+    print(
+        f"torch threads {torch.get_num_threads()}, {data[0].shape[0]} transitions, "
+        f"{args.epochs} epochs (no early stopping), batch 256, 5 members"
+    )
+    rows = []
+    for hidden in [(200, 200, 200), (200, 200), (128, 128, 128), (128, 128), (64, 64, 64)]:
+        cfg = EnsembleConfig(hidden=hidden, epochs=args.epochs, holdout_fraction=0.0)
+        model = ProbabilisticEnsemble(4, 2, DT, cfg, generator=torch.Generator().manual_seed(1))
+        rep = fit(model, data, generator=torch.Generator().manual_seed(2), progress=False)
+        err = prediction_error(model, Xt, Ut, horizon=T)
+        x = Xt[:64, 0].float()
+        u = Ut[:64, 0].float()
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for _ in range(200):
+                model.step(x, u)
+            t_step = (time.perf_counter() - t0) / 200
+        jac = vmap(jacrev(lambda a, b, m=model: m.step(a[None], b[None])[0], argnums=(0, 1)))
+        t0 = time.perf_counter()
+        for _ in range(20):
+            jac(x, u)
+        t_jac = (time.perf_counter() - t0) / 20
+        rows.append((hidden, rep.seconds, err, t_step, t_jac))
+    base = rows[0]
+    print(
+        f"{'hidden':>16} {'fit s':>7} {'ratio':>6} {'1-step':>9} {'x/naive':>8} "
+        f"{'65-step':>8} {'step ms':>8} {'ratio':>6} {'jac ms':>7} {'ratio':>6}"
+    )
+    for hidden, sec, err, ts, tj in rows:
+        print(
+            f"{hidden!s:>16} {sec:7.1f} {sec / base[1]:6.2f} {err['one_step_rmse']:9.2e} "
+            f"{err['one_step_rmse_naive'] / err['one_step_rmse']:8.1f} "
+            f"{err['open_loop_rmse']:8.3f} {ts * 1e3:8.3f} {ts / base[3]:6.2f} "
+            f"{tj * 1e3:7.2f} {tj / base[4]:6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
