@@ -50,9 +50,13 @@ def babble(n: int, T: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tens
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--trajectories", type=int, default=100)
+    # 1 thread by default: on the shared 2-core machine, 2 OpenMP threads were ~20x slower
+    # under load for these small matmuls.
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     T = 65
     X, U = babble(args.trajectories, T, g)
@@ -67,36 +71,43 @@ def main() -> None:
         f"{args.epochs} epochs (no early stopping), batch 256, 5 members"
     )
     rows = []
+    x, u = Xt[:64, 0].float(), Ut[:64, 0].float()
     for hidden in [(200, 200, 200), (200, 200), (128, 128, 128), (128, 128), (64, 64, 64)]:
         cfg = EnsembleConfig(hidden=hidden, epochs=args.epochs, holdout_fraction=0.0)
         model = ProbabilisticEnsemble(4, 2, DT, cfg, generator=torch.Generator().manual_seed(1))
         rep = fit(model, data, generator=torch.Generator().manual_seed(2), progress=False)
         err = prediction_error(model, Xt, Ut, horizon=T)
-        x = Xt[:64, 0].float()
-        u = Ut[:64, 0].float()
         with torch.no_grad():
-            t0 = time.perf_counter()
-            for _ in range(200):
-                model.step(x, u)
-            t_step = (time.perf_counter() - t0) / 200
-        jac = vmap(jacrev(lambda a, b, m=model: m.step(a[None], b[None])[0], argnums=(0, 1)))
-        t0 = time.perf_counter()
-        for _ in range(20):
-            jac(x, u)
-        t_jac = (time.perf_counter() - t0) / 20
-        rows.append((hidden, rep.seconds, err, t_step, t_jac))
+            t_step = _time(lambda m=model: m.step(x, u), 200)
+        t_jac = _time(lambda m=model: m.jacobians(x, u), 20)
+        per_sample = vmap(jacrev(lambda a, b, m=model: m.step(a[None], b[None])[0], argnums=(0, 1)))
+        t_vmap = _time(lambda f=per_sample: f(x, u), 2)
+        rows.append((hidden, rep.seconds, err, t_step, t_jac, t_vmap))
     base = rows[0]
     print(
-        f"{'hidden':>16} {'fit s':>7} {'ratio':>6} {'1-step':>9} {'x/naive':>8} "
-        f"{'65-step':>8} {'step ms':>8} {'ratio':>6} {'jac ms':>7} {'ratio':>6}"
+        f"{'hidden':>16} {'fit s':>6} {'ratio':>5} {'1-step':>8} {'naive/':>6} {'65-step':>7} "
+        f"{'step ms':>7} {'ratio':>5} {'jac ms':>6} {'ratio':>5} {'vmap(jacrev) ms':>15} "
+        f"{'vs jac':>6}"
     )
-    for hidden, sec, err, ts, tj in rows:
+    for hidden, sec, err, ts, tj, tv in rows:
         print(
-            f"{hidden!s:>16} {sec:7.1f} {sec / base[1]:6.2f} {err['one_step_rmse']:9.2e} "
-            f"{err['one_step_rmse_naive'] / err['one_step_rmse']:8.1f} "
-            f"{err['open_loop_rmse']:8.3f} {ts * 1e3:8.3f} {ts / base[3]:6.2f} "
-            f"{tj * 1e3:7.2f} {tj / base[4]:6.2f}"
+            f"{hidden!s:>16} {sec:6.1f} {sec / base[1]:5.2f} {err['one_step_rmse']:8.2e} "
+            f"{err['one_step_rmse_naive'] / err['one_step_rmse']:6.1f} "
+            f"{err['open_loop_rmse']:7.3f} {ts * 1e3:7.3f} {ts / base[3]:5.2f} "
+            f"{tj * 1e3:6.2f} {tj / base[4]:5.2f} {tv * 1e3:15.1f} {tv / tj:6.1f}"
         )
+    print(
+        "1-step/65-step: RMSE on 20 held-out trajectories (all dims pooled); naive/: x'=x RMSE "
+        "over the model's; jac: model.jacobians at B=64; vmap(jacrev): per-sample Jacobians."
+    )
+
+
+def _time(f, n: int) -> float:
+    f()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(n):
+        f()
+    return (time.perf_counter() - t0) / n
 
 
 if __name__ == "__main__":

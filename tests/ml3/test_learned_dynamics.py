@@ -203,6 +203,9 @@ def test_step_under_torch_func() -> None:
     idx = torch.arange(5)
     torch.testing.assert_close(jx, full[0][idx, :, idx])
     torch.testing.assert_close(ju, full[1][idx, :, idx])
+    A, B = model.jacobians(x, u)  # the cheap batched path must equal the per-sample one
+    torch.testing.assert_close(A, jx)
+    torch.testing.assert_close(B, ju)
     gx = grad(lambda a: model.step(a, u).square().sum())(x)
     xr = x.clone().requires_grad_(True)
     model.step(xr, u).square().sum().backward()
