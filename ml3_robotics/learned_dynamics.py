@@ -89,6 +89,10 @@ class EnsembleConfig:
         holdout_fraction: fraction of transitions held out for early stopping, in ``[0, 1)``;
             0 disables early stopping (all ``epochs`` run).
         patience: epochs without a new best holdout NLL before training stops.
+        angle_dims: state dimensions that are angles (rad). The network sees their sine and
+            cosine instead of the raw value, so the model is 2*pi-periodic in them and does
+            not have to extrapolate to angles outside the babbling range. Deltas stay in raw
+            (unwrapped) units.
     """
 
     n_members: int = 5
@@ -103,6 +107,7 @@ class EnsembleConfig:
     epochs: int = 100
     holdout_fraction: float = 0.1
     patience: int = 5
+    angle_dims: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check_int("n_members", self.n_members, 1)
@@ -135,6 +140,14 @@ class EnsembleConfig:
         if not 0.0 <= frac < 1.0:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {frac!r}")
         _check_int("patience", self.patience, 1)
+        if isinstance(self.angle_dims, list):
+            object.__setattr__(self, "angle_dims", tuple(self.angle_dims))
+        if not isinstance(self.angle_dims, tuple):
+            raise TypeError(f"angle_dims must be a tuple of ints, got {self.angle_dims!r}")
+        for i, d in enumerate(self.angle_dims):
+            _check_int(f"angle_dims[{i}]", d, 0)
+        if len(set(self.angle_dims)) != len(self.angle_dims):
+            raise ValueError(f"angle_dims must not repeat a dimension, got {self.angle_dims!r}")
 
 
 def _gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor) -> Tensor:
@@ -145,9 +158,10 @@ def _gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor) -> Tensor:
 class ProbabilisticEnsemble(nn.Module):
     """Ensemble of ``E`` Gaussian MLPs over the state delta, evaluated in one batched pass.
 
-    Inputs ``(x, u)`` are normalised with mean/std buffers (``in_mean``, ``in_std``), the network
-    predicts a normalised delta, which is de-normalised with ``out_mean``, ``out_std``. ``fit``
-    sets all four from the training data; before that they are the identity.
+    Input features of ``(x, u)`` (``features``: the raw values, with ``sin``/``cos`` for
+    ``config.angle_dims``) are normalised with mean/std buffers (``in_mean``, ``in_std``); the
+    network predicts a normalised delta, which is de-normalised with ``out_mean``,
+    ``out_std``. ``fit`` sets all four from the training data; before that they are the identity.
 
     Args:
         nx: state dimension.
@@ -160,6 +174,7 @@ class ProbabilisticEnsemble(nn.Module):
     Attributes:
         nx, nu, dt, config: as given.
         n_members: ``E``.
+        n_features: network input width, ``nx + nu + len(config.angle_dims)``.
     """
 
     def __init__(
@@ -181,10 +196,16 @@ class ProbabilisticEnsemble(nn.Module):
         if not isinstance(config, EnsembleConfig):
             raise TypeError(f"config must be an EnsembleConfig, got {type(config).__name__}")
         self.nx, self.nu, self.dt, self.config = nx, nu, float(dt), config
+        bad = [d for d in config.angle_dims if d >= nx]
+        if bad:
+            raise ValueError(f"config.angle_dims {config.angle_dims} must be < nx={nx}, got {bad}")
+        self._angle_dims = list(config.angle_dims)
+        self._plain_dims = [d for d in range(nx) if d not in config.angle_dims]
+        self.n_features = nx + nu + len(config.angle_dims)
         self.n_members = config.n_members
         self._act = ACTIVATIONS[config.activation]
         E = config.n_members
-        widths = (nx + nu, *config.hidden, 2 * nx)
+        widths = (self.n_features, *config.hidden, 2 * nx)
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for fan_in, fan_out in itertools.pairwise(widths):
@@ -197,8 +218,8 @@ class ProbabilisticEnsemble(nn.Module):
         # Learned soft bounds on the normalised log-variance, shared by the members (PETS).
         self.max_logvar = nn.Parameter(torch.full((nx,), config.init_max_logvar, dtype=dtype))
         self.min_logvar = nn.Parameter(torch.full((nx,), config.init_min_logvar, dtype=dtype))
-        self.register_buffer("in_mean", torch.zeros(nx + nu, dtype=dtype))
-        self.register_buffer("in_std", torch.ones(nx + nu, dtype=dtype))
+        self.register_buffer("in_mean", torch.zeros(self.n_features, dtype=dtype))
+        self.register_buffer("in_std", torch.ones(self.n_features, dtype=dtype))
         self.register_buffer("out_mean", torch.zeros(nx, dtype=dtype))
         self.register_buffer("out_std", torch.ones(nx, dtype=dtype))
 
@@ -206,7 +227,7 @@ class ProbabilisticEnsemble(nn.Module):
         c = self.config
         return (
             f"nx={self.nx}, nu={self.nu}, dt={self.dt}, n_members={c.n_members}, "
-            f"hidden={c.hidden}, activation={c.activation!r}"
+            f"hidden={c.hidden}, activation={c.activation!r}, angle_dims={c.angle_dims}"
         )
 
     # ----------------------------------------------------------------------------- normalisation
@@ -219,7 +240,7 @@ class ProbabilisticEnsemble(nn.Module):
             u: controls ``(N, nu)``.
             x_next: next states ``(N, nx)``.
         """
-        inp = torch.cat([x, u], dim=-1).to(self.in_mean)
+        inp = self.features(x.to(self.in_mean), u.to(self.in_mean))
         delta = (x_next - x).to(self.out_mean)
         for name, data in (("in", inp), ("out", delta)):
             mean = data.mean(dim=0)
@@ -228,9 +249,17 @@ class ProbabilisticEnsemble(nn.Module):
             getattr(self, f"{name}_mean").copy_(mean)
             getattr(self, f"{name}_std").copy_(std)
 
+    def features(self, x: Tensor, u: Tensor) -> Tensor:
+        """Raw network input ``(..., n_features)``: non-angle states, sin and cos of the angle
+        states (``config.angle_dims``), controls. Plain ``[x, u]`` without angle dims."""
+        if not self._angle_dims:
+            return torch.cat([x, u], dim=-1)
+        a = x[..., self._angle_dims]
+        return torch.cat([x[..., self._plain_dims], torch.sin(a), torch.cos(a), u], dim=-1)
+
     def normalize_input(self, x: Tensor, u: Tensor) -> Tensor:
-        """``(x (..., nx), u (..., nu))`` -> normalised network input ``(..., nx + nu)``."""
-        return (torch.cat([x, u], dim=-1) - self.in_mean) / self.in_std
+        """``(x (..., nx), u (..., nu))`` -> normalised network input ``(..., n_features)``."""
+        return (self.features(x, u) - self.in_mean) / self.in_std
 
     def normalize_delta(self, delta: Tensor) -> Tensor:
         """State delta ``(..., nx)`` in state units -> normalised units."""
@@ -245,9 +274,9 @@ class ProbabilisticEnsemble(nn.Module):
         """Raw ensemble pass in normalised units.
 
         Args:
-            z: normalised inputs, ``(B, nx + nu)`` shared by all members, or ``(E, B, nx + nu)``
-                with one batch per member (bootstrapped training).
-            member: evaluate only this member (``z`` must then be ``(B, nx + nu)``).
+            z: normalised inputs, ``(B, n_features)`` shared by all members, or
+                ``(E, B, n_features)`` with one batch per member (bootstrapped training).
+            member: evaluate only this member (``z`` must then be ``(B, n_features)``).
 
         Returns:
             ``(mean, logvar)`` of the normalised delta, each ``(E, B, nx)`` (``E = 1`` when
@@ -256,7 +285,9 @@ class ProbabilisticEnsemble(nn.Module):
         ws: Sequence[Tensor] = list(self.weights)
         bs: Sequence[Tensor] = list(self.biases)
         if member is not None:
-            if not -self.n_members <= member < self.n_members:
+            if isinstance(member, bool) or not isinstance(member, int):
+                raise TypeError(f"member must be an int, got {type(member).__name__}")
+            if not 0 <= member < self.n_members:
                 raise ValueError(f"member must be in [0, {self.n_members}), got {member!r}")
             ws = [w[member : member + 1] for w in ws]
             bs = [b[member : member + 1] for b in bs]
@@ -281,7 +312,7 @@ class ProbabilisticEnsemble(nn.Module):
                 f"shape, got {tuple(x.shape)} and {tuple(u.shape)}"
             )
         lead = tuple(x.shape[:-1])
-        z = self.normalize_input(x, u).reshape(-1, self.nx + self.nu)
+        z = self.normalize_input(x, u).reshape(-1, self.n_features)
         return z, lead
 
     def predict(self, x: Tensor, u: Tensor, *, delta: bool = False) -> tuple[Tensor, Tensor]:
@@ -484,7 +515,7 @@ def fit(
     cfg = model.config if config is None else config
     if not isinstance(cfg, EnsembleConfig):
         raise TypeError(f"config must be an EnsembleConfig, got {type(cfg).__name__}")
-    arch = ("n_members", "hidden", "activation")
+    arch = ("n_members", "hidden", "activation", "angle_dims")
     if any(getattr(cfg, a) != getattr(model.config, a) for a in arch):
         raise ValueError(
             "config architecture "

@@ -3,6 +3,8 @@ differentiability (float64 gradcheck, torch.func), determinism and config valida
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -172,9 +174,9 @@ def test_normalization_round_trip() -> None:
     )
 
 
-def _small_f64_model() -> ProbabilisticEnsemble:
+def _small_f64_model(angle_dims: tuple[int, ...] = ()) -> ProbabilisticEnsemble:
     g = torch.Generator().manual_seed(0)
-    cfg = EnsembleConfig(n_members=3, hidden=(8, 8))
+    cfg = EnsembleConfig(n_members=3, hidden=(8, 8), angle_dims=angle_dims)
     model = ProbabilisticEnsemble(2, 1, DT, cfg, generator=g, dtype=F64)
     x = torch.randn(50, 2, generator=g, dtype=F64) * 2
     u = torch.randn(50, 1, generator=g, dtype=F64)
@@ -182,8 +184,9 @@ def _small_f64_model() -> ProbabilisticEnsemble:
     return model
 
 
-def test_step_gradcheck_float64() -> None:
-    model = _small_f64_model()
+@pytest.mark.parametrize("angle_dims", [(), (0,)])
+def test_step_gradcheck_float64(angle_dims) -> None:
+    model = _small_f64_model(angle_dims)
     x = torch.randn(4, 2, dtype=F64, requires_grad=True)
     u = torch.randn(4, 1, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(model.step, (x, u))
@@ -194,8 +197,9 @@ def test_step_gradcheck_float64() -> None:
     )
 
 
-def test_step_under_torch_func() -> None:
-    model = _small_f64_model()
+@pytest.mark.parametrize("angle_dims", [(), (0,)])
+def test_step_under_torch_func(angle_dims) -> None:
+    model = _small_f64_model(angle_dims)
     x = torch.randn(5, 2, dtype=F64)
     u = torch.randn(5, 1, dtype=F64)
     jx, ju = vmap(jacrev(lambda a, b: model.step(a[None], b[None])[0], argnums=(0, 1)))(x, u)
@@ -210,12 +214,28 @@ def test_step_under_torch_func() -> None:
     xr = x.clone().requires_grad_(True)
     model.step(xr, u).square().sum().backward()
     torch.testing.assert_close(gx, xr.grad)
+    # Plain vmap over unbatched (nx,) rows equals the batched call.
+    torch.testing.assert_close(vmap(model.step)(x, u), model.step(x, u))
     # functional_call with substituted parameters, differentiated w.r.t. them.
     params = {k: v.detach() for k, v in model.named_parameters()}
     out = functional_call(model, params, (x, u))
     torch.testing.assert_close(out, model.step(x, u))
     gp = grad(lambda p: functional_call(model, p, (x, u)).sum())(params)
     assert gp["weights.0"].shape == model.weights[0].shape and gp["weights.0"].abs().sum() > 0
+
+
+def test_angle_dims_make_the_model_periodic() -> None:
+    model = _small_f64_model(angle_dims=(0,))
+    assert model.n_features == 4 and model.in_mean.shape == (4,)
+    x = torch.randn(6, 2, dtype=F64)
+    u = torch.randn(6, 1, dtype=F64)
+    turn = torch.tensor([2 * math.pi, 0.0], dtype=F64)
+    for k in (-3, 1, 5):
+        torch.testing.assert_close(model.step(x + k * turn, u) - k * turn, model.step(x, u))
+    plain = _small_f64_model()  # control: without angle features the model is not periodic
+    assert not torch.allclose(plain.step(x + turn, u) - turn, plain.step(x, u), atol=1e-3)
+    with pytest.raises(ValueError, match="angle_dims"):
+        ProbabilisticEnsemble(2, 1, DT, EnsembleConfig(angle_dims=(2,)))
 
 
 def _tiny_fit(seed: int) -> tuple[ProbabilisticEnsemble, FitReport]:
@@ -260,6 +280,9 @@ def test_state_dict_round_trips_through_safetensors(fitted, tmp_path) -> None:
         ({"batch_size": 1.5}, TypeError, "batch_size"),
         ({"holdout_fraction": 1.0}, ValueError, "holdout_fraction"),
         ({"patience": 0}, ValueError, "patience"),
+        ({"angle_dims": (0, 0)}, ValueError, "angle_dims"),
+        ({"angle_dims": (-1,)}, ValueError, r"angle_dims\[0\]"),
+        ({"angle_dims": 0}, TypeError, "angle_dims"),
     ],
 )
 def test_bad_config_values_raise(kwargs, error, match) -> None:
@@ -268,8 +291,10 @@ def test_bad_config_values_raise(kwargs, error, match) -> None:
 
 
 def test_config_accepts_list_hidden_and_is_frozen() -> None:
-    cfg = EnsembleConfig(hidden=[32, 32])
-    assert cfg.hidden == (32, 32)
+    cfg = EnsembleConfig(hidden=[32, 32], angle_dims=[1])
+    assert cfg.hidden == (32, 32) and cfg.angle_dims == (1,)
+    # A checkpoint can store the config as JSON and rebuild it.
+    assert EnsembleConfig(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
     with pytest.raises(AttributeError):
         cfg.lr = 1.0  # type: ignore[misc]
 
@@ -287,5 +312,7 @@ def test_bad_fit_arguments_raise() -> None:
         fit(model, x)
     with pytest.raises(ValueError, match="x must be"):
         model.step(torch.zeros(3, 3), torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="member"):
+        model.step_member(torch.zeros(3, 2), torch.zeros(3, 1), -1)
     with pytest.raises(ValueError, match="dt"):
         ProbabilisticEnsemble(2, 1, 0.0)
