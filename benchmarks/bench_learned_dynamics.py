@@ -6,7 +6,11 @@ with the same data, seed and epoch budget; ratios are against the PETS default (
 run in the same process. Also times the deterministic ``step`` and a batched Jacobian (what
 policy rollouts and iLQR call) at batch 64.
 
-Run: PYTHONPATH=$PWD python benchmarks/bench_learned_dynamics.py [--epochs N]
+With ``--arm`` (needs ``robots.arm`` from the arms branch) it instead fits the default ensemble,
+with and without ``angle_dims``, on MuJoCo babbling of the 2-link reacher and prints one-step
+and 65-step open-loop errors on held-out real trajectories.
+
+Run: PYTHONPATH=$PWD python benchmarks/bench_learned_dynamics.py [--epochs N] [--arm]
 """
 
 from __future__ import annotations
@@ -55,8 +59,12 @@ def main() -> None:
     # 1 thread by default: on the shared 2-core machine, 2 OpenMP threads were ~20x slower
     # under load for these small matmuls.
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--arm", action="store_true", help="reacher (MuJoCo) prediction errors")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.arm:
+        arm(args.trajectories)
+        return
     g = torch.Generator().manual_seed(0)
     T = 65
     X, U = babble(args.trajectories, T, g)
@@ -100,6 +108,50 @@ def main() -> None:
         "1-step/65-step: RMSE on 20 held-out trajectories (all dims pooled); naive/: x'=x RMSE "
         "over the model's; jac: model.jacobians at B=64; vmap(jacrev): per-sample Jacobians."
     )
+
+
+def arm(n_train: int) -> None:
+    """Prediction error on the MuJoCo reacher: babbling with piecewise-constant random torques
+    (uniform within the 0.2 N*m limits, held 5 steps), random starts q ~ U[-1, 1] rad at rest;
+    held out: 30 such trajectories and 30 starting at q = 0 (the task's start)."""
+    from robots.arm import ArmSim  # optional: only this mode needs the simulator
+
+    sim = ArmSim("reacher2", backend="mujoco")
+    g = torch.Generator().manual_seed(0)
+    T = 65
+    limit = 0.2
+
+    def babble(n: int, zero_start: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        q = torch.zeros(n, 2, dtype=torch.float64)
+        if not zero_start:
+            q = torch.rand(n, 2, generator=g, dtype=torch.float64) * 2 - 1
+        x0 = torch.cat([q, torch.zeros_like(q)], dim=1)
+        held = (torch.rand(n, T // 5 + 1, 2, generator=g, dtype=torch.float64) * 2 - 1) * limit
+        U = held.repeat_interleave(5, dim=1)[:, :T]
+        return torch.as_tensor(sim.rollout(x0.numpy(), U.numpy())), U
+
+    X, U = babble(n_train)
+    tests = {"random start": babble(30), "start q=0": babble(30, zero_start=True)}
+    data = (X[:, :-1].reshape(-1, 4), U.reshape(-1, 2), X[:, 1:].reshape(-1, 4))
+    print(f"reacher2 (MuJoCo), {data[0].shape[0]} babbling transitions, 5 members (200, 200)")
+    print(
+        f"{'angle_dims':>10} {'fit s':>6} {'epochs':>6} {'held out':>12} {'1-step':>7} "
+        f"{'naive/':>6} {'65-step':>7} {'q at 65 (rad)':>14} {'qdot at 65 (rad/s)':>19}"
+    )
+    for angle_dims in [(), (0, 1)]:
+        cfg = EnsembleConfig(epochs=200, patience=10, angle_dims=angle_dims)
+        model = ProbabilisticEnsemble(4, 2, sim.dt, cfg, generator=torch.Generator().manual_seed(1))
+        rep = fit(model, data, generator=torch.Generator().manual_seed(2), progress=False)
+        for name, (Xt, Ut) in tests.items():
+            e = prediction_error(model, Xt, Ut, horizon=T)
+            qf = ", ".join(f"{v:.3f}" for v in e["open_loop_final_rmse_per_dim"][:2])
+            vf = ", ".join(f"{v:.2f}" for v in e["open_loop_final_rmse_per_dim"][2:])
+            print(
+                f"{angle_dims!s:>10} {rep.seconds:6.1f} {rep.epochs:6d} {name:>12} "
+                f"{e['one_step_rmse']:7.3f} {e['one_step_rmse_naive'] / e['one_step_rmse']:6.1f} "
+                f"{e['open_loop_rmse']:7.3f} {qf:>14} {vf:>19}"
+            )
+    print("RMSEs pool (q1, q2, qdot1, qdot2) in rad and rad/s; naive/: x'=x RMSE over the model's.")
 
 
 def _time(f, n: int) -> float:
