@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ml3_robotics.errors import ML3Error
+from ml3_robotics.render import render_system
 from ml3_robotics.runs import (
     ConfigError,
     RunContext,
@@ -54,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an experiment and write its artefacts")
     run.add_argument("experiment")
     _run_options(run)
+    render = sub.add_parser("render", help="write a video of a scripted rollout of a system")
+    render.add_argument("system", help="mountain-car or arm")
+    render.add_argument("--out", type=Path, required=True, help="video file (.gif or .mp4)")
+    render.add_argument("--robot", default="reacher2", help="arm configuration name or YAML path")
+    render.add_argument("--backend", default="mujoco", help="mujoco or pybullet")
+    render.add_argument("--steps", type=int, default=None)
+    render.add_argument("--seed", type=int, default=0)
     demo = sub.add_parser("demo", help="run the main job at demo size and print its table")
     demo.add_argument("--out", type=Path, default=None)
     demo.add_argument("--seed", type=int, default=0)
@@ -160,6 +168,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, exp in discover_experiments().items():
                 print(f"{name:16s} {exp.summary}")
             return 0
+        if args.command == "render":
+            path = render_system(
+                args.system,
+                args.out,
+                robot=args.robot,
+                backend=args.backend,
+                steps=args.steps,
+                seed=args.seed,
+            )
+            print(f"wrote {path}")
+            return 0
         if args.command == "demo":
             ctx, result = run_experiment(
                 DEMO_EXPERIMENT,
@@ -180,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overwrite=args.overwrite,
                 progress=progress,
             )
-    except (ML3Error, ConfigError) as e:
+    except (ML3Error, ConfigError, ValueError, FileNotFoundError) as e:
         print(f"ml3r: error: {e}", file=sys.stderr)
         return 2
     print(_table(result))
