@@ -12,6 +12,14 @@ from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.serialization import save_learned_loss
 
 
+def _smoke(out, *sets: str) -> list[str]:
+    """argv of a smoke-size sine run into ``out`` with ``--set`` for each of ``sets``."""
+    argv = ["run", "sine", "--smoke", "--out", str(out)]
+    for item in sets:
+        argv += ["--set", item]
+    return argv
+
+
 def _error(capsys, argv) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -66,75 +74,33 @@ def test_unknown_experiment_suggests(capsys):
 
 
 def test_unknown_set_key_suggests(capsys, tmp_path):
-    err = _error(
-        capsys, ["run", "sine", "--smoke", "--set", "outer_step=3", "--out", str(tmp_path / "x")]
-    )
+    err = _error(capsys, _smoke(str(tmp_path / "x"), "outer_step=3"))
     assert "unknown config key 'outer_step'" in err and "'outer_steps'" in err
     assert not (tmp_path / "x").exists()
 
 
 def test_mistyped_set_value(capsys, tmp_path):
-    err = _error(
-        capsys,
-        ["run", "sine", "--smoke", "--set", "outer_steps=many", "--out", str(tmp_path / "x")],
-    )
+    err = _error(capsys, _smoke(str(tmp_path / "x"), "outer_steps=many"))
     assert "outer_steps: expected an integer, got 'many'" in err
-    err = _error(
-        capsys, ["run", "sine", "--smoke", "--set", "inner_lr", "--out", str(tmp_path / "x")]
-    )
+    err = _error(capsys, _smoke(str(tmp_path / "x"), "inner_lr"))
     assert "expected key=value" in err
-    err = _error(
-        capsys, ["run", "sine", "--smoke", "--set", "test_steps=0", "--out", str(tmp_path / "x")]
-    )
+    err = _error(capsys, _smoke(str(tmp_path / "x"), "test_steps=0"))
     assert "test_steps" in err
 
 
 def test_missing_and_corrupt_loss_file(capsys, tmp_path):
-    err = _error(
-        capsys,
-        [
-            "run",
-            "sine",
-            "--smoke",
-            "--set",
-            f"loss_path={tmp_path}/no.json",
-            "--out",
-            str(tmp_path / "a"),
-        ],
-    )
+    err = _error(capsys, _smoke(str(tmp_path / "a"), f"loss_path={tmp_path}/no.json"))
     assert "does not exist" in err
     (tmp_path / "bad.json").write_text("]]")
     (tmp_path / "bad.safetensors").write_bytes(b"junk")
-    err = _error(
-        capsys,
-        [
-            "run",
-            "sine",
-            "--smoke",
-            "--set",
-            f"loss_path={tmp_path}/bad",
-            "--out",
-            str(tmp_path / "b"),
-        ],
-    )
+    err = _error(capsys, _smoke(str(tmp_path / "b"), f"loss_path={tmp_path}/bad"))
     assert "not valid JSON" in err
 
 
 def test_loss_with_other_features_is_refused(capsys, tmp_path):
     other = LearnedLoss(LossConfig(FeatureSpec(("x", "y_pred", "y_target"))))
     save_learned_loss(other, tmp_path / "other")
-    err = _error(
-        capsys,
-        [
-            "run",
-            "sine",
-            "--smoke",
-            "--set",
-            f"loss_path={tmp_path}/other",
-            "--out",
-            str(tmp_path / "c"),
-        ],
-    )
+    err = _error(capsys, _smoke(str(tmp_path / "c"), f"loss_path={tmp_path}/other"))
     assert "does not fit" in err and "'x'" in err
 
 
