@@ -101,10 +101,12 @@ def box_qp(
         d = np.linalg.solve(masked_hessian(H, free), -gfree[..., None])[..., 0]
         sdotg = np.einsum("bi,bi->b", d, grad)
         # Candidates for all step sizes at once: (B, S, n).
-        cand = np.clip(x[:, None, :] + _STEPS[None, :, None] * d[:, None, :],
-                       lower[:, None, :], upper[:, None, :])
-        vals = np.einsum("bsi,bi->bs", cand, g) + 0.5 * np.einsum(
-            "bsi,bij,bsj->bs", cand, H, cand)
+        cand = np.clip(
+            x[:, None, :] + _STEPS[None, :, None] * d[:, None, :],
+            lower[:, None, :],
+            upper[:, None, :],
+        )
+        vals = np.einsum("bsi,bi->bs", cand, g) + 0.5 * np.einsum("bsi,bij,bsj->bs", cand, H, cand)
         ok = (vals - value[:, None]) <= armijo * _STEPS[None, :] * sdotg[:, None]
         ok &= (sdotg < 0)[:, None]
         has = ok.any(axis=1)

@@ -37,7 +37,8 @@ def _as_matrix(name: str, value: Tensor | Sequence, dim: int) -> Tensor:
     if t.shape[-2:] != (dim, dim) or t.ndim not in (2, 3):
         raise ValueError(
             f"{name}: expected a ({dim},) diagonal, ({dim}, {dim}) or (B, {dim}, {dim}) matrix, "
-            f"got shape {tuple(t.shape)}")
+            f"got shape {tuple(t.shape)}"
+        )
     return t
 
 
@@ -86,7 +87,8 @@ class QuadraticCost:
     def running(self, x: Tensor, u: Tensor, t: int) -> Tensor:
         """Running cost, ``x (B, nx)``, ``u (B, nu)`` -> ``(B,)``."""
         return self._quad(self.Q.to(x), x - self.x_goal.to(x)) + self._quad(
-            self.R.to(u), u - self.u_goal.to(u))
+            self.R.to(u), u - self.u_goal.to(u)
+        )
 
     def terminal(self, x: Tensor) -> Tensor:
         """Terminal cost, ``x (B, nx)`` -> ``(B,)``."""
@@ -187,8 +189,12 @@ class ReachCost:
             raise ValueError(f"horizon: expected an int >= 1, got {horizon!r}")
         if norm not in _NORMS:
             raise ValueError(f"norm: expected one of {_NORMS}, got {norm!r}")
-        for name, w in (("terminal_weight", terminal_weight), ("velocity_weight", velocity_weight),
-                        ("control_weight", control_weight), ("eps", eps)):
+        for name, w in (
+            ("terminal_weight", terminal_weight),
+            ("velocity_weight", velocity_weight),
+            ("control_weight", control_weight),
+            ("eps", eps),
+        ):
             if not (np.isfinite(w) and w >= 0):
                 raise ValueError(f"{name}: expected a finite value >= 0, got {w!r}")
         self.horizon = horizon
@@ -196,7 +202,7 @@ class ReachCost:
         self.norm, self.eps = norm, eps
 
     def _state_term(self, x: Tensor) -> Tensor:
-        q, qd = x[..., : self.n], x[..., self.n:]
+        q, qd = x[..., : self.n], x[..., self.n :]
         goal = self.q_goal.to(x) if x.ndim == 2 else self.q_goal.to(x)[:, None]
         pq = _penalty(q - goal, self.norm, self.eps)
         return pq + self.w_v * _penalty(qd, self.norm, self.eps)
@@ -212,7 +218,8 @@ class ReachCost:
         """Terminal cost: ``x (B, 2n)`` -> ``(B,)``."""
         goal = self.q_goal.to(x)
         return self.w_T * _penalty(x[:, : self.n] - goal, self.norm, self.eps) + (
-            self._state_term(x) / self.horizon)
+            self._state_term(x) / self.horizon
+        )
 
     def trajectory(self, X: Tensor, U: Tensor) -> Tensor:
         """Total cost, ``X (B, T+1, 2n)``, ``U (B, T, n)`` -> ``(B,)``."""
@@ -271,8 +278,11 @@ class MountainCarCost:
     ) -> None:
         self.goal = _as_batch("goal", goal, 2)
         self.x_int = _as_batch("intermediate_goal", intermediate_goal, 2)
-        for name, w in (("terminal_weight", terminal_weight), ("control_weight", control_weight),
-                        ("intermediate_weight", intermediate_weight)):
+        for name, w in (
+            ("terminal_weight", terminal_weight),
+            ("control_weight", control_weight),
+            ("intermediate_weight", intermediate_weight),
+        ):
             if not (np.isfinite(w) and w >= 0):
                 raise ValueError(f"{name}: expected a finite value >= 0, got {w!r}")
         self.w_T, self.w_u, self.w_i = terminal_weight, control_weight, intermediate_weight
@@ -335,9 +345,17 @@ class TaskSpaceReachCost:
         terminal_weight, velocity_weight, control_weight: as in :class:`ReachCost`.
     """
 
-    def __init__(self, fk, goal: Tensor | Sequence[float], n_joints: int, horizon: int, *,
-                 terminal_weight: float = 10.0, velocity_weight: float = 1e-4,
-                 control_weight: float = 1e-6) -> None:
+    def __init__(
+        self,
+        fk,
+        goal: Tensor | Sequence[float],
+        n_joints: int,
+        horizon: int,
+        *,
+        terminal_weight: float = 10.0,
+        velocity_weight: float = 1e-4,
+        control_weight: float = 1e-6,
+    ) -> None:
         if not callable(fk):
             raise TypeError(f"fk: expected a callable q (N, n) -> (N, d), got {type(fk).__name__}")
         g = torch.as_tensor(goal, dtype=torch.float64)
@@ -346,8 +364,11 @@ class TaskSpaceReachCost:
             raise ValueError(f"n_joints: expected an int >= 1, got {n_joints!r}")
         if not isinstance(horizon, int) or horizon < 1:
             raise ValueError(f"horizon: expected an int >= 1, got {horizon!r}")
-        for name, w in (("terminal_weight", terminal_weight), ("velocity_weight", velocity_weight),
-                        ("control_weight", control_weight)):
+        for name, w in (
+            ("terminal_weight", terminal_weight),
+            ("velocity_weight", velocity_weight),
+            ("control_weight", control_weight),
+        ):
             if not (np.isfinite(w) and w >= 0):
                 raise ValueError(f"{name}: expected a finite value >= 0, got {w!r}")
         self.fk, self.n, self.horizon = fk, n_joints, horizon
@@ -363,7 +384,7 @@ class TaskSpaceReachCost:
 
     def _state_term(self, x: Tensor) -> Tensor:
         r = self._residual(x)
-        return (r * r).sum(-1) + self.w_v * (x[..., self.n:] ** 2).sum(-1)
+        return (r * r).sum(-1) + self.w_v * (x[..., self.n :] ** 2).sum(-1)
 
     def running(self, x: Tensor, u: Tensor, t: int) -> Tensor:
         """Running cost at step ``t``: ``x (B, 2n)``, ``u (B, n)`` -> ``(B,)``."""

@@ -63,8 +63,9 @@ def _jacobians_loop(dynamics: Any, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor
         y = dynamics.step(xx, uu)
         rows_a, rows_b = [], []
         for i in range(y.shape[1]):
-            ga, gb = torch.autograd.grad(y[:, i].sum(), (xx, uu), retain_graph=True,
-                                         allow_unused=True)
+            ga, gb = torch.autograd.grad(
+                y[:, i].sum(), (xx, uu), retain_graph=True, allow_unused=True
+            )
             rows_a.append(torch.zeros_like(xx) if ga is None else ga)
             rows_b.append(torch.zeros_like(uu) if gb is None else gb)
     return torch.stack(rows_a, 1).detach(), torch.stack(rows_b, 1).detach()

@@ -81,8 +81,11 @@ class ILQRConfig:
         if not self.mu_factor > 1:
             raise ValueError(f"mu_factor: expected > 1, got {self.mu_factor!r}")
         a = self.alphas
-        if (len(a) == 0 or any(not (0 < x <= 1) for x in a)
-                or any(x <= y for x, y in itertools.pairwise(a))):
+        if (
+            len(a) == 0
+            or any(not (0 < x <= 1) for x in a)
+            or any(x <= y for x, y in itertools.pairwise(a))
+        ):
             raise ValueError(f"alphas: expected a non-empty decreasing tuple in (0, 1], got {a!r}")
         if not isinstance(self.boxqp_max_iter, int) or self.boxqp_max_iter < 1:
             raise ValueError(f"boxqp_max_iter: expected an int >= 1, got {self.boxqp_max_iter!r}")
@@ -124,8 +127,7 @@ class ILQRResult:
 def _bounds(name: str, value: Any, nu: int, fill: float) -> np.ndarray:
     if value is None:
         return np.full((1, nu), fill)
-    a = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value,
-                   dtype=np.float64)
+    a = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value, dtype=np.float64)
     if a.ndim == 0:
         a = np.full((nu,), float(a))
     if a.ndim == 1:
@@ -195,12 +197,16 @@ class ILQR:
             raise ValueError(f"horizon: expected an int >= 1, got {horizon!r}")
         for attr in ("nx", "nu", "step"):
             if not hasattr(dynamics, attr):
-                raise TypeError(f"dynamics: expected an object with .{attr} (Dynamics protocol), "
-                                f"got {type(dynamics).__name__}")
+                raise TypeError(
+                    f"dynamics: expected an object with .{attr} (Dynamics protocol), "
+                    f"got {type(dynamics).__name__}"
+                )
         for attr in ("running", "terminal"):
             if not hasattr(cost, attr):
-                raise TypeError(f"cost: expected an object with .{attr}() (Cost protocol), "
-                                f"got {type(cost).__name__}")
+                raise TypeError(
+                    f"cost: expected an object with .{attr}() (Cost protocol), "
+                    f"got {type(cost).__name__}"
+                )
         self.dynamics, self.cost, self.horizon = dynamics, cost, horizon
         self.nx, self.nu = int(dynamics.nx), int(dynamics.nu)
         self.config = config if config is not None else ILQRConfig()
@@ -211,8 +217,10 @@ class ILQR:
         lo, hi = np.broadcast_arrays(self.lower, self.upper)
         bad = lo > hi
         if bad.any():
-            raise ValueError(f"lower: expected lower <= upper elementwise, got lower={lo[bad]} "
-                             f"above upper={hi[bad]}")
+            raise ValueError(
+                f"lower: expected lower <= upper elementwise, got lower={lo[bad]} "
+                f"above upper={hi[bad]}"
+            )
         self.bounded = bool(np.isfinite(self.lower).any() or np.isfinite(self.upper).any())
 
     # ---------------------------------------------------------------- helpers
@@ -230,10 +238,16 @@ class ILQR:
             J = trajectory_cost(self.cost, torch.from_numpy(X).to(dt), torch.from_numpy(U).to(dt))
         return J.detach().to(torch.float64).cpu().numpy().reshape(-1)
 
-    def _rollout(self, x0: np.ndarray, U: np.ndarray, X: np.ndarray | None = None,
-                 k: np.ndarray | None = None, K: np.ndarray | None = None,
-                 alpha: float = 1.0, rows: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def _rollout(
+        self,
+        x0: np.ndarray,
+        U: np.ndarray,
+        X: np.ndarray | None = None,
+        k: np.ndarray | None = None,
+        K: np.ndarray | None = None,
+        alpha: float = 1.0,
+        rows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Open loop (``k is None``) or closed loop around ``(X, U)`` with step ``alpha``.
 
         With ``rows`` (bool ``(B,)``), only those problems are simulated (dynamics rows are
@@ -248,9 +262,17 @@ class ILQR:
             return Xn, Un
         return self._simulate(x0, U, X, k, K, alpha, self.lower, self.upper)
 
-    def _simulate(self, x0: np.ndarray, U: np.ndarray, X: np.ndarray | None,
-                  k: np.ndarray | None, K: np.ndarray | None, alpha: float,
-                  lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _simulate(
+        self,
+        x0: np.ndarray,
+        U: np.ndarray,
+        X: np.ndarray | None,
+        k: np.ndarray | None,
+        K: np.ndarray | None,
+        alpha: float,
+        lo: np.ndarray,
+        hi: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         nb, T = U.shape[:2]
         Xn = np.empty((nb, T + 1, self.nx))
         Un = np.empty_like(U)
@@ -280,27 +302,32 @@ class ILQR:
 
     def _validate(self, x0: Tensor, U0: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(x0, Tensor):
-            raise TypeError(f"x0: expected a torch.Tensor of shape (B, {self.nx}), "
-                            f"got {type(x0).__name__}")
+            raise TypeError(
+                f"x0: expected a torch.Tensor of shape (B, {self.nx}), got {type(x0).__name__}"
+            )
         if x0.ndim != 2 or x0.shape[1] != self.nx or x0.shape[0] < 1:
             raise ValueError(f"x0: expected shape (B, {self.nx}), got {tuple(x0.shape)}")
         x = x0.detach().to(torch.float64).cpu().numpy()
         if not np.isfinite(x).all():
-            raise ValueError(f"x0: expected finite values, got NaN/inf in rows "
-                             f"{np.nonzero(~np.isfinite(x).all(1))[0].tolist()}")
+            raise ValueError(
+                f"x0: expected finite values, got NaN/inf in rows "
+                f"{np.nonzero(~np.isfinite(x).all(1))[0].tolist()}"
+            )
         nb, T = x.shape[0], self.horizon
         for name, b in (("lower", self.lower), ("upper", self.upper)):
             if b.shape[0] not in (1, nb):
-                raise ValueError(f"{name}: expected batch size 1 or {nb} (from x0), "
-                                 f"got {b.shape[0]}")
+                raise ValueError(
+                    f"{name}: expected batch size 1 or {nb} (from x0), got {b.shape[0]}"
+                )
         if U0 is None:
             U = np.zeros((nb, T, self.nu))
         else:
             if not isinstance(U0, Tensor):
                 raise TypeError(f"U0: expected a torch.Tensor, got {type(U0).__name__}")
             if tuple(U0.shape) != (nb, T, self.nu):
-                raise ValueError(f"U0: expected shape {(nb, T, self.nu)} (B, horizon, nu), "
-                                 f"got {tuple(U0.shape)}")
+                raise ValueError(
+                    f"U0: expected shape {(nb, T, self.nu)} (B, horizon, nu), got {tuple(U0.shape)}"
+                )
             U = U0.detach().to(torch.float64).cpu().numpy().copy()
             if not np.isfinite(U).all():
                 raise ValueError("U0: expected finite values, got NaN/inf")
@@ -308,8 +335,9 @@ class ILQR:
             U = np.clip(U, self.lower[:, None], self.upper[:, None])
         return x, U
 
-    def _derivatives(self, X: np.ndarray, U: np.ndarray,
-                     rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    def _derivatives(
+        self, X: np.ndarray, U: np.ndarray, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, ...]:
         """Derivatives packed for the backward pass.
 
         Returns ``Faug (B, T, 1+nx, 1+nz)`` = blockdiag(1, [A B]), ``FT (B, T, nz, nx)`` =
@@ -327,26 +355,35 @@ class ILQR:
         us = torch.from_numpy(np.ascontiguousarray(U[i]).reshape(ni * T, nu)).to(dt)
         A, Bm = dynamics_jacobians(self.dynamics, xs, us)
         A = np.asarray(A.detach().to(torch.float64).cpu().numpy() if isinstance(A, Tensor) else A)
-        Bm = np.asarray(Bm.detach().to(torch.float64).cpu().numpy()
-                        if isinstance(Bm, Tensor) else Bm)
+        Bm = np.asarray(
+            Bm.detach().to(torch.float64).cpu().numpy() if isinstance(Bm, Tensor) else Bm
+        )
         Faug = np.zeros((nb, T, 1 + nx, 1 + nz))
         Faug[..., 0, 0] = 1.0
-        Faug[i, :, 1:, 1:1 + nx] = A.reshape(ni, T, nx, nx)
-        Faug[i, :, 1:, 1 + nx:] = Bm.reshape(ni, T, nx, nu)
+        Faug[i, :, 1:, 1 : 1 + nx] = A.reshape(ni, T, nx, nx)
+        Faug[i, :, 1:, 1 + nx :] = Bm.reshape(ni, T, nx, nu)
         FT = np.ascontiguousarray(np.swapaxes(Faug[..., 1:, 1:], -1, -2))
         c = cost_derivatives(self.cost, torch.from_numpy(X).to(dt), torch.from_numpy(U).to(dt))
         Laug = np.empty((nb, T, nz, 1 + nz))
         Laug[..., :nx, 0] = c.lx[:, :T]
         Laug[..., nx:, 0] = c.lu
-        Laug[..., :nx, 1:1 + nx] = c.lxx[:, :T]
-        Laug[..., nx:, 1 + nx:] = c.luu
-        Laug[..., nx:, 1:1 + nx] = c.lux
-        Laug[..., :nx, 1 + nx:] = np.swapaxes(c.lux, -1, -2)
+        Laug[..., :nx, 1 : 1 + nx] = c.lxx[:, :T]
+        Laug[..., nx:, 1 + nx :] = c.luu
+        Laug[..., nx:, 1 : 1 + nx] = c.lux
+        Laug[..., :nx, 1 + nx :] = np.swapaxes(c.lux, -1, -2)
         VT = np.concatenate([c.lx[:, T, :, None], c.lxx[:, T]], axis=-1)
         return Faug, FT, Laug, VT
 
-    def _backward(self, U: np.ndarray, Faug: np.ndarray, FT: np.ndarray, Laug: np.ndarray,
-                  VT: np.ndarray, mu: np.ndarray, k_prev: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _backward(
+        self,
+        U: np.ndarray,
+        Faug: np.ndarray,
+        FT: np.ndarray,
+        Laug: np.ndarray,
+        VT: np.ndarray,
+        mu: np.ndarray,
+        k_prev: np.ndarray,
+    ) -> tuple[np.ndarray, ...]:
         """Riccati sweep with a box QP per step. Returns ``ok (B,)``, k, K, dV1, dV2.
 
         Works on augmented matrices so that each step is a handful of batched calls (the
@@ -365,7 +402,7 @@ class ILQR:
         V = VT
         Gaug = np.zeros((nb, 1 + nx + nu, 1 + nx))
         Gaug[:, 0, 0] = 1.0
-        Gaug[:, 1:1 + nx, 1:] = np.eye(nx)
+        Gaug[:, 1 : 1 + nx, 1:] = np.eye(nx)
         GT = np.swapaxes(Gaug[:, 1:, 1:], -1, -2)  # view: follows Gaug's K block
         lo = np.broadcast_to(self.lower, (nb, nu))
         hi = np.broadcast_to(self.upper, (nb, nu))
@@ -374,7 +411,7 @@ class ILQR:
         for t in range(T - 1, -1, -1):
             Q = Laug[:, t] + FT[:, t] @ (V @ Faug[:, t])
             Qu_rows = Q[:, nx:]  # [Q_u | Q_ux | Q_uu]
-            Quu = Qu_rows[:, :, 1 + nx:]
+            Quu = Qu_rows[:, :, 1 + nx :]
             H = Quu + mu_i
             bad, sol = _spd_solve(H, Qu_rows[:, :, : 1 + nx])
             if bad is not None:
@@ -387,17 +424,24 @@ class ILQR:
                 if viol.any():
                     i = np.nonzero(viol)[0]
                     Qu = Qu_rows[i, :, 0]
-                    res = box_qp(H[i], Qu, lo[i] - ut[i], hi[i] - ut[i], k_prev[i, t],
-                                 max_iter=self.config.boxqp_max_iter)
+                    res = box_qp(
+                        H[i],
+                        Qu,
+                        lo[i] - ut[i],
+                        hi[i] - ut[i],
+                        k_prev[i, t],
+                        max_iter=self.config.boxqp_max_iter,
+                    )
                     Hm = masked_hessian(H[i], res.free)
-                    Ki = np.linalg.solve(Hm, -np.where(res.free[..., None],
-                                                      Qu_rows[i, :, 1:1 + nx], 0.0))
+                    Ki = np.linalg.solve(
+                        Hm, -np.where(res.free[..., None], Qu_rows[i, :, 1 : 1 + nx], 0.0)
+                    )
                     sol[i, :, 0] = res.x
                     sol[i, :, 1:] = Ki
             S[:, t] = sol
             Qu_all[:, t] = Qu_rows[:, :, 0]
             Quu_all[:, t] = Quu
-            Gaug[:, 1 + nx:] = sol
+            Gaug[:, 1 + nx :] = sol
             V = GT @ (Q @ Gaug)
             Vxx = V[:, :, 1:]
             V[:, :, 1:] = 0.5 * (Vxx + np.swapaxes(Vxx, -1, -2))
@@ -426,8 +470,10 @@ class ILQR:
         X, U = self._rollout(x0n, U)
         J = self._cost(X, U)
         if not np.isfinite(J).all() or not np.isfinite(X).all():
-            raise ValueError("x0/U0: the initial rollout has non-finite states or cost in rows "
-                             f"{np.nonzero(~np.isfinite(J))[0].tolist()}")
+            raise ValueError(
+                "x0/U0: the initial rollout has non-finite states or cost in rows "
+                f"{np.nonzero(~np.isfinite(J))[0].tolist()}"
+            )
         mu = np.full(nb, cfg.mu_init)
         delta = np.ones(nb)
         done = np.zeros(nb, dtype=bool)
@@ -507,7 +553,13 @@ class ILQR:
             return torch.from_numpy(np.ascontiguousarray(a)).to(cfg.dtype)
 
         return ILQRResult(
-            states=out(X), controls=out(U), K=out(K_out), k=out(k_out), cost=out(J),
+            states=out(X),
+            controls=out(U),
+            K=out(K_out),
+            k=out(k_out),
+            cost=out(J),
             cost_history=out(np.stack(history, axis=1)),
-            iterations=torch.from_numpy(iters), converged=torch.from_numpy(converged),
-            mu=out(mu))
+            iterations=torch.from_numpy(iters),
+            converged=torch.from_numpy(converged),
+            mu=out(mu),
+        )

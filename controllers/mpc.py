@@ -55,11 +55,13 @@ class MPC:
 
     _FILLS = ("last", "zero")
 
-    def __init__(self, planner: Planner, horizon: int | None = None, *,
-                 shift_fill: str = "last") -> None:
+    def __init__(
+        self, planner: Planner, horizon: int | None = None, *, shift_fill: str = "last"
+    ) -> None:
         if not hasattr(planner, "solve"):
-            raise TypeError(f"planner: expected an object with .solve(x0, U0), "
-                            f"got {type(planner).__name__}")
+            raise TypeError(
+                f"planner: expected an object with .solve(x0, U0), got {type(planner).__name__}"
+            )
         ph = getattr(planner, "horizon", None)
         if horizon is None:
             horizon = ph
@@ -92,8 +94,9 @@ class MPC:
         self._warm = self._shift(plan.controls)
         return plan.controls[:, 0]
 
-    def run(self, simulate: Callable[[Tensor, Tensor], Tensor], x0: Tensor,
-            steps: int) -> MPCRollout:
+    def run(
+        self, simulate: Callable[[Tensor, Tensor], Tensor], x0: Tensor, steps: int
+    ) -> MPCRollout:
         """Run the controller in closed loop against the caller's simulator.
 
         Args:
@@ -114,12 +117,19 @@ class MPC:
             u = self.act(x)
             plan = self.last_plan
             c = getattr(plan, "cost", None)
-            costs.append(c.to(torch.float64) if c is not None
-                         else torch.full((x.shape[0],), float("nan"), dtype=torch.float64))
+            costs.append(
+                c.to(torch.float64)
+                if c is not None
+                else torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
+            )
             cv = getattr(plan, "converged", None)
             conv.append(cv if cv is not None else torch.ones(x.shape[0], dtype=torch.bool))
             x = simulate(x, u)
             us.append(u)
             xs.append(x)
-        return MPCRollout(states=torch.stack(xs, 1), controls=torch.stack(us, 1),
-                          plan_costs=torch.stack(costs, 1), converged=torch.stack(conv, 1))
+        return MPCRollout(
+            states=torch.stack(xs, 1),
+            controls=torch.stack(us, 1),
+            plan_costs=torch.stack(costs, 1),
+            converged=torch.stack(conv, 1),
+        )

@@ -81,20 +81,30 @@ class MujocoDynamics:
         dt: ``model.opt.timestep`` in seconds.
     """
 
-    def __init__(self, model: mujoco.MjModel, *, eps: float = 1e-6, centered: bool = False,
-                 n_threads: int = 1) -> None:
+    def __init__(
+        self,
+        model: mujoco.MjModel,
+        *,
+        eps: float = 1e-6,
+        centered: bool = False,
+        n_threads: int = 1,
+    ) -> None:
         if not isinstance(model, mujoco.MjModel):
             raise TypeError(f"model: expected a mujoco.MjModel, got {type(model).__name__}")
         if model.nq != model.nv:
             raise ValueError(
                 f"model: expected hinge/slide joints only (nq == nv), got nq={model.nq}, "
-                f"nv={model.nv}; free and ball joints need a tangent-space state")
+                f"nv={model.nv}; free and ball joints need a tangent-space state"
+            )
         if model.na != 0:
             raise ValueError(
-                f"model: expected no actuator activations (na == 0), got na={model.na}")
+                f"model: expected no actuator activations (na == 0), got na={model.na}"
+            )
         if model.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4:
-            raise ValueError("model: mjd_transitionFD refuses the RK4 integrator; expected Euler, "
-                             "implicit or implicitfast")
+            raise ValueError(
+                "model: mjd_transitionFD refuses the RK4 integrator; expected Euler, "
+                "implicit or implicitfast"
+            )
         if not (np.isfinite(eps) and eps > 0):
             raise ValueError(f"eps: expected a finite value > 0, got {eps!r}")
         if not isinstance(n_threads, int) or n_threads < 1:
@@ -145,14 +155,15 @@ class MujocoDynamics:
         if self._pool is None or n < 2 * self.n_threads:
             fn(self._datas[0], 0, n)
             return
-        futs = [self._pool.submit(fn, self._datas[i], a, b)
-                for i, (a, b) in enumerate(self._chunks(n))]
+        futs = [
+            self._pool.submit(fn, self._datas[i], a, b) for i, (a, b) in enumerate(self._chunks(n))
+        ]
         for f in futs:
             f.result()
 
     def _set(self, d: mujoco.MjData, x: np.ndarray, u: np.ndarray) -> None:
         d.qpos[:] = x[: self.nq]
-        d.qvel[:] = x[self.nq:]
+        d.qvel[:] = x[self.nq :]
         d.ctrl[:] = u
         d.time = 0.0
         # Same warm start for every call, so results do not depend on call history.
@@ -194,11 +205,12 @@ class MujocoDynamics:
                 out[i, nq:] = d.qvel
         else:
             state0 = np.repeat(self._state_template, n, axis=0)
-            state0[:, 1:1 + nq] = x[:, :nq]
-            state0[:, 1 + nq:1 + nq + nv] = x[:, nq:]
-            st, _ = self._roller.rollout(self.model, self._roll_datas, state0,
-                                         u[:, None, :], nstep=1)
-            out = np.concatenate([st[:, 0, 1:1 + nq], st[:, 0, 1 + nq:1 + nq + nv]], axis=1)
+            state0[:, 1 : 1 + nq] = x[:, :nq]
+            state0[:, 1 + nq : 1 + nq + nv] = x[:, nq:]
+            st, _ = self._roller.rollout(
+                self.model, self._roll_datas, state0, u[:, None, :], nstep=1
+            )
+            out = np.concatenate([st[:, 0, 1 : 1 + nq], st[:, 0, 1 + nq : 1 + nq + nv]], axis=1)
         if bad is None and np.abs(out).max(initial=0.0) <= _MAXVAL:
             return out
         diverged = ~(np.abs(out) <= _MAXVAL).all(1)
@@ -220,7 +232,8 @@ class MujocoDynamics:
         if bad.any():
             raise SimulationDiverged(
                 f"MujocoDynamics.step: simulation diverged in rows {np.nonzero(bad)[0].tolist()}",
-                out)
+                out,
+            )
         return torch.from_numpy(out).to(x.dtype)
 
     def jacobians(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:

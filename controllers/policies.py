@@ -29,8 +29,9 @@ def _bound(name: str, value: float | Sequence[float] | Tensor | None, nu: int) -
     if b.ndim == 0:
         b = b.expand(nu).clone()
     if b.shape != (nu,) or not bool((b > 0).all()) or not bool(torch.isfinite(b).all()):
-        raise ValueError(f"{name}: expected a positive finite scalar or ({nu},) tensor, "
-                         f"got {value!r}")
+        raise ValueError(
+            f"{name}: expected a positive finite scalar or ({nu},) tensor, got {value!r}"
+        )
     return b
 
 
@@ -54,12 +55,22 @@ class MLPPolicy(nn.Module):
         action_bound: symmetric bound, scalar or ``(nu,)``; None for unbounded output.
     """
 
-    def __init__(self, nx_in: int, nu: int, depth: int = 2, width: int = 64,
-                 activation: str = "tanh",
-                 action_bound: float | Sequence[float] | Tensor | None = None) -> None:
+    def __init__(
+        self,
+        nx_in: int,
+        nu: int,
+        depth: int = 2,
+        width: int = 64,
+        activation: str = "tanh",
+        action_bound: float | Sequence[float] | Tensor | None = None,
+    ) -> None:
         super().__init__()
-        for name, v, lo in (("nx_in", nx_in, 1), ("nu", nu, 1), ("depth", depth, 0),
-                            ("width", width, 1)):
+        for name, v, lo in (
+            ("nx_in", nx_in, 1),
+            ("nu", nu, 1),
+            ("depth", depth, 0),
+            ("width", width, 1),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
         layers: list[nn.Module] = []
@@ -93,8 +104,14 @@ class OpenLoopPolicy(nn.Module):
         init: initial controls ``(T, nu)`` or ``(batch, T, nu)`` (inside the bounds); zeros if None.
     """
 
-    def __init__(self, T: int, nu: int, bound: float | Sequence[float] | Tensor | None = None,
-                 batch: int | None = None, init: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        T: int,
+        nu: int,
+        bound: float | Sequence[float] | Tensor | None = None,
+        batch: int | None = None,
+        init: Tensor | None = None,
+    ) -> None:
         super().__init__()
         for name, v in (("T", T), ("nu", nu)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -132,8 +149,12 @@ class OpenLoopPolicy(nn.Module):
         return a.expand(x.shape[0], self.nu) if a.ndim == 1 else a
 
 
-def rollout(policy: Callable[[Tensor, int], Tensor], step: Callable[[Tensor, Tensor], Tensor],
-            x0: Tensor, horizon: int) -> tuple[Tensor, Tensor]:
+def rollout(
+    policy: Callable[[Tensor, int], Tensor],
+    step: Callable[[Tensor, Tensor], Tensor],
+    x0: Tensor,
+    horizon: int,
+) -> tuple[Tensor, Tensor]:
     """Differentiable closed-loop rollout.
 
     Args:

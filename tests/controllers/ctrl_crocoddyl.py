@@ -28,15 +28,24 @@ def pinocchio_two_link(mass: float = MASS):
     inertia = pin.Inertia(mass, np.array([COM, 0.0, 0.0]), np.diag(INERTIA))
     j1 = model.addJoint(0, pin.JointModelRZ(), pin.SE3.Identity(), "j1")
     model.appendBodyToJoint(j1, inertia, pin.SE3.Identity())
-    j2 = model.addJoint(j1, pin.JointModelRZ(),
-                        pin.SE3(np.eye(3), np.array([LINK, 0.0, 0.0])), "j2")
+    j2 = model.addJoint(
+        j1, pin.JointModelRZ(), pin.SE3(np.eye(3), np.array([LINK, 0.0, 0.0])), "j2"
+    )
     model.appendBodyToJoint(j2, inertia, pin.SE3.Identity())
     return model
 
 
-def reach_problem(q_goal: np.ndarray, T: int, dt: float, *, terminal_weight: float = 10.0,
-                  velocity_weight: float = 1e-4, control_weight: float = 1e-6,
-                  x0: np.ndarray | None = None, model=None):
+def reach_problem(
+    q_goal: np.ndarray,
+    T: int,
+    dt: float,
+    *,
+    terminal_weight: float = 10.0,
+    velocity_weight: float = 1e-4,
+    control_weight: float = 1e-6,
+    x0: np.ndarray | None = None,
+    model=None,
+):
     """A crocoddyl.ShootingProblem equal to ILQR(MujocoDynamics(two-link), ReachCost(...))."""
     import crocoddyl
 
@@ -49,14 +58,27 @@ def reach_problem(q_goal: np.ndarray, T: int, dt: float, *, terminal_weight: flo
     def dam(state_w, with_control: bool):
         costs = crocoddyl.CostModelSum(state, actuation.nu)
         if state_w is not None:
-            costs.addCost("x", crocoddyl.CostModelResidual(
-                state, crocoddyl.ActivationModelWeightedQuad(np.asarray(state_w, dtype=float)),
-                crocoddyl.ResidualModelState(state, xref, actuation.nu)), 1.0)
+            costs.addCost(
+                "x",
+                crocoddyl.CostModelResidual(
+                    state,
+                    crocoddyl.ActivationModelWeightedQuad(np.asarray(state_w, dtype=float)),
+                    crocoddyl.ResidualModelState(state, xref, actuation.nu),
+                ),
+                1.0,
+            )
         if with_control:
-            costs.addCost("u", crocoddyl.CostModelResidual(
-                state, crocoddyl.ActivationModelWeightedQuad(
-                    np.full(n, 2 * control_weight / (T * dt))),
-                crocoddyl.ResidualModelControl(state, actuation.nu)), 1.0)
+            costs.addCost(
+                "u",
+                crocoddyl.CostModelResidual(
+                    state,
+                    crocoddyl.ActivationModelWeightedQuad(
+                        np.full(n, 2 * control_weight / (T * dt))
+                    ),
+                    crocoddyl.ResidualModelControl(state, actuation.nu),
+                ),
+                1.0,
+            )
         return crocoddyl.DifferentialActionModelFreeFwdDynamics(state, actuation, costs)
 
     w_run = 2.0 / (T * dt) * np.array([1.0] * n + [velocity_weight] * n)

@@ -48,9 +48,9 @@ def dense_qp(A, B, c, Q, R, Qf, x0, goal, T):
     Apow = [np.linalg.matrix_power(A, i) for i in range(T + 1)]
     for t in range(1, T + 1):
         x = A @ x + c
-        m[(t - 1) * nx: t * nx] = x
+        m[(t - 1) * nx : t * nx] = x
         for s in range(t):
-            Mu[(t - 1) * nx: t * nx, s * nu:(s + 1) * nu] = Apow[t - 1 - s] @ B
+            Mu[(t - 1) * nx : t * nx, s * nu : (s + 1) * nu] = Apow[t - 1 - s] @ B
     # state weights: x_1..x_{T-1} get Q, x_T gets Qf; x_0 is constant
     W = scipy.linalg.block_diag(*([Q] * (T - 1) + [Qf]))
     Rb = scipy.linalg.block_diag(*([R] * T))
@@ -71,6 +71,7 @@ def dense_box_solution(A, B, c, Q, R, Qf, x0, goal, T, lo, hi):
     L = np.linalg.cholesky(H)  # H = L L^T; 0.5 U^T H U + g^T U = 0.5 ||L^T U + L^-1 g||^2 + c
     b = -scipy.linalg.solve_triangular(L, g, lower=True)
     nu = B.shape[1]
-    res = scipy.optimize.lsq_linear(L.T, b, bounds=(np.tile(lo, T), np.tile(hi, T)),
-                                    method="bvls", tol=1e-14, max_iter=1000)
+    res = scipy.optimize.lsq_linear(
+        L.T, b, bounds=(np.tile(lo, T), np.tile(hi, T)), method="bvls", tol=1e-14, max_iter=1000
+    )
     return res.x.reshape(T, nu), H, g

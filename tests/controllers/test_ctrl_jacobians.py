@@ -35,6 +35,7 @@ def central_fd(step, x: np.ndarray, u: np.ndarray, h: float) -> tuple[np.ndarray
 def _np_step(dyn):
     def f(x, u):
         return dyn.step(torch.from_numpy(x), torch.from_numpy(u)).numpy()
+
     return f
 
 
@@ -51,7 +52,8 @@ def test_torch_func_jacobians_match_fd() -> None:
     for i in range(3):
         ja = torch.autograd.functional.jacobian(
             lambda xx, uu: dyn.step(xx[None], uu[None])[0],
-            (torch.from_numpy(x[i]), torch.from_numpy(u[i])))
+            (torch.from_numpy(x[i]), torch.from_numpy(u[i])),
+        )
         np.testing.assert_allclose(A[i].numpy(), ja[0].numpy(), atol=1e-14)
         np.testing.assert_allclose(B[i].numpy(), ja[1].numpy(), atol=1e-14)
 
@@ -93,8 +95,11 @@ def test_mujoco_step_matches_mj_step_and_threads_agree() -> None:
 
 def test_mujoco_rejects_rk4_and_bad_input() -> None:
     with pytest.raises(ValueError, match="RK4"):
-        MujocoDynamics(mujoco.MjModel.from_xml_string(
-            TWO_LINK_MJCF.replace('integrator="Euler"', 'integrator="RK4"')))
+        MujocoDynamics(
+            mujoco.MjModel.from_xml_string(
+                TWO_LINK_MJCF.replace('integrator="Euler"', 'integrator="RK4"')
+            )
+        )
     with pytest.raises(TypeError, match="model"):
         MujocoDynamics("not a model")  # type: ignore[arg-type]
     dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF))
@@ -142,8 +147,9 @@ def test_mujoco_divergence_is_reported_not_silently_reset() -> None:
     from controllers import SimulationDiverged
 
     dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF))
-    x = np.array([[0.3, 0.2, 0.0, 0.0], [0.3, 0.2, 0.0, 0.0], [np.nan, 0, 0, 0],
-                  [0.3, 0.2, 1e11, 0.0]])
+    x = np.array(
+        [[0.3, 0.2, 0.0, 0.0], [0.3, 0.2, 0.0, 0.0], [np.nan, 0, 0, 0], [0.3, 0.2, 1e11, 0.0]]
+    )
     u = np.array([[0.01, 0.0], [1e12, 0.0], [0.0, 0.0], [0.0, 0.0]])
     out = dyn.step_numpy(x, u)
     assert np.isfinite(out[0]).all()
@@ -161,7 +167,7 @@ def test_mujoco_batched_path_equals_loop_path_and_flags_divergence() -> None:
     u = rng.uniform(-1, 1, (40, 2))
     x[7, 2] = 1e11  # diverges
     big = dyn.step_numpy(x, u)
-    small = np.concatenate([dyn.step_numpy(x[i:i + 4], u[i:i + 4]) for i in range(0, 40, 4)])
+    small = np.concatenate([dyn.step_numpy(x[i : i + 4], u[i : i + 4]) for i in range(0, 40, 4)])
     np.testing.assert_array_equal(np.isnan(big), np.isnan(small))
     assert np.isnan(big[7]).all() and np.isfinite(np.delete(big, 7, axis=0)).all()
     np.testing.assert_allclose(np.delete(big, 7, 0), np.delete(small, 7, 0), rtol=0, atol=1e-15)
@@ -212,8 +218,9 @@ def test_task_space_cost_gauss_newton_derivatives() -> None:
 
     rng = np.random.default_rng(7)
     T = 5
-    cost = TaskSpaceReachCost(_fk_two_link, rng.uniform(-0.1, 0.1, (3, 2)), 2, T,
-                              control_weight=1e-2)
+    cost = TaskSpaceReachCost(
+        _fk_two_link, rng.uniform(-0.1, 0.1, (3, 2)), 2, T, control_weight=1e-2
+    )
     X = torch.from_numpy(rng.uniform(-1, 1, (3, T + 1, 4)))
     U = torch.from_numpy(rng.uniform(-1, 1, (3, T, 2)))
 
@@ -236,8 +243,9 @@ def test_ilqr_reaches_task_space_goal() -> None:
 
     dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF))
     goal = np.array([[0.12, 0.1], [-0.05, 0.15]])
-    res = ILQR(dyn, TaskSpaceReachCost(_fk_two_link, goal, 2, 50, control_weight=1e-3),
-               50).solve(torch.zeros(2, 4, dtype=torch.float64))
+    res = ILQR(dyn, TaskSpaceReachCost(_fk_two_link, goal, 2, 50, control_weight=1e-3), 50).solve(
+        torch.zeros(2, 4, dtype=torch.float64)
+    )
     tip = _fk_two_link(res.states[:, -1, :2]).numpy()
     assert res.converged.all()
     assert np.abs(tip - goal).max() < 1e-3  # 1 mm

@@ -22,8 +22,14 @@ BOUND = 0.25
 
 def _box(horizon: int):
     real = mc.MountainCar(mc.MountainCarParams(horizon=horizon))
-    res = ILQR(real, MountainCarCost(), horizon, lower=-BOUND, upper=BOUND,
-               config=ILQRConfig(max_iters=100)).solve(X0)
+    res = ILQR(
+        real,
+        MountainCarCost(),
+        horizon,
+        lower=-BOUND,
+        upper=BOUND,
+        config=ILQRConfig(max_iters=100),
+    ).solve(X0)
     return real, res
 
 

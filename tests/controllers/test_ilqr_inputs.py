@@ -73,9 +73,13 @@ def test_protocol_checks() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"max_iters": 0}, "max_iters"), ({"alphas": (0.5, 1.0)}, "alphas"),
-     ({"mu_factor": 1.0}, "mu_factor"), ({"tol_cost": -1.0}, "tol_cost"),
-     ({"dtype": torch.int64}, "dtype")],
+    [
+        ({"max_iters": 0}, "max_iters"),
+        ({"alphas": (0.5, 1.0)}, "alphas"),
+        ({"mu_factor": 1.0}, "mu_factor"),
+        ({"tol_cost": -1.0}, "tol_cost"),
+        ({"dtype": torch.int64}, "dtype"),
+    ],
 )
 def test_config_validation(kwargs, name) -> None:
     with pytest.raises(ValueError, match=name):

@@ -17,8 +17,7 @@ def _setup(seed: int):
     A, B, c, Q, R, Qf, x0, goal = random_lq(seed)
     dyn = LinearDynamics(A, B, c)
     cost = QuadraticCost(Q, R, Qf, goal)
-    exact = np.stack([dense_solution(A, B, c, Q, R, Qf, x0[i], goal[i], T)
-                      for i in range(len(x0))])
+    exact = np.stack([dense_solution(A, B, c, Q, R, Qf, x0[i], goal[i], T) for i in range(len(x0))])
     return (A, B, c, Q, R, Qf, x0, goal), dyn, cost, exact
 
 
@@ -40,8 +39,9 @@ class HiddenCost:
 def test_first_iteration_equals_dense_kkt(seed: int, analytic_cost: bool) -> None:
     prob, dyn, cost, exact = _setup(seed)
     x0 = torch.tensor(prob[6])
-    solver = ILQR(dyn, cost if analytic_cost else HiddenCost(cost), T,
-                  config=ILQRConfig(max_iters=1))
+    solver = ILQR(
+        dyn, cost if analytic_cost else HiddenCost(cost), T, config=ILQRConfig(max_iters=1)
+    )
     res = solver.solve(x0)
     np.testing.assert_allclose(res.controls.numpy(), exact, rtol=0, atol=1e-9)
     # states are the rollout of those controls
@@ -90,8 +90,7 @@ def test_inactive_box_equals_unconstrained() -> None:
     # The box QP constrains u_t + k_t (the step at dx = 0), so the first iteration is unchanged
     # when the bounds contain both the optimum and the unconstrained feedforward steps.
     bound = max(np.abs(exact).max(), np.abs(free.k.numpy()).max()) + 1e-3
-    res = ILQR(dyn, cost, T, lower=-bound, upper=bound,
-               config=ILQRConfig(max_iters=1)).solve(x0)
+    res = ILQR(dyn, cost, T, lower=-bound, upper=bound, config=ILQRConfig(max_iters=1)).solve(x0)
     np.testing.assert_allclose(res.controls.numpy(), exact, atol=1e-9)
     # Bounds that only just contain the optimum: still the unconstrained optimum at convergence.
     bound = 1.001 * np.abs(exact).max()
@@ -107,8 +106,9 @@ def test_active_box_equals_dense_box_qp(seed: int) -> None:
     # bounds that cut the unconstrained optimum in several places, asymmetric
     lo = np.array([-0.4, -0.3]) * np.abs(exact).max()
     hi = np.array([0.3, 0.5]) * np.abs(exact).max()
-    res = ILQR(dyn, cost, T, lower=lo, upper=hi,
-               config=ILQRConfig(tol_grad=1e-12, tol_cost=1e-15)).solve(torch.tensor(x0))
+    res = ILQR(
+        dyn, cost, T, lower=lo, upper=hi, config=ILQRConfig(tol_grad=1e-12, tol_cost=1e-15)
+    ).solve(torch.tensor(x0))
     U = res.controls.numpy()
     assert res.converged.all()
     assert (U >= lo).all() and (U <= hi).all()
@@ -144,10 +144,9 @@ def test_box_qp_matches_active_set_solver() -> None:
     for i in range(nb):
         L = np.linalg.cholesky(H[i])
         b = -np.linalg.solve(L, g[i])
-        ref = scipy.optimize.lsq_linear(L.T, b, bounds=(lo[i], hi[i]), method="bvls",
-                                        tol=1e-14).x
+        ref = scipy.optimize.lsq_linear(L.T, b, bounds=(lo[i], hi[i]), method="bvls", tol=1e-14).x
         np.testing.assert_allclose(res.x[i], ref, atol=1e-9)
-        clamped = (np.isclose(ref, lo[i]) | np.isclose(ref, hi[i]))
+        clamped = np.isclose(ref, lo[i]) | np.isclose(ref, hi[i])
         assert (~res.free[i] == clamped).all()
 
 
@@ -160,8 +159,8 @@ def test_per_problem_bounds_and_batch_independence() -> None:
     hi = -lo
     batch = ILQR(dyn, cost, T, lower=lo, upper=hi).solve(torch.tensor(x0))
     for i in range(3):
-        single = ILQR(dyn, QuadraticCost(Q, R, Qf, goal[i]), T, lower=lo[i],
-                      upper=hi[i]).solve(torch.tensor(x0[i:i + 1]))
-        np.testing.assert_allclose(batch.controls[i].numpy(), single.controls[0].numpy(),
-                                   atol=1e-8)
+        single = ILQR(dyn, QuadraticCost(Q, R, Qf, goal[i]), T, lower=lo[i], upper=hi[i]).solve(
+            torch.tensor(x0[i : i + 1])
+        )
+        np.testing.assert_allclose(batch.controls[i].numpy(), single.controls[0].numpy(), atol=1e-8)
     np.testing.assert_allclose(batch.controls[1].numpy(), exact[1], atol=1e-9)
