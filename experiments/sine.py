@@ -31,7 +31,8 @@ from ml3_robotics.supervised import (
 
 TRAIN_TASKS = SineTasks(amplitude=(1.0, 1.0), phase=(math.pi, math.pi), x_range=(-2.0, 2.0))
 TEST_TASKS = SineTasks(amplitude=(0.2, 5.0), phase=(-math.pi, math.pi), x_range=(-5.0, 5.0))
-LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+# Wide enough that the chosen step size is not on the edge (a diverging lr scores inf).
+LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 
 @dataclass(frozen=True)

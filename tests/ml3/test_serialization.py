@@ -12,8 +12,9 @@ from ml3_robotics.serialization import load_learned_loss, save_learned_loss
 
 def _loss() -> LearnedLoss:
     spec = FeatureSpec(("a", "b", "c"), shift=(0.0, 1.0, 2.0), scale=(1.0, 2.0, 4.0))
-    loss = LearnedLoss(LossConfig(spec, hidden=(7, 5), activation="elu", output_activation="none",
-                                  bias_init=0.01))
+    loss = LearnedLoss(
+        LossConfig(spec, hidden=(7, 5), activation="elu", output_activation="none", bias_init=0.01)
+    )
     loss.reset_parameters(torch.Generator().manual_seed(3))
     return loss
 
