@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,14 +25,14 @@ import torch
 from torch import Tensor
 
 from controllers import ILQR, ILQRConfig, MujocoDynamics
-from ml3_robotics.inner import InnerOptimizer, Params
+from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, Params
 from ml3_robotics.learned_dynamics import (
     EnsembleConfig,
     ProbabilisticEnsemble,
     fit,
     prediction_error,
 )
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.learned_loss import LearnedLoss, LossConfig, check_choice
 from ml3_robotics.mbrl import (
     REACH_FEATURES,
     ReachPolicy,
@@ -82,9 +83,11 @@ class ReacherConfig:
     goal_separation: float = 0.02  # m between any two goals (held-out vs training too)
     inner_steps: int = 3
     inner_lr: float = 1e-3
+    inner_method: str = "sgd"  # "sgd" or "adam", for ML3 and the task-loss baseline alike
     outer_steps: int = 300
     outer_lr: float = 1e-2
-    grad_clip: float = 10.0
+    outer_lr_final: float = 1e-3  # cosine decay of the meta lr to this (the end point is stable)
+    grad_clip: float = 1.0  # 10 let single spikes undo progress at meta lr 1e-2 (measured)
     loss_hidden: tuple[int, ...] = (400, 400)
     policy_hidden: tuple[int, ...] = (64, 64)
     policy_zero_output: bool = True
@@ -121,12 +124,13 @@ class ReacherConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
-        for name in ("inner_lr", "outer_lr", "grad_clip"):
+        for name in ("inner_lr", "outer_lr", "outer_lr_final", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
         if not 0 <= self.goal_min_radius < 1:
             raise ValueError(f"goal_min_radius: expected a fraction in [0, 1), got "
                              f"{self.goal_min_radius}")  # fmt: skip
+        check_choice("inner_method", self.inner_method, INNER_METHODS)
         if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
             raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid}")
         if self.babble_trajectories < 2 and self.loss_path is None:
@@ -212,7 +216,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     train = ReachTask(arm, train_goals, T)
     test = ReachTask(arm, test_goals, T)
     policy = ReachPolicy(arm, config.policy_hidden)
-    inner = InnerOptimizer("sgd", lr=config.inner_lr, steps=config.inner_steps)
+    inner = InnerOptimizer(config.inner_method, lr=config.inner_lr, steps=config.inner_steps)
     # Fresh policies for the held-out goals: one draw shared by every policy-based method.
     zero = {"zero_output_layer": config.policy_zero_output}
     test_init = init_policy_params(
@@ -295,6 +299,14 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         # until then) and before the checkpoint, which then holds the refitted model.
         if (iteration + 1) % config.refit_every == 0:
             refit(config.refit_epochs, iteration_generator(seed + 1, iteration))
+        # Cosine decay of the meta lr; a function of the iteration only, so a resumed run (whose
+        # Adam param_groups come from the checkpoint) follows the same schedule.
+        progress = min(1.0, (iteration + 1) / max(1, config.outer_steps))
+        lr = config.outer_lr_final + 0.5 * (config.outer_lr - config.outer_lr_final) * (
+            1 + math.cos(math.pi * progress)
+        )
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = lr
 
     trainer = MetaTrainer(
         loss,
@@ -362,7 +374,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     with ctx.phase("baseline_task_loss"):
         tuned: dict[float, float] = {}
         for lr in config.lr_grid:
-            opt = InnerOptimizer("sgd", lr=lr, steps=config.inner_steps)
+            opt = InnerOptimizer(config.inner_method, lr=lr, steps=config.inner_steps)
             try:
                 dist, _, _ = real_distance(task_loss_fn, train, tune_init, opt)
                 tuned[lr] = float(dist.mean())
@@ -370,7 +382,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                 log.info("task-loss lr %g failed on the training goals: %s", lr, e)
                 tuned[lr] = float("inf")
         best_lr = min(tuned, key=lambda lr: tuned[lr])
-        opt = InnerOptimizer("sgd", lr=best_lr, steps=config.inner_steps)
+        opt = InnerOptimizer(config.inner_method, lr=best_lr, steps=config.inner_steps)
         d, X, _ = real_distance(task_loss_fn, test, test_init, opt)
     paths["task_loss"] = X
     results["task_loss"] = _summary(
