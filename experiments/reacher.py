@@ -102,7 +102,7 @@ class ReacherConfig:
     eval_every: int = 20
     checkpoint_every: int = 10
     lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-    ilqr_iters: int = 100
+    ilqr_iters: int = 30
     n_holdout_trajectories: int = 20
     video_goals: int = 4
     video_stride: int = 3  # render every n-th state (CPU rendering: ~0.1-0.3 s per frame)
