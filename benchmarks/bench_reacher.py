@@ -69,7 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--goals", type=int, default=16)
     ap.add_argument("--inner-steps", type=int, default=3)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(1)
     arm = load_arm_config("reacher2")
@@ -94,7 +94,7 @@ def main() -> None:
         loss.zero_grad(set_to_none=True)
         value, _ = meta_loss(policy, params, model.step, task, learned_loss_fn(loss), opt)
         value.backward()
-        return float(value), [p.grad.clone() for p in loss.parameters()]
+        return float(value.detach()), [p.grad.clone() for p in loss.parameters()]
 
     def reference() -> tuple[float, list[torch.Tensor]]:
         loss.zero_grad(set_to_none=True)
