@@ -77,10 +77,16 @@ def main() -> None:
     rng = np.random.default_rng(0)
     U = np.repeat(rng.uniform(-1, 1, (40, 9, 2)) * 0.2, 8, axis=1)[:, :65]
     X = sim.rollout(np.zeros((40, 4)), U)
-    model = ProbabilisticEnsemble(4, 2, 0.01, EnsembleConfig(hidden=(128, 128), epochs=5,
-                                  angle_dims=(0, 1)), generator=torch.Generator().manual_seed(0))
-    fit(model, (X[:, :-1].reshape(-1, 4), U.reshape(-1, 2), X[:, 1:].reshape(-1, 4)),
-        progress=False)
+    model = ProbabilisticEnsemble(
+        4,
+        2,
+        0.01,
+        EnsembleConfig(hidden=(128, 128), epochs=5, angle_dims=(0, 1)),
+        generator=torch.Generator().manual_seed(0),
+    )
+    fit(
+        model, (X[:, :-1].reshape(-1, 4), U.reshape(-1, 2), X[:, 1:].reshape(-1, 4)), progress=False
+    )
     for p in model.parameters():
         p.requires_grad_(False)
     task = ReachTask(arm, sample_goals(arm, args.goals, 0, min_radius=0.3), 65)
@@ -113,8 +119,10 @@ def main() -> None:
         float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(gb, gr, strict=True)
     )
     best = {k: min(v) for k, v in times.items()}
-    print(f"reacher meta-training, G={task.n} goals, K={K}, T=65, ensemble 5x(128,128), "
-          f"M_phi 400-400, 1 torch thread, best of {args.reps}")
+    print(
+        f"reacher meta-training, G={task.n} goals, K={K}, T=65, ensemble 5x(128,128), "
+        f"M_phi 400-400, 1 torch thread, best of {args.reps}"
+    )
     print(f"meta-loss batched {vb:.6g} reference {vr:.6g}; meta-gradient max rel diff {err:.1e}")
     print(f"{'method':12s}{'s / outer iteration':>22s}{'speed-up':>10s}")
     for name in ("reference", "batched"):

@@ -157,9 +157,7 @@ class MBRLState:
         return out
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.buffer.load_state_dict(
-            {k[7:]: v for k, v in state.items() if k.startswith("buffer.")}
-        )
+        self.buffer.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("buffer.")})
         self.model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
         self.refits = int(state["refits"])
         self.monitor_steps = int(state["monitor_steps"])

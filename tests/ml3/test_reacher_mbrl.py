@@ -1,8 +1,5 @@
 """MBRL reacher pieces: joint-count-independent features, gradient paths, float64 meta-gradient."""
 
-import math
-
-import numpy as np
 import pytest
 import torch
 
@@ -37,7 +34,8 @@ def _random_rollout(arm, B, T, gen, dtype=torch.float64):
     n = arm.n_links
     X = torch.randn(B, T + 1, 2 * n, generator=gen, dtype=dtype)
     U = (torch.rand(B, T, n, generator=gen, dtype=dtype) * 2 - 1) * torch.tensor(
-        arm.torque_limits, dtype=dtype)
+        arm.torque_limits, dtype=dtype
+    )
     return X, U
 
 
@@ -160,8 +158,15 @@ def test_adapted_goals_are_independent():
     opt = InnerOptimizer("sgd", lr=0.1, steps=2)
     both = adapt_policies(policy, params, model.step, task, learned_loss_fn(loss), opt,
                           differentiable=False)  # fmt: skip
-    alone = adapt_policies(policy, {k: v[:1] for k, v in params.items()}, model.step,
-                           task.subset([0]), learned_loss_fn(loss), opt, differentiable=False)
+    alone = adapt_policies(
+        policy,
+        {k: v[:1] for k, v in params.items()},
+        model.step,
+        task.subset([0]),
+        learned_loss_fn(loss),
+        opt,
+        differentiable=False,
+    )
     for k in both:
         torch.testing.assert_close(both[k][:1], alone[k])
         assert not torch.equal(both[k], params[k]) or k.endswith("bias")
@@ -181,5 +186,3 @@ def test_task_loss_is_the_papers_loss():
     torch.testing.assert_close(task.task_loss(X, U), expected)
     # The joint-space goal is where the end effector meets the task-space goal.
     torch.testing.assert_close(forward_kinematics(arm, task.q_goal), task.goals)
-    assert math.isclose(float(np.linalg.norm(task.goals[0])), float(
-        np.linalg.norm(forward_kinematics(arm, task.q_goal[0]))), rel_tol=1e-9)

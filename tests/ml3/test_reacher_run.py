@@ -83,8 +83,12 @@ def test_sigkill_mid_meta_training_then_resume_loses_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_ml3r("run", "reacher", "--smoke", *sets, "--out", str(killed)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    proc = subprocess.Popen(
+        _ml3r("run", "reacher", "--smoke", *sets, "--out", str(killed)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+    )
     metrics = killed / "metrics.csv"
     deadline = time.monotonic() + 200
     while time.monotonic() < deadline and proc.poll() is None:
