@@ -38,12 +38,12 @@ log = logging.getLogger("ml3r")
 # `ml3r demo`: the main job at a size that finishes in a couple of minutes on 2 CPU cores.
 DEMO_EXPERIMENT = "reacher"
 DEMO_SETTINGS: dict[str, Any] = {
-    "outer_steps": 150,
+    "outer_steps": 100,
     "n_train_goals": 16,
     "n_test_goals": 10,
     "inner_steps": 3,
-    "fit_epochs": 50,
-    "refit_epochs": 20,
+    "fit_epochs": 30,
+    "refit_epochs": 10,
     "eval_every": 25,
     "ilqr_iters": 20,
     "video_goals": 3,
