@@ -38,6 +38,7 @@ from ml3_robotics.mbrl import (
     ReachPolicy,
     ReachTask,
     adapt_policies,
+    demo_tracking_loss,
     execute_plan,
     execute_policies,
     init_policy_params,
@@ -91,6 +92,7 @@ class ReacherConfig:
     loss_hidden: tuple[int, ...] = (400, 400)
     policy_hidden: tuple[int, ...] = (64, 64)
     policy_zero_output: bool = True
+    demo_weight: float = 0.0  # > 0: expert demonstrations (iLQR on MuJoCo) as extra information
     babble_trajectories: int = 100
     babble_hold: int = 8  # babbling torques are held for this many steps (coloured noise)
     collect_every: int = 20
@@ -124,6 +126,8 @@ class ReacherConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        if not self.demo_weight >= 0:
+            raise ValueError(f"demo_weight: expected >= 0, got {self.demo_weight}")
         for name in ("inner_lr", "outer_lr", "outer_lr_final", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
@@ -271,7 +275,26 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         )
         loss.reset_parameters(torch.Generator().manual_seed(seed))
     learned = learned_loss_fn(loss)
-    eval_init = test_init  # monitoring uses the held-out goals with the meta-test draw
+    eval_init = test_init
+    limits = torch.as_tensor(arm.torque_limits, dtype=torch.float64)
+    extra_info = None
+    demo_steps = 0
+    if config.demo_weight > 0 and config.loss_path is None:
+        # ML3's extra information at meta-train time only: expert trajectories for the TRAINING
+        # goals from iLQR on the true simulator, executed in MuJoCo; meta-test never sees them.
+        with ctx.phase("expert_demos"):
+            icfg = ILQRConfig(max_iters=config.ilqr_iters)
+            dyn = MujocoDynamics(sim.mj_model)
+            planner = ILQR(dyn, train.cost, T, lower=-limits, upper=limits, config=icfg)
+            plan = planner.solve(train.x0(torch.float64))
+            Xd, _ = execute_plan(
+                sim, plan.states.numpy(), plan.controls.numpy(), plan.K.numpy(),
+                arm.torque_limits,
+            )  # fmt: skip
+        demo_steps = train.n * T
+        extra_info = demo_tracking_loss(
+            torch.as_tensor(Xd, dtype=torch.float32), config.demo_weight
+        )  # monitoring uses the held-out goals with the meta-test draw
 
     def objective(iteration: int, g: torch.Generator) -> OuterStep:
         metrics: dict[str, float] = {}
@@ -282,7 +305,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             state.monitor_steps += test.n * T
             metrics["heldout_real_distance_mm"] = float(1000 * d.mean())
         params = init_policy_params(policy, train.n, g, **zero)
-        value, adapted = meta_loss(policy, params, model_step, train, learned, inner)
+        value, adapted = meta_loss(policy, params, model_step, train, learned, inner, extra_info)
         if (iteration + 1) % config.collect_every == 0:
             with ctx.phase("collect"):
                 X, U = execute_policies(sim, policy, adapted, train)
@@ -363,8 +386,9 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         d, X, U = real_distance(learned, test, test_init, inner)
     paths["ml3"], controls["ml3"] = X, U
     results["ml3"] = _summary(
-        d, model_steps + test.n * T, meta_seconds + time.perf_counter() - t0,
+        d, model_steps + demo_steps + test.n * T, meta_seconds + time.perf_counter() - t0,
         monitoring_env_steps=state.monitor_steps, inner_lr=config.inner_lr,
+        expert_demo_env_steps=demo_steps,
     )  # fmt: skip
 
     # -- (a) task loss through the same model, step size tuned on the training goals ----------
@@ -390,7 +414,6 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     )  # fmt: skip
 
     # -- (b, c) iLQR on the learned and on the true model ---------------------------------------
-    limits = torch.as_tensor(arm.torque_limits, dtype=torch.float64)
     ilqr_runs = (
         ("ilqr_learned_model", model, ILQRConfig(max_iters=config.ilqr_iters, dtype=torch.float32)),
         ("ilqr_true_model", MujocoDynamics(sim.mj_model),

@@ -354,8 +354,13 @@ def meta_loss(
     task: ReachTask,
     learned: LossFn,
     optimizer: InnerOptimizer,
+    extra: LossFn | None = None,
 ) -> tuple[Tensor, Params]:
     """ML3's meta-objective: mean task loss of the K-step adapted policies' model rollouts.
+
+    Args:
+        extra: optional per-goal extra-information term added to the task loss at meta-train
+            time only (e.g. :func:`demo_tracking_loss`); meta-test never sees it.
 
     Returns the meta-loss (differentiable w.r.t. the learned loss's parameters) and the adapted
     per-goal parameters.
@@ -363,7 +368,27 @@ def meta_loss(
     adapted = adapt_policies(policy, params, step, task, learned, optimizer)
     dtype = next(iter(adapted.values())).dtype
     X, U = model_rollout(policy, adapted, step, task.x0(dtype), task.horizon)
-    return task.task_loss(X, U).mean(), adapted
+    per_goal = task.task_loss(X, U)
+    if extra is not None:
+        per_goal = per_goal + extra(X, U, task)
+    return per_goal.mean(), adapted
+
+
+def demo_tracking_loss(demo_states: Tensor, weight: float, eps: float = 1e-3) -> LossFn:
+    """Extra information from expert demonstrations: ``weight * mean_t rho(q_t - q*_t)``.
+
+    Args:
+        demo_states: ``(G, T+1, nx)`` expert trajectories for the task's goals (same order).
+        weight: multiplier.
+        eps: smoothing of the norm ``rho(r) = sqrt(||r||^2 + eps^2) - eps`` (rad).
+    """
+
+    def fn(X: Tensor, U: Tensor, task: ReachTask) -> Tensor:
+        n = task.config.n_links
+        r = X[:, 1:, :n] - demo_states[:, 1:, :n].to(X)
+        return weight * (torch.sqrt((r * r).sum(-1) + eps**2) - eps).mean(-1)
+
+    return fn
 
 
 # -- the real simulator --------------------------------------------------------------------------

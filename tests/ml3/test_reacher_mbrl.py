@@ -12,6 +12,7 @@ from ml3_robotics.mbrl import (
     ReachTask,
     adapt_policies,
     batched_policy,
+    demo_tracking_loss,
     init_policy_params,
     learned_loss_fn,
     meta_loss,
@@ -186,3 +187,19 @@ def test_task_loss_is_the_papers_loss():
     torch.testing.assert_close(task.task_loss(X, U), expected)
     # The joint-space goal is where the end effector meets the task-space goal.
     torch.testing.assert_close(forward_kinematics(arm, task.q_goal), task.goals)
+
+
+def test_demo_tracking_term_is_zero_on_the_demo_and_adds_to_the_meta_loss():
+    _, model, policy, task, params, loss = _tiny_problem()
+    X, U = model_rollout(policy, params, model.step, task.x0(torch.float64), task.horizon)
+    extra = demo_tracking_loss(X.detach(), weight=2.0)
+    torch.testing.assert_close(extra(X, U, task), torch.zeros(task.n, dtype=X.dtype))
+    shifted = X.clone()
+    shifted[:, 1:, 0] += 0.5
+    expected = torch.full((task.n,), 2.0 * (0.25 + 1e-6) ** 0.5 - 2e-3, dtype=X.dtype)
+    torch.testing.assert_close(extra(shifted, U, task), expected)
+    opt = InnerOptimizer("sgd", lr=0.1, steps=1)
+    plain, _ = meta_loss(policy, params, model.step, task, learned_loss_fn(loss), opt)
+    far = demo_tracking_loss(X.detach() + 1.0, weight=1.0)
+    with_demo, _ = meta_loss(policy, params, model.step, task, learned_loss_fn(loss), opt, far)
+    assert float(with_demo.detach()) > float(plain.detach())
