@@ -38,7 +38,7 @@ log = logging.getLogger("ml3r")
 # `ml3r demo`: the main job at a size that finishes in a couple of minutes on 2 CPU cores.
 DEMO_EXPERIMENT = "reacher"
 DEMO_SETTINGS: dict[str, Any] = {
-    "outer_steps": 100,
+    "outer_steps": 200,
     "n_train_goals": 16,
     "n_test_goals": 10,
     "inner_steps": 3,
