@@ -39,14 +39,21 @@ from ml3_robotics.policy_search import (
 )
 from ml3_robotics.runs import Experiment, RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss, save_learned_loss
-from ml3_robotics.task_losses import ControlTask, FinalDistance, IntermediateGoal, MetaTrainObjective
+from ml3_robotics.task_losses import (
+    ControlTask,
+    FinalDistance,
+    IntermediateGoal,
+    MetaTrainObjective,
+    TaskTerm,
+    TrajectoryDistance,
+)
 from robots.mountain_car import MountainCar, MountainCarParams
 
 log = logging.getLogger(__name__)
 
-FEATURE_GROUPS = ("next_state", "action", "goal_error", "time")
+FEATURE_GROUPS = ("next_state", "action", "goal_error", "final_goal_distance", "time")
 # Rough ranges of each feature, so M_phi sees O(1) inputs.
-FEATURE_SCALE = (0.5, 0.5, 0.25, 0.5, 0.5, 1.0)
+FEATURE_SCALE = (0.5, 0.5, 0.25, 0.5, 0.5, 1.0, 1.0)
 TASK_LR_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 REPORT_STEPS = (1, 2, 5)
 Extra = Literal["both", "goal", "none"]
@@ -59,6 +66,8 @@ class MountainCarConfig:
     Attributes:
         extra: which meta-train objectives to train: ``"goal"`` (task loss + intermediate goal),
             ``"none"`` (task loss only) or ``"both"``.
+        task_loss: ``"trajectory"`` (``||X_{1..T} - goal||_F``, the paper's code) or ``"final"``
+            (``||x_T - goal||``); used for meta-training and by the task-loss baseline.
         goal_weight: weight of the intermediate-goal term.
         outer_steps, outer_lr: meta-training length and Adam step size.
         inner_lr, inner_steps: the inner SGD (K at meta-train time).
@@ -81,6 +90,7 @@ class MountainCarConfig:
     """
 
     extra: Extra = "both"
+    task_loss: Literal["trajectory", "final"] = "trajectory"
     goal_weight: float = 1.0
     outer_steps: int = 300
     outer_lr: float = 1e-3
@@ -104,8 +114,18 @@ class MountainCarConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("meta_batch", "heldout", "train_inits", "test_steps", "inner_steps",
-                     "policy_hidden", "landscape_grid", "checkpoint_every", "eval_every", "threads"):
+        for name in (
+            "meta_batch",
+            "heldout",
+            "train_inits",
+            "test_steps",
+            "inner_steps",
+            "policy_hidden",
+            "landscape_grid",
+            "checkpoint_every",
+            "eval_every",
+            "threads",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
@@ -115,7 +135,9 @@ class MountainCarConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
         if not (self.goal_weight >= 0 and math.isfinite(self.goal_weight)):
-            raise ValueError(f"goal_weight: expected a finite number >= 0, got {self.goal_weight!r}")
+            raise ValueError(
+                f"goal_weight: expected a finite number >= 0, got {self.goal_weight!r}"
+            )
         if any(s < 0 for s in self.train_spread):
             raise ValueError(f"train_spread: expected half-widths >= 0, got {self.train_spread!r}")
         for name in ("heldout_p", "heldout_v"):
@@ -176,17 +198,26 @@ def make_task(starts: Tensor) -> ControlTask:
     return ControlTask(starts, torch.tensor(prm.goal, dtype=starts.dtype), prm.horizon)
 
 
-def objective_for(extra: str, goal_weight: float) -> MetaTrainObjective:
-    """The meta-train objective: ``||x_T - goal||`` (+ the intermediate goal for ``"goal"``)."""
+def task_term(name: str) -> TaskTerm:
+    """Task loss: ``"trajectory"``: ``||X_{1..T} - goal||_F`` (paper code); ``||x_T - goal||``."""
+    return TrajectoryDistance() if name == "trajectory" else FinalDistance()
+
+
+def objective_for(extra: str, goal_weight: float, task_loss: str) -> MetaTrainObjective:
+    """The meta-train objective: the task loss (+ the intermediate goal for ``"goal"``: the
+    Frobenius norm of the first 15 states' distance to (-0.947, -0.0055), as in the paper)."""
     prm = MountainCarParams()
     extras = ()
     if extra == "goal":
         extras = (
             IntermediateGoal(
-                state=prm.intermediate_goal, steps=prm.intermediate_goal_steps, weight=goal_weight
+                state=prm.intermediate_goal,
+                steps=prm.intermediate_goal_steps,
+                weight=goal_weight,
+                reduction="norm",
             ),
         )
-    return MetaTrainObjective(FinalDistance(), extras=extras)
+    return MetaTrainObjective(task_term(task_loss), extras=extras)
 
 
 def success(states: Tensor, car: MountainCar) -> Tensor:
@@ -270,7 +301,7 @@ def _run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
         trainers = {}
         for i, variant in enumerate(variants):
             loss = _new_loss(config, ctx.seed + 1000 * i)
-            objective = objective_for(variant, config.goal_weight)
+            objective = objective_for(variant, config.goal_weight, config.task_loss)
 
             def meta_objective(
                 iteration: int, g: torch.Generator, loss=loss, objective=objective, variant=variant
@@ -299,7 +330,9 @@ def _run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
                     checkpoint_every=config.checkpoint_every,
                 ),
                 checkpoint_path=ctx.path(f"checkpoints/meta_train_{variant}.safetensors"),
-                callbacks=[lambda it, row, v=variant: ctx.metrics_log.append({"variant": v, **row})],
+                callbacks=[
+                    lambda it, row, v=variant: ctx.metrics_log.append({"variant": v, **row})
+                ],
                 progress=ctx.progress,
             )
             losses[variant] = loss
@@ -332,7 +365,7 @@ def _run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
                 meta_test(loss, policy, held_init, car, held_task, test_opt),
             )
         # The task-loss baseline gets its step size tuned on the training starts.
-        task_loss = FinalDistance()
+        task_loss = task_term(config.task_loss)
         tuned: dict[float, tuple[float, float]] = {}
         for lr in TASK_LR_GRID:
             opt = InnerOptimizer("sgd", lr=lr, steps=config.test_steps)
@@ -366,8 +399,9 @@ def _run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
         baselines={k: v for k, v in summaries.items() if k != main_name},
         extra={
             "main_method": main_name,
-            "task_lr_grid": {str(lr): {"success": -s, "final_distance": d}
-                             for lr, (s, d) in tuned.items()},
+            "task_lr_grid": {
+                str(lr): {"success": -s, "final_distance": d} for lr, (s, d) in tuned.items()
+            },
             "heldout_starts": held_task.start.tolist(),
             "success_curves": {
                 name: {"train": _rates(a, car).tolist(), "heldout": _rates(b, car).tolist()}
@@ -429,9 +463,11 @@ def _plot_landscape(ctx: RunContext, config, losses, car: MountainCar, policy: B
     features = ControlFeatures(FEATURE_GROUPS, nx=2, nu=1)
     with torch.no_grad():
         rollout = policy_rollout(policy, _gain_params(policy, gains), car, task)
-        panels = {"task loss ||x_T - goal||": FinalDistance()(rollout, task)}
+        panels = {f"task loss ({config.task_loss})": task_term(config.task_loss)(rollout, task)}
         for variant, loss in losses.items():
-            panels[f"learned loss ({variant})"] = learned_control_loss(loss, features)(rollout, task)
+            panels[f"learned loss ({variant})"] = learned_control_loss(loss, features)(
+                rollout, task
+            )
         solved = success(rollout.states, car).reshape(m, m).numpy()
     fig, axes = new_figure(len(panels))
     for ax, (title, values) in zip(axes[0], panels.items(), strict=True):

@@ -22,6 +22,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -33,11 +34,12 @@ from ml3_robotics.task_losses import ControlTask, Rollout
 
 __all__ = [
     "CONTROL_FEATURES",
-    "ControlFeatures",
-    "PolicyTrace",
     "BatchedMLP",
+    "ControlFeatures",
     "ModulePolicy",
     "Policy",
+    "PolicyTrace",
+    "System",
     "adapt_policy",
     "learned_control_loss",
     "meta_test",
@@ -53,13 +55,33 @@ CONTROL_FEATURES: dict[str, str] = {
     "goal": "the task's goal state (nx values)",
     "goal_error": "x_{t+1} - goal (nx values)",
     "goal_distance": "||x_{t+1} - goal|| (1 value)",
+    "final_goal_distance": "||x_T - goal||, the rollout's outcome, at every step (1 value)",
     "time": "(t+1)/T, the fraction of the horizon elapsed (1 value)",
 }
 
 TaskLoss = Callable[[Rollout, ControlTask], Tensor]
-#: A batch of feedback policies: ``policy(params, x (B, nx)) -> u (B, nu)`` where every tensor
-#: in ``params`` has a leading problem axis ``B`` (one parameter set per problem).
-Policy = Callable[[Mapping[str, Tensor], Tensor], Tensor]
+
+
+@runtime_checkable
+class System(Protocol):
+    """Batched dynamics ``step(x (B, nx), u (B, nu)) -> (B, nx)`` (e.g. ``robots.MountainCar``;
+    a ``validate`` keyword, when the system has one, is set to False inside rollouts)."""
+
+    def step(self, x: Tensor, u: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A batch of feedback policies, one parameter set per problem.
+
+    ``policy(params, x (B, nx)) -> u (B, nu)`` where every tensor in ``params`` has a leading
+    problem axis ``B``; ``policy.init(n, generator, dtype)`` draws ``n`` fresh parameter sets.
+    """
+
+    def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor: ...
+
+    def init(self, n: int, generator: torch.Generator, dtype: torch.dtype = ...) -> Params: ...
+
 
 _POLICY_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "none": lambda z: z,
@@ -99,7 +121,8 @@ class BatchedMLP:
             close = difflib.get_close_matches(activation, list(_POLICY_ACTIVATIONS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"activation: got {activation!r}, expected one of {sorted(_POLICY_ACTIVATIONS)}{hint}"
+                f"activation: got {activation!r}, expected one of "
+                f"{sorted(_POLICY_ACTIVATIONS)}{hint}"
             )
         if bound is not None and not bound > 0:
             raise ValueError(f"bound: expected a positive number or None, got {bound!r}")
@@ -108,14 +131,20 @@ class BatchedMLP:
         self.activation = activation
         self.bound = bound
 
-    def init(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
+    def init(
+        self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+    ) -> Params:
         """``n`` fresh parameter sets (torch's default Linear init: U(+-1/sqrt(fan_in)))."""
         params: Params = {}
         for i, (w_in, w_out) in enumerate(itertools.pairwise(self.widths)):
             bound = 1.0 / math.sqrt(w_in)
-            params[f"w{i}"] = (torch.rand(n, w_out, w_in, generator=generator, dtype=dtype) * 2 - 1) * bound
+            params[f"w{i}"] = (
+                torch.rand(n, w_out, w_in, generator=generator, dtype=dtype) * 2 - 1
+            ) * bound
             if self.bias:
-                params[f"b{i}"] = (torch.rand(n, w_out, generator=generator, dtype=dtype) * 2 - 1) * bound
+                params[f"b{i}"] = (
+                    torch.rand(n, w_out, generator=generator, dtype=dtype) * 2 - 1
+                ) * bound
         return params
 
     def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
@@ -140,6 +169,19 @@ class ModulePolicy:
 
     def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         return self._act(dict(params), x)
+
+    def init(
+        self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+    ) -> Params:
+        """``n`` parameter sets, each entry ``U(+-1/sqrt(fan_in))`` (fan_in: a weight's input
+        width; for vectors, their length), a stand-in for the layers' own initialisation."""
+        out: Params = {}
+        for name, value in self.module.named_parameters():
+            fan_in = value.shape[1] if value.ndim >= 2 else value.shape[0]
+            bound = 1.0 / math.sqrt(fan_in)
+            shape = (n, *value.shape)
+            out[name] = (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
+        return out
 
 
 @dataclass(frozen=True)
@@ -191,7 +233,8 @@ class ControlFeatures:
         out: list[str] = []
         for g in self.groups:
             w = self._width(g)
-            out += [g] if g in ("goal_distance", "time") else [f"{g}.{i}" for i in range(w)]
+            scalar = g in ("goal_distance", "final_goal_distance", "time")
+            out += [g] if scalar else [f"{g}.{i}" for i in range(w)]
         return tuple(out)
 
     def spec(
@@ -247,6 +290,10 @@ class ControlFeatures:
             elif g == "goal_distance":
                 d = x[:, 1:] - goal
                 parts.append(torch.sqrt((d * d).sum(-1, keepdim=True) + 1e-12))
+            elif g == "final_goal_distance":
+                d = x[:, -1] - task.goal.to(x.dtype)
+                dist = torch.sqrt((d * d).sum(-1) + 1e-12)
+                parts.append(dist[:, None, None].expand(b, horizon, 1))
             else:  # "time", validated in __post_init__
                 t = torch.arange(1, horizon + 1, dtype=x.dtype, device=x.device) / horizon
                 parts.append(t[None, :, None].expand(b, horizon, 1))
@@ -267,7 +314,7 @@ def learned_control_loss(
     return fn
 
 
-def _stepper(system: object) -> Callable[[Tensor, Tensor], Tensor]:
+def _stepper(system: System) -> Callable[[Tensor, Tensor], Tensor]:
     step = system.step  # type: ignore[attr-defined]
     # Validation calls bool() on tensors; skip it per step where the system allows (inputs come
     # from our own rollout, checked once).
@@ -277,9 +324,9 @@ def _stepper(system: object) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 def policy_rollout(
-    policy: Policy, params: Mapping[str, Tensor], system: object, task: ControlTask
+    policy: Policy, params: Mapping[str, Tensor], system: System, task: ControlTask
 ) -> Rollout:
-    """Roll out one feedback policy per problem: ``u_t = policy_b(x_t)``, ``x_{t+1} = step(x_t, u_t)``.
+    """Roll out one feedback policy per problem: ``u_t = pi_b(x_t)``, ``x_{t+1} = f(x_t, u_t)``.
 
     Args:
         policy: a :data:`Policy` (e.g. :class:`BatchedMLP`); it bounds its actions itself.
@@ -320,7 +367,7 @@ def adapt_policy(
     loss_fn: TaskLoss,
     policy: Policy,
     policy_init: Mapping[str, Tensor],
-    system: object,
+    system: System,
     task: ControlTask,
     optimizer: InnerOptimizer,
 ) -> PolicyTrace:
@@ -356,7 +403,7 @@ def meta_test(
     loss: LearnedLoss,
     policy: Policy,
     policy_init: Mapping[str, Tensor],
-    system: object,
+    system: System,
     task: ControlTask,
     optimizer: InnerOptimizer,
 ) -> PolicyTrace:
@@ -391,10 +438,11 @@ def meta_train_loss(
     features: ControlFeatures,
     policy: Policy,
     policy_init: Mapping[str, Tensor],
-    system: object,
+    system: System,
     task: ControlTask,
     objective: TaskLoss,
     optimizer: InnerOptimizer,
+    phi: Mapping[str, Tensor] | None = None,
 ) -> tuple[Tensor, Rollout]:
     """The ML3 meta-objective over rollouts.
 
@@ -402,11 +450,14 @@ def meta_train_loss(
     own rollouts; the meta-train ``objective`` (task term plus extra terms) of the adapted
     policies' rollouts is averaged over problems.
 
+    Args:
+        phi: optional substitute for M_phi's parameters (functional use, e.g. gradcheck).
+
     Returns:
-        ``(meta_loss, adapted_rollout)``: a scalar differentiable in M_phi's parameters, and the
-        adapted rollout (for metrics).
+        ``(meta_loss, adapted_rollout)``: a scalar differentiable in M_phi's parameters (or in
+        ``phi``), and the adapted rollout (for metrics).
     """
-    learned = learned_control_loss(loss, features)
+    learned = learned_control_loss(loss, features, phi)
 
     def inner_objective(p: Params) -> Tensor:
         return learned(policy_rollout(policy, p, system, task), task).sum()

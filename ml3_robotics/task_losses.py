@@ -42,6 +42,7 @@ __all__ = [
     "RunningDistance",
     "TaskTerm",
     "TermSum",
+    "TrajectoryDistance",
 ]
 
 
@@ -71,7 +72,8 @@ class Rollout:
     def __post_init__(self) -> None:
         if not isinstance(self.states, Tensor) or self.states.ndim != 3:
             raise ValueError(
-                f"states: expected a tensor (B, T+1, nx), got {getattr(self.states, 'shape', self.states)!r}"
+                "states: expected a tensor (B, T+1, nx), got "
+                f"{getattr(self.states, 'shape', self.states)!r}"
             )
         if not isinstance(self.actions, Tensor) or self.actions.ndim != 3:
             raise ValueError(
@@ -117,7 +119,8 @@ class ControlTask:
     def __post_init__(self) -> None:
         if not isinstance(self.start, Tensor) or self.start.ndim != 2:
             raise ValueError(
-                f"start: expected a tensor (B, nx), got {getattr(self.start, 'shape', self.start)!r}"
+                "start: expected a tensor (B, nx), got "
+                f"{getattr(self.start, 'shape', self.start)!r}"
             )
         goal = self.goal
         if not isinstance(goal, Tensor):
@@ -215,6 +218,26 @@ class RunningDistance(_Weighted):
 
 
 @dataclass(frozen=True)
+class TrajectoryDistance(_Weighted):
+    """``weight * ||W (X_{1..T} - goal)||_F``: the norm over the whole trajectory at once (the
+    task loss of the paper's MountainCar code), i.e. ``sqrt(sum_t ||W (x_t - goal)||^2)``."""
+
+    state_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "state_weights", _check_state_weights(self.state_weights))
+
+    def __call__(self, rollout: Rollout, task: ControlTask) -> Tensor:
+        diff = rollout.states[:, 1:] - task.goal[:, None]
+        return self.weight * _norm(diff.flatten(1), _tile(self.state_weights, diff.shape[1]))
+
+
+def _tile(weights: tuple[float, ...] | None, times: int) -> tuple[float, ...] | None:
+    return None if weights is None else weights * times
+
+
+@dataclass(frozen=True)
 class ControlEffort(_Weighted):
     """``weight * mean_t ||u_t||^2``."""
 
@@ -278,34 +301,39 @@ class ExtraTerm:
 class IntermediateGoal(ExtraTerm):
     """Pull the first ``steps`` states towards a waypoint (the paper's shaped MountainCar loss).
 
-    Value: ``weight * mean_{t=1..steps} ||W (x_t - state)||``.
+    Value: ``weight * mean_{t=1..steps} ||W (x_t - state)||`` (``reduction="mean"``) or
+    ``weight * sqrt(sum_{t=1..steps} ||W (x_t - state)||^2)`` (``"norm"``, the paper's code).
 
     Attributes:
         state: ``(nx,)`` the waypoint.
         steps: how many steps after the start it applies to (>= 1, <= T).
         weight: multiplier (>= 0).
         state_weights: optional diagonal weights W.
+        reduction: ``"mean"`` or ``"norm"`` over the steps.
     """
 
     state: tuple[float, ...] = ()
     steps: int = 1
     state_weights: tuple[float, ...] | None = None
+    reduction: str = "mean"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         state = tuple(float(s) for s in self.state)
         if not state or not all(math.isfinite(s) for s in state):
-            raise ValueError(f"state: expected a non-empty tuple of finite numbers, got {self.state!r}")
+            raise ValueError(
+                f"state: expected a non-empty tuple of finite numbers, got {self.state!r}"
+            )
         object.__setattr__(self, "state", state)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps: expected an int >= 1, got {self.steps!r}")
         object.__setattr__(self, "state_weights", _check_state_weights(self.state_weights))
+        if self.reduction not in ("mean", "norm"):
+            raise ValueError(f"reduction: expected 'mean' or 'norm', got {self.reduction!r}")
 
     def __call__(self, rollout: Rollout) -> Tensor:
         if self.steps > rollout.horizon:
-            raise ValueError(
-                f"steps: {self.steps} exceeds the rollout's horizon {rollout.horizon}"
-            )
+            raise ValueError(f"steps: {self.steps} exceeds the rollout's horizon {rollout.horizon}")
         if rollout.states.shape[-1] != len(self.state):
             raise ValueError(
                 f"state: has {len(self.state)} entries, the rollout's states have "
@@ -313,6 +341,9 @@ class IntermediateGoal(ExtraTerm):
             )
         target = torch.tensor(self.state, dtype=rollout.states.dtype, device=rollout.states.device)
         diff = rollout.states[:, 1 : self.steps + 1] - target
+        if self.reduction == "norm":
+            weights = _tile(self.state_weights, self.steps)
+            return self.weight * _norm(diff.flatten(1), weights)
         return self.weight * _norm(diff, self.state_weights).mean(-1)
 
 
@@ -320,8 +351,8 @@ class IntermediateGoal(ExtraTerm):
 class Demonstrations(ExtraTerm):
     """Imitation of expert demonstrations, one per rollout in the batch.
 
-    Value: ``weight * (state_weight * mean_t ||x_t - x*_t||^2 + action_weight * mean_t ||u_t - u*_t||^2)``
-    over the steps the demonstration covers.
+    Value: ``weight * (state_weight * mean_t ||x_t - x*_t||^2
+    + action_weight * mean_t ||u_t - u*_t||^2)`` over the steps the demonstration covers.
 
     Attributes:
         states: ``(B, T+1, nx)`` expert states, or None.
@@ -344,7 +375,9 @@ class Demonstrations(ExtraTerm):
         for name in ("states", "actions"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, Tensor) or value.ndim != 3):
-                raise ValueError(f"{name}: expected a tensor (B, T, d), got {getattr(value, 'shape', value)!r}")
+                raise ValueError(
+                    f"{name}: expected a tensor (B, T, d), got {getattr(value, 'shape', value)!r}"
+                )
             if value is not None:
                 object.__setattr__(self, name, value.detach())
         _check_weight(self.state_weight)
