@@ -68,6 +68,8 @@ class MountainCarConfig:
             ``"none"`` (task loss only) or ``"both"``.
         task_loss: ``"trajectory"`` (``||X_{1..T} - goal||_F``, the paper's code) or ``"final"``
             (``||x_T - goal||``); used for meta-training and by the task-loss baseline.
+        policy_bound: how actions are bounded: ``"clamp"`` (the car's straight-through clamp)
+            or ``"tanh"`` (``0.25 * tanh`` in the policy).
         goal_weight: weight of the intermediate-goal term.
         outer_steps, outer_lr: meta-training length and Adam step size.
         inner_lr, inner_steps: the inner SGD (K at meta-train time).
@@ -91,6 +93,7 @@ class MountainCarConfig:
 
     extra: Extra = "both"
     task_loss: Literal["trajectory", "final"] = "trajectory"
+    policy_bound: Literal["clamp", "tanh"] = "clamp"
     goal_weight: float = 1.0
     outer_steps: int = 300
     outer_lr: float = 1e-3
@@ -154,10 +157,15 @@ class MountainCarConfig:
 # -- the problem -------------------------------------------------------------------------
 
 
-def make_policy(hidden: int, bound: float) -> BatchedMLP:
-    """The paper's policy: linear 2 -> hidden -> 1 without biases or activation, then
-    ``bound * tanh`` so actions stay in the box with an honest gradient."""
-    return BatchedMLP((2, hidden, 1), bias=False, activation="none", bound=bound)
+def make_policy(hidden: int, bound: float, mode: str = "clamp") -> BatchedMLP:
+    """The paper's policy: linear 2 -> hidden -> 1 without biases or activation.
+
+    ``mode="clamp"``: the raw output, clamped by the car's step (straight-through gradient, so
+    saturated policies still get a gradient); ``"tanh"``: ``bound * tanh`` of the output.
+    """
+    return BatchedMLP(
+        (2, hidden, 1), bias=False, activation="none", bound=bound if mode == "tanh" else None
+    )
 
 
 def train_starts(config: MountainCarConfig, n: int, generator: torch.Generator) -> Tensor:
@@ -279,7 +287,7 @@ def _run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
     torch.manual_seed(ctx.seed)
     car = MountainCar()
     prm = car.params
-    policy = make_policy(config.policy_hidden, prm.action_bound)
+    policy = make_policy(config.policy_hidden, prm.action_bound, config.policy_bound)
     features = ControlFeatures(FEATURE_GROUPS, nx=2, nu=1)
     inner = InnerOptimizer("sgd", lr=config.inner_lr, steps=config.inner_steps)
     test_opt = InnerOptimizer("sgd", lr=config.inner_lr, steps=config.test_steps)
@@ -441,7 +449,7 @@ def _plot_success(ctx: RunContext, traces, car: MountainCar, ilqr_result) -> Non
 
 
 def _gain_params(policy: BatchedMLP, gains: Tensor) -> Params:
-    """Policy parameters realising ``u = 0.25 tanh(a p + b v)`` for ``gains (N, 2)``."""
+    """Policy parameters realising the gains ``u = bound(a p + b v)`` for ``gains (N, 2)``."""
     n, hidden = gains.shape[0], policy.widths[1]
     w0 = torch.zeros(n, hidden, 2)
     w0[:, 0] = gains
@@ -451,7 +459,7 @@ def _gain_params(policy: BatchedMLP, gains: Tensor) -> Params:
 
 
 def _plot_landscape(ctx: RunContext, config, losses, car: MountainCar, policy: BatchedMLP) -> None:
-    """Losses over the gains (a, b) of the linear policy ``u = 0.25 tanh(a p + b v)``."""
+    """Losses over the gains (a, b) of the linear policy ``u = bound(a p + b v)``."""
     from ml3_robotics.policy_search import policy_rollout
 
     m = config.landscape_grid
