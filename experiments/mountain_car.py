@@ -87,15 +87,19 @@ class MountainCarConfig:
         checkpoint_every, eval_every: outer-loop bookkeeping.
         loss_path: evaluate a saved learned loss instead of meta-training (``extra`` must then
             be ``goal`` or ``none``, naming what the saved loss was trained with).
+        fixed_init: meta-train with one fixed set of policy initialisations (the paper's code)
+            instead of fresh ones per meta-update; the results then also report success from
+            those initialisations on the training start (``success_fixedinit_k*``).
         ilqr: run the iLQR baseline when controllers.ilqr is importable.
+        ilqr_iters: iLQR's iteration limit (success also reported after 1, 2, 5 iterations).
         threads: torch intra-op threads during the run (restored afterwards).
     """
 
     extra: Extra = "both"
     task_loss: Literal["trajectory", "final"] = "trajectory"
-    policy_bound: Literal["clamp", "tanh"] = "clamp"
+    policy_bound: Literal["clamp", "tanh"] = "tanh"
     goal_weight: float = 1.0
-    outer_steps: int = 300
+    outer_steps: int = 1000
     outer_lr: float = 1e-3
     inner_lr: float = 1e-3
     inner_steps: int = 1
@@ -111,9 +115,11 @@ class MountainCarConfig:
     policy_hidden: int = 200
     landscape_grid: int = 41
     checkpoint_every: int = 50
-    eval_every: int = 50
+    eval_every: int = 100
     loss_path: str | None = None
+    fixed_init: bool = False
     ilqr: bool = True
+    ilqr_iters: int = 100
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -128,6 +134,7 @@ class MountainCarConfig:
             "checkpoint_every",
             "eval_every",
             "threads",
+            "ilqr_iters",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -301,6 +308,10 @@ def _run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
     held_task = make_task(heldout_starts(config, ctx.seed))
     held_init = policy.init(config.heldout, eval_g)
 
+    # The paper's protocol (its code): one policy initialisation, reused at every meta-update.
+    fixed_init = policy.init(config.meta_batch, torch.Generator().manual_seed(40_000 + ctx.seed))
+    fixed_task = make_task(torch.tensor([prm.start]).repeat(config.meta_batch, 1))
+
     losses: dict[str, LearnedLoss] = {}
     if config.loss_path is not None:
         loss, _ = load_learned_loss(config.loss_path, expect_features=features.names())
@@ -315,7 +326,7 @@ def _run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
                 iteration: int, g: torch.Generator, loss=loss, objective=objective, variant=variant
             ) -> OuterStep:
                 task = make_task(train_starts(config, config.meta_batch, g))
-                init = policy.init(config.meta_batch, g)
+                init = fixed_init if config.fixed_init else policy.init(config.meta_batch, g)
                 value, rollout = meta_train_loss(
                     loss, features, policy, init, car, task, objective, inner
                 )
@@ -391,10 +402,33 @@ def _run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
         for name, (a, b) in traces.items()
     }
     summaries["task_loss_sgd"]["lr"] = best_lr
+    if config.fixed_init:
+        # Also from the very initialisation meta-training used (the paper's meta-test).
+        with ctx.phase("meta_test"):
+            fixed = {
+                f"ml3_{v}": meta_test(loss, policy, fixed_init, car, fixed_task, test_opt)
+                for v, loss in losses.items()
+            }
+            fixed["task_loss_sgd"] = adapt_policy(
+                task_loss, policy, fixed_init, car, fixed_task, opt
+            )
+        for name, tr in fixed.items():
+            rates = _rates(tr, car)
+            for k in REPORT_STEPS:
+                if k < len(rates):
+                    summaries[name][f"success_fixedinit_k{k}"] = float(rates[k])
 
-    ilqr_result = _ilqr_baseline(config, car, train_task, held_task) if config.ilqr else None
+    ilqr_result = None
+    if config.ilqr:
+        with ctx.phase("ilqr"):
+            ilqr_result = _ilqr_baseline(config, car, train_task, held_task, ctx.seed)
     if ilqr_result is not None:
-        summaries["ilqr"] = ilqr_result
+        summaries.update(
+            {
+                k: {m: v for m, v in e.items() if m != "success_curve"}
+                for k, e in ilqr_result.items()
+            }
+        )
 
     with ctx.phase("plots"):
         _plot_success(ctx, traces, car, ilqr_result)
@@ -412,20 +446,97 @@ def _run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
             },
             "heldout_starts": held_task.start.tolist(),
             "success_curves": {
-                name: {"train": _rates(a, car).tolist(), "heldout": _rates(b, car).tolist()}
-                for name, (a, b) in traces.items()
+                **{
+                    name: {"train": _rates(a, car).tolist(), "heldout": _rates(b, car).tolist()}
+                    for name, (a, b) in traces.items()
+                },
+                **{k: e["success_curve"] for k, e in (ilqr_result or {}).items()},
             },
         },
     )
 
 
-def _ilqr_baseline(config, car, train_task, held_task):  # filled in when controllers land
+class _CarForILQR:
+    """The car as iLQR's ``Dynamics``: per-step validation off (iLQR differentiates ``step``
+    under torch.func transforms, where data-dependent checks are not allowed)."""
+
+    def __init__(self, car: MountainCar) -> None:
+        self.car, self.nx, self.nu, self.dt = car, car.nx, car.nu, car.dt
+
+    def step(self, x: Tensor, u: Tensor) -> Tensor:
+        return self.car.step(x, u, validate=False)
+
+
+def _ilqr_inits(n: int, horizon: int, bound: float, seed: int) -> dict[str, Tensor]:
+    """iLQR warm starts ``(n, T, 1)``: zeros, full throttle either way, and a seeded random one."""
+    g = torch.Generator().manual_seed(30_000 + seed)
+    return {
+        "zeros": torch.zeros(n, horizon, 1, dtype=torch.float64),
+        "plus": torch.full((n, horizon, 1), bound, dtype=torch.float64),
+        "minus": torch.full((n, horizon, 1), -bound, dtype=torch.float64),
+        "random": (torch.rand(n, horizon, 1, generator=g, dtype=torch.float64) * 2 - 1) * bound,
+    }
+
+
+def _ilqr_baseline(
+    config: MountainCarConfig,
+    car: MountainCar,
+    train_task: ControlTask,
+    held_task: ControlTask,
+    seed: int,
+) -> dict[str, dict] | None:
+    """Box-constrained iLQR on the true dynamics, same horizon and action box.
+
+    Cost: ``||x_T - goal||^2`` (controllers.costs.MountainCarCost, no intermediate goal: iLQR
+    gets the information meta-test gets). Success is checked on the planned open-loop rollout
+    after 1, 2, 5 and ``ilqr_iters`` iterations, from each warm start.
+    """
     try:
-        import controllers.ilqr  # noqa: F401
+        from controllers.costs import MountainCarCost
+        from controllers.ilqr import ILQR, ILQRConfig
     except ImportError:
         log.warning("controllers.ilqr is not available: the iLQR baseline is skipped")
         return None
-    return None
+    prm = car.params
+    starts = {
+        "train": train_task.start[:1].double(),  # one start: iLQR is deterministic
+        "heldout": held_task.start.double(),
+    }
+    dynamics = _CarForILQR(car)
+    cost = MountainCarCost(prm.goal)
+    iter_counts = sorted({k for k in REPORT_STEPS if k < config.ilqr_iters} | {config.ilqr_iters})
+    out: dict[str, dict] = {}
+    for where, x0 in starts.items():
+        for name, U0 in _ilqr_inits(x0.shape[0], prm.horizon, prm.action_bound, seed).items():
+            entry = out.setdefault(f"ilqr_{name}", {})
+            curve = []
+            for iters in iter_counts:
+                solver = ILQR(
+                    dynamics,
+                    cost,
+                    prm.horizon,
+                    lower=-prm.action_bound,
+                    upper=prm.action_bound,
+                    config=ILQRConfig(max_iters=iters),
+                )
+                res = solver.solve(x0, U0)
+                # success judged on a fresh rollout of the planned controls (the true dynamics)
+                X = car.rollout(x0, res.controls.to(x0.dtype))
+                rate = float(success(X, car).double().mean())
+                curve.append(rate)
+                tag = "last" if iters == config.ilqr_iters else f"k{iters}"
+                entry[f"success_{where}_{tag}"] = rate
+                if iters == config.ilqr_iters:
+                    entry[f"converged_{where}"] = float(res.converged.double().mean())
+                    entry[f"iterations_{where}"] = float(res.iterations.double().mean())
+                    if where == "heldout":
+                        goal = torch.tensor(prm.goal, dtype=X.dtype)
+                        dist = (X[:, -1] - goal).norm(dim=-1).mean()
+                        entry["final_distance_heldout_last"] = float(dist)
+            entry.setdefault("success_curve", {})[where] = dict(
+                zip([str(i) for i in iter_counts], curve, strict=True)
+            )
+    return out
 
 
 # -- plots --------------------------------------------------------------------------------
@@ -438,10 +549,10 @@ def _plot_success(ctx: RunContext, traces, car: MountainCar, ilqr_result) -> Non
         for name, pair in traces.items():
             rates = _rates(pair[idx], car)
             ax.plot(np.arange(len(rates)), rates, marker="o", label=name)
-        if ilqr_result is not None and "success_curve" in ilqr_result:
-            key = "train" if idx == 0 else "heldout"
-            curve = ilqr_result["success_curve"][key]
-            ax.plot(np.arange(len(curve)), curve, marker="s", ls="--", label="ilqr (iterations)")
+        for name, entry in (ilqr_result or {}).items():
+            curve = entry["success_curve"]["train" if idx == 0 else "heldout"]
+            iters = [int(i) for i in curve]
+            ax.plot(iters, list(curve.values()), marker="s", ls="--", label=f"{name} (iters)")
         ax.set(title=title, xlabel="inner step", ylabel="success rate", ylim=(-0.05, 1.05))
         ax.grid(alpha=0.3)
         ax.legend()
