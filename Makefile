@@ -27,6 +27,8 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
+	@# Crocoddyl is the optional iLQR reference (3.2.1 crashes with pin 4.1.0: pin these three).
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: $(STAMP)

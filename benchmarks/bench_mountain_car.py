@@ -68,14 +68,19 @@ def main() -> None:
         ("torch step, batch 1, float32", torch_step(1, torch.float32, True), 1),
         ("torch step, batch 1024, float64", torch_step(1024, torch.float64, True), 1024),
         ("torch step, batch 1024, float32", torch_step(1024, torch.float32, True), 1024),
-        ("torch step, batch 1024, float32, with grad",
-         torch_step(1024, torch.float32, True, grad=True), 1024),
+        (
+            "torch step, batch 1024, float32, with grad",
+            torch_step(1024, torch.float32, True, grad=True),
+            1024,
+        ),
         ("gymnasium env.step (float64, batch 1)", env_step(), 1),
     ]
     results = [(name, rate(fn, per_call), per_call) for name, fn, per_call in rows]
     base = results[0][1]
-    print(f"MountainCar speed (torch {torch.__version__}, 1 thread, best of {REPEATS} x "
-          f"{SECONDS:.0f} s)")
+    print(
+        f"MountainCar speed (torch {torch.__version__}, 1 thread, best of {REPEATS} x "
+        f"{SECONDS:.0f} s)"
+    )
     print(f"{'case':<46} {'calls/s':>12} {'state-steps/s':>15} {'vs batch 1':>11}")
     for name, r, per_call in results:
         print(f"{name:<46} {r / per_call:>12,.0f} {r:>15,.0f} {r / base:>10.1f}x")

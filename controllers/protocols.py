@@ -2,6 +2,19 @@
 
 The consumer (the controllers) defines them; robots and learned models satisfy them
 structurally, without importing this module.
+
+Optional fast paths, used when present (not part of the protocols, so nothing has to provide them):
+
+* dynamics ``jacobians(x (N, nx), u (N, nu)) -> (A (N, nx, nx), B (N, nx, nu))``: analytic or
+  simulator Jacobians (MuJoCo finite differences); otherwise ``torch.func.jacrev`` on ``step``.
+* dynamics ``step_numpy(x: ndarray, u: ndarray) -> ndarray``: float64 numpy stepping without
+  torch conversions (simulators).
+* cost ``trajectory(X (B, T+1, nx), U (B, T, nu)) -> (B,)``: vectorised total cost.
+* cost ``quadratize(X, U) -> controllers.derivatives.CostDerivatives``: analytic derivatives;
+  otherwise ``torch.func`` (``jacrev`` of ``grad``) per time step.
+
+``step`` must treat rows independently (row ``b`` of the output depends only on row ``b`` of the
+inputs): the Jacobians are taken of ``step(x, u).sum(0)``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ import gymnasium
 ENV_IDS: dict[str, str] = {
     "ml3r/MountainCar-v0": "robots.mountain_car:MountainCarEnv",
     "ml3r/Reacher-v0": "robots.arm.env:ReachEnv",
+    "ml3r/Arm3Reach-v0": "robots.arm.env:Arm3ReachEnv",
+    "ml3r/Arm4Reach-v0": "robots.arm.env:Arm4ReachEnv",
+    "ml3r/IiwaReach-v0": "robots.arm.env:IiwaReachEnv",
 }
 
 for _id, _entry in ENV_IDS.items():

@@ -102,8 +102,18 @@ class MountainCarParams:
     intermediate_goal_steps: int = 15
 
     def __post_init__(self) -> None:
-        for name in ("mass", "gravity", "friction", "dt", "action_bound", "v_min", "v_max",
-                     "p_min", "p_max", "success_position"):
+        for name in (
+            "mass",
+            "gravity",
+            "friction",
+            "dt",
+            "action_bound",
+            "v_min",
+            "v_max",
+            "p_min",
+            "p_max",
+            "success_position",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name}: expected a number, got {value!r}")
@@ -212,8 +222,10 @@ class MountainCar:
             raise ValueError(f"{name}: expected shape {what}, got {tuple(t.shape)}")
         # isfinite, not only isnan: the straight-through clamp needs finite inputs (inf-inf=nan).
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name}: expected finite values (no NaN or inf), got NaN or inf in "
-                             f"a tensor of shape {tuple(t.shape)}")
+            raise ValueError(
+                f"{name}: expected finite values (no NaN or inf), got NaN or inf in "
+                f"a tensor of shape {tuple(t.shape)}"
+            )
 
     def _check_step(self, x: Any, u: Any) -> None:
         self._check("x", x, (None, self.nx), "(B, 2)")

@@ -41,8 +41,13 @@ class MountainCarRenderer:
         gx = params.success_position
         gy = math.sin(3 * gx)
         ax.plot([gx, gx], [gy, gy + 0.35], color="black", lw=1.5)
-        ax.add_patch(Polygon([(gx, gy + 0.35), (gx, gy + 0.25), (gx - 0.12, gy + 0.30)],
-                             closed=True, color="#e0b000"))
+        ax.add_patch(
+            Polygon(
+                [(gx, gy + 0.35), (gx, gy + 0.25), (gx - 0.12, gy + 0.30)],
+                closed=True,
+                color="#e0b000",
+            )
+        )
         ax.axvline(lo, color="#404040", lw=3)
         # Pixels per data unit along x and y (the axes fill the figure).
         self._px = np.array([width / (hi - lo + 2 * _XPAD), height / (_YLIM[1] - _YLIM[0])])

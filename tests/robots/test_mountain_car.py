@@ -63,8 +63,18 @@ def test_forward_equals_hard_clamp_reference_including_limits(clamp_grad: str) -
     # Actions up to 4x the bound, so the action clamp is active on about 3/4 of the rows.
     u = (torch.rand(2000, 1, generator=gen, dtype=F64) * 2 - 1) * 4 * P.action_bound
     # Hand-picked rows at the walls and speed limits.
-    edge_x = torch.tensor([[P.p_min, -1.5], [P.p_min, 0.0], [-1.15, -1.5], [P.p_max, 1.5],
-                           [0.45, 1.5], [-0.5, 1.5], [-0.5, -1.5]], dtype=F64)
+    edge_x = torch.tensor(
+        [
+            [P.p_min, -1.5],
+            [P.p_min, 0.0],
+            [-1.15, -1.5],
+            [P.p_max, 1.5],
+            [0.45, 1.5],
+            [-0.5, 1.5],
+            [-0.5, -1.5],
+        ],
+        dtype=F64,
+    )
     edge_u = torch.tensor([[-1.0], [-0.25], [-0.25], [1.0], [0.25], [10.0], [-10.0]], dtype=F64)
     x, u = torch.cat([x, edge_x]), torch.cat([u, edge_u])
     out = MountainCar(clamp_grad=clamp_grad).step(x, u).numpy()
@@ -73,8 +83,9 @@ def test_forward_equals_hard_clamp_reference_including_limits(clamp_grad: str) -
     np.testing.assert_array_equal(out, hard_reference_torch(x, u).numpy())
     # And against the scalar transcription; not bit-exact only because math.cos and the
     # vectorised torch.cos may differ in the last bit.
-    ref = np.stack([hard_reference(xi, float(ui[0]))
-                    for xi, ui in zip(x.numpy(), u.numpy(), strict=True)])
+    ref = np.stack(
+        [hard_reference(xi, float(ui[0])) for xi, ui in zip(x.numpy(), u.numpy(), strict=True)]
+    )
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-14)
     # The limits are reached in this sample (otherwise the test would say nothing about them).
     assert (out[:, 0] == P.p_min).sum() > 10 and (out[:, 0] == P.p_max).sum() > 10
@@ -97,7 +108,7 @@ def test_rollout_matches_repeated_step() -> None:
     gen = torch.Generator().manual_seed(2)
     mc = MountainCar()
     x0 = random_states(8, gen)
-    U = (torch.rand(8, 20, 1, generator=gen, dtype=F64) - 0.5)
+    U = torch.rand(8, 20, 1, generator=gen, dtype=F64) - 0.5
     X = mc.rollout(x0, U)
     assert X.shape == (8, 21, 2)
     x = x0
@@ -205,8 +216,9 @@ def test_straight_through_gradient_at_clamps() -> None:
     # Forward-mode (jacfwd) works through the custom function too.
     from torch.func import jacfwd
 
-    jf = vmap(jacfwd(lambda xi, ui: st.step(xi[None], ui[None], validate=False)[0],
-                     argnums=(0, 1)))(x, u)
+    jf = vmap(
+        jacfwd(lambda xi, ui: st.step(xi[None], ui[None], validate=False)[0], argnums=(0, 1))
+    )(x, u)
     torch.testing.assert_close(jf[0], jx_st, rtol=0, atol=1e-15)
 
 
@@ -230,8 +242,10 @@ def test_gradient_flows_through_wall_in_rollout() -> None:
 def test_check_env_passes() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any checker warning fails the test
-        check_env(gymnasium.make("ml3r/MountainCar-v0", render_mode="rgb_array").unwrapped,
-                  skip_render_check=False)
+        check_env(
+            gymnasium.make("ml3r/MountainCar-v0", render_mode="rgb_array").unwrapped,
+            skip_render_check=False,
+        )
         check_env(MountainCarEnv(start_noise=(0.1, 0.1)).unwrapped, skip_render_check=True)
 
 
@@ -299,8 +313,13 @@ def test_reset_start_option_and_default_start() -> None:
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("x_shape", "u_shape", "bad"),
-    [((4,), (4, 1), "x"), ((4, 3), (4, 1), "x"), ((4, 2), (4,), "u"), ((4, 2), (3, 1), "u"),
-     ((4, 2), (4, 2), "u")],
+    [
+        ((4,), (4, 1), "x"),
+        ((4, 3), (4, 1), "x"),
+        ((4, 2), (4,), "u"),
+        ((4, 2), (3, 1), "u"),
+        ((4, 2), (4, 2), "u"),
+    ],
 )
 def test_step_rejects_wrong_shapes(x_shape, u_shape, bad) -> None:
     with pytest.raises(ValueError, match=rf"^{bad}: expected shape .*got \("):
@@ -349,20 +368,26 @@ def test_env_rejects_bad_actions_and_options() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "pattern"),
-    [("dt", 0.0, r"^dt: expected a positive number, got 0.0"),
-     ("dt", -0.1, r"^dt: expected a positive number, got -0.1"),
-     ("mass", 0.0, r"^mass: expected a positive number"),
-     ("action_bound", -1.0, r"^action_bound: expected a positive number"),
-     ("friction", -0.3, r"^friction: expected a number >= 0"),
-     ("p_min", 0.6, r"^p_min: expected p_min < p_max, got p_min=0.6 > p_max=0.5"),
-     ("v_max", -2.0, r"^v_min: expected v_min < v_max, got v_min=-1.5 > v_max=-2.0"),
-     ("gravity", math.nan, r"^gravity: expected a finite number, got nan"),
-     ("start", (-2.0, 0.0), r"^start: expected p in \[-1.2, 0.5\]"),
-     ("goal", (0.5,), r"^goal: expected a pair of numbers"),
-     ("horizon", 0, r"^horizon: expected an int >= 1, got 0"),
-     ("horizon", 3.5, r"^horizon: expected an int, got 3.5"),
-     ("intermediate_goal_steps", 40, r"^intermediate_goal_steps: expected an int in \[0, horizon"),
-     ("success_position", 0.9, r"^success_position: expected a value in \[p_min, p_max\]")],
+    [
+        ("dt", 0.0, r"^dt: expected a positive number, got 0.0"),
+        ("dt", -0.1, r"^dt: expected a positive number, got -0.1"),
+        ("mass", 0.0, r"^mass: expected a positive number"),
+        ("action_bound", -1.0, r"^action_bound: expected a positive number"),
+        ("friction", -0.3, r"^friction: expected a number >= 0"),
+        ("p_min", 0.6, r"^p_min: expected p_min < p_max, got p_min=0.6 > p_max=0.5"),
+        ("v_max", -2.0, r"^v_min: expected v_min < v_max, got v_min=-1.5 > v_max=-2.0"),
+        ("gravity", math.nan, r"^gravity: expected a finite number, got nan"),
+        ("start", (-2.0, 0.0), r"^start: expected p in \[-1.2, 0.5\]"),
+        ("goal", (0.5,), r"^goal: expected a pair of numbers"),
+        ("horizon", 0, r"^horizon: expected an int >= 1, got 0"),
+        ("horizon", 3.5, r"^horizon: expected an int, got 3.5"),
+        (
+            "intermediate_goal_steps",
+            40,
+            r"^intermediate_goal_steps: expected an int in \[0, horizon",
+        ),
+        ("success_position", 0.9, r"^success_position: expected a value in \[p_min, p_max\]"),
+    ],
 )
 def test_params_validation_names_the_field(field, value, pattern) -> None:
     with pytest.raises((ValueError, TypeError), match=pattern):
@@ -396,8 +421,9 @@ def test_env_render_gives_nonblank_frames_that_depend_on_state() -> None:
 def test_render_trajectory_frames_for_write_video(tmp_path) -> None:
     from robots.video import write_video
 
-    X = MountainCar().rollout(torch.tensor([P.start], dtype=F64),
-                              torch.full((1, 5, 1), -0.25, dtype=F64))[0]
+    X = MountainCar().rollout(
+        torch.tensor([P.start], dtype=F64), torch.full((1, 5, 1), -0.25, dtype=F64)
+    )[0]
     frames = render_trajectory(X, width=160, height=120)
     assert frames.shape == (6, 120, 160, 3) and frames.dtype == np.uint8
     assert all(not np.array_equal(frames[i], frames[i + 1]) for i in range(5))

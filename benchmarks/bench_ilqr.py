@@ -1,0 +1,190 @@
+"""iLQR benchmark: ours vs Crocoddyl FDDP on the same 2-link reach, and MountainCar box vs clip.
+
+Run: ``make bench`` or ``PYTHONPATH=. python benchmarks/bench_ilqr.py``. Crocoddyl is optional
+(``pip install crocoddyl==3.2.1 pin==4.0.0 libpinocchio==4.0.0``); without it only our columns
+are printed. Timings are wall-clock medians on whatever the machine gives us; ratios are measured
+side by side in this process.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+import sys
+import time
+
+import mujoco
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "controllers"))  # the shared problem definitions
+
+from ctrl_models import TWO_LINK_MJCF  # noqa: E402
+
+from controllers import ILQR, ILQRConfig, MountainCarCost, MujocoDynamics, ReachCost  # noqa: E402
+
+T, DT = 100, 0.01
+N_GOALS = 64
+CONTROL_WEIGHT = 1e-3
+
+try:
+    import crocoddyl  # noqa: F401
+    from ctrl_crocoddyl import reach_problem, solve_fddp
+
+    HAVE_CROC = True
+except ImportError:
+    HAVE_CROC = False
+
+
+def timed(fn, repeats: int):
+    out, ts = None, []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        ts.append(time.perf_counter() - t0)
+    return out, statistics.median(ts)
+
+
+def reach_bench() -> None:
+    torch.set_num_threads(1)
+    dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF))
+    rng = np.random.default_rng(0)
+    goals = rng.uniform(-1.5, 1.5, (N_GOALS, 2))
+    print(
+        f"2-link reach (MuJoCo Euler model, T={T}, dt={DT}, ReachCost squared, "
+        f"control_weight={CONTROL_WEIGHT}, from zero controls)"
+    )
+
+    # single goal
+    one = ILQR(dyn, ReachCost(goals[:1], T, control_weight=CONTROL_WEIGHT), T)
+    x0 = torch.zeros(1, 4, dtype=torch.float64)
+    one.solve(x0)  # warm-up (imports, allocations)
+    res1, t_ours1 = timed(lambda: one.solve(x0), 5)
+    row = [
+        f"  single goal      ours {t_ours1 * 1e3:8.1f} ms  iters {int(res1.iterations[0])}  "
+        f"cost {res1.cost[0].item():.6g}"
+    ]
+    if HAVE_CROC:
+        prob = reach_problem(goals[0], T, DT, control_weight=CONTROL_WEIGHT)
+        solve_fddp(prob, T)
+        (sol, _), t_c1 = timed(lambda: solve_fddp(prob, T), 20)
+        rel = abs(res1.cost[0].item() - sol.cost) / sol.cost
+        row.append(
+            f" | crocoddyl {t_c1 * 1e3:6.2f} ms  iters {sol.iter}  cost {sol.cost:.6g}"
+            f" | ratio ours/croc {t_ours1 / t_c1:6.1f}x (goal <= 10x)"
+            f"  cost rel diff {rel:.1e} (goal < 1e-3)"
+        )
+    print("".join(row))
+
+    # 64 goals: ours batched vs crocoddyl one after another
+    many = ILQR(dyn, ReachCost(goals, T, control_weight=CONTROL_WEIGHT), T)
+    xb = torch.zeros(N_GOALS, 4, dtype=torch.float64)
+    resb, t_oursb = timed(lambda: many.solve(xb), 1)
+    row = [
+        f"  {N_GOALS} goals per goal ours {t_oursb / N_GOALS * 1e3:8.2f} ms (batched, total "
+        f"{t_oursb:.2f} s, converged {int(resb.converged.sum())}/{N_GOALS}, "
+        f"iters max {int(resb.iterations.max())})"
+    ]
+    if HAVE_CROC:
+
+        def seq():
+            return [
+                solve_fddp(reach_problem(g, T, DT, control_weight=CONTROL_WEIGHT), T)[0]
+                for g in goals
+            ]
+
+        sols, t_cb = timed(seq, 1)
+        costs_c = np.array([s.cost for s in sols])
+        rel = np.abs(resb.cost.numpy() - costs_c) / costs_c
+        row.append(
+            f" | crocoddyl {t_cb / N_GOALS * 1e3:6.2f} ms (sequential, incl. problem "
+            f"build) | ratio {t_oursb / t_cb:5.1f}x (goal < 1x)  max cost rel diff "
+            f"{rel.max():.1e}, ours lower on {int((resb.cost.numpy() < costs_c).sum())}"
+        )
+    print("".join(row))
+    # where the time goes (one iteration's parts, batch of 64)
+    X, U = resb.states.numpy(), resb.controls.numpy()
+    _, t_der = timed(lambda: many._derivatives(X, U), 3)
+    d = many._derivatives(X, U)
+    _, t_bwd = timed(lambda: many._backward(U, *d, np.zeros(N_GOALS), np.zeros_like(U)), 3)
+    _, t_roll = timed(lambda: many._rollout(np.zeros((N_GOALS, 4)), U), 3)
+    print(
+        f"  per iteration at B={N_GOALS}: derivatives (mjd_transitionFD) {t_der * 1e3:.0f} ms,"
+        f" backward pass {t_bwd * 1e3:.0f} ms, one rollout {t_roll * 1e3:.0f} ms"
+    )
+
+
+def arm4_bench() -> None:
+    try:
+        from robots.arm import load_arm_config
+    except ImportError:
+        print("4-link arm: robots.arm not available, skipped")
+        return
+    cfg = load_arm_config("arm4")
+    dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(cfg.to_mjcf()))
+    lo, hi = dyn.control_bounds
+    rng = np.random.default_rng(1)
+    n_goals = 8  # box QPs are active at most steps and iterations are many; keeps make bench short
+    goals = rng.uniform(-1.0, 1.0, (n_goals, cfg.n_links))
+    print(
+        f"4-link arm (robots 'arm4': damping, joint limits, torque limits {hi.tolist()}; "
+        f"T={T}, box-constrained, joint-space ReachCost; no Crocoddyl counterpart built)"
+    )
+    icfg = ILQRConfig(max_iters=60)
+    one = ILQR(dyn, ReachCost(goals[:1], T, control_weight=CONTROL_WEIGHT), T, lo, hi, icfg)
+    x0 = torch.zeros(1, dyn.nx, dtype=torch.float64)
+    r1, t1 = timed(lambda: one.solve(x0), 1)
+    many = ILQR(dyn, ReachCost(goals, T, control_weight=CONTROL_WEIGHT), T, lo, hi, icfg)
+    rb, tb = timed(lambda: many.solve(torch.zeros(n_goals, dyn.nx, dtype=torch.float64)), 1)
+    err = np.abs(rb.states[:, -1, : cfg.n_links].numpy() - goals).max(1)
+    print(
+        f"  single goal ours {t1 * 1e3:8.1f} ms  iters {int(r1.iterations[0])} | {n_goals} goals "
+        f"batched {tb / n_goals * 1e3:.1f} ms per goal, converged "
+        f"{int(rb.converged.sum())}/{n_goals}, iters max {int(rb.iterations.max())}, "
+        f"median final joint error {np.median(err):.3f} rad"
+    )
+
+
+def mountain_car_bench() -> None:
+    try:
+        from robots.mountain_car import MountainCar, MountainCarParams
+    except ImportError:
+        print("MountainCar: robots.mountain_car not available, skipped")
+        return
+    print(
+        "MountainCar (ML3 variant, |a| <= 0.25, start (-0.55, 0), MountainCarCost = "
+        "||x_T - (0.5, 1.0375)||^2, from zero controls)"
+    )
+    x0 = torch.tensor([[-0.55, 0.0]], dtype=torch.float64)
+    cfg = ILQRConfig(max_iters=300)
+    warm = MountainCar(MountainCarParams())
+    ILQR(warm, MountainCarCost(), 5, config=ILQRConfig(max_iters=2)).solve(x0)  # torch.func import
+    for horizon in (35, 100):
+        real = MountainCar(MountainCarParams(horizon=horizon))
+        free = MountainCar(MountainCarParams(horizon=horizon, action_bound=1e6))
+        cost = MountainCarCost()
+        t0 = time.perf_counter()
+        box = ILQR(real, cost, horizon, lower=-0.25, upper=0.25, config=cfg).solve(x0)
+        t1 = time.perf_counter()
+        unc = ILQR(free, cost, horizon, config=ILQRConfig(max_iters=100)).solve(x0)
+        t2 = time.perf_counter()
+        Xb = real.rollout(x0, box.controls)
+        Xc = real.rollout(x0, unc.controls.clamp(-0.25, 0.25))
+        print(
+            f"  T={horizon:3d}  box-QP iLQR: reached {bool(real.solved(Xb).any())} "
+            f"(max p {Xb[0, :, 0].max().item():.3f}, {int(box.iterations[0])} it, "
+            f"{t1 - t0:.2f} s) | clip-after-solve: reached {bool(real.solved(Xc).any())} "
+            f"(max p {Xc[0, :, 0].max().item():.3f}; unclipped plan max |a| "
+            f"{unc.controls.abs().max().item():.1f}, p_T {unc.states[0, -1, 0].item():.3f}, "
+            f"{int(unc.iterations[0])} it, converged {bool(unc.converged[0])}, "
+            f"{t2 - t1:.2f} s)"
+        )
+
+
+if __name__ == "__main__":
+    print(f"crocoddyl available: {HAVE_CROC}; torch threads 1; numpy backward pass")
+    reach_bench()
+    arm4_bench()
+    mountain_car_bench()

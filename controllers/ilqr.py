@@ -1,0 +1,565 @@
+"""Batched, box-constrained iterative LQR.
+
+Solves ``B`` independent optimal-control problems at once,
+
+    min_{u_0..u_{T-1}}  sum_t l(x_t, u_t, t) + l_T(x_T)
+    s.t.  x_{t+1} = f(x_t, u_t),  x_0 given,  lower <= u_t <= upper,
+
+with the control-limited DDP of Tassa, Mansard & Todorov (2014): the backward pass solves a
+box-constrained QP per step (projected Newton, :mod:`controllers.boxqp`); feedback gains act only on
+the free (unclamped) control dimensions. Levenberg-Marquardt regularisation ``Quu + mu I`` follows
+the adaptive schedule of Tassa, Erez & Todorov (2012); the forward pass backtracks over a set of
+step sizes, chosen per problem. Problems converge (or fail) independently; a finished problem's
+solution is frozen while the rest of the batch iterates.
+
+The dynamics and cost are torch objects; the linear algebra of the backward pass runs in numpy
+float64, batched over problems, because for the small matrices of control problems (nx, nu < 30)
+the per-call overhead dominates and numpy's is several times lower than torch's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from controllers.boxqp import box_qp, masked_hessian
+from controllers.derivatives import cost_derivatives, dynamics_jacobians, trajectory_cost
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_ALPHAS = tuple(float(a) for a in 10.0 ** np.linspace(0.0, -3.0, 11))
+
+
+@dataclass(frozen=True)
+class ILQRConfig:
+    """Solver settings.
+
+    Attributes:
+        max_iters: iteration limit (one iteration = derivatives, backward pass, line search).
+        tol_cost: converged when an accepted step decreases the cost by less than
+            ``tol_cost * |J|`` (relative cost decrease).
+        tol_grad: converged when the feedforward step is small: ``mean_t max_i |k_ti| /
+            (|u_ti| + 1) < tol_grad`` (the "gradient norm" of Tassa et al.) while ``mu <= mu_min``.
+        mu_init: initial Levenberg-Marquardt regularisation added to ``Quu``.
+        mu_min: smallest non-zero ``mu``; decreasing below it sets ``mu = 0``.
+        mu_max: a problem whose ``mu`` exceeds this stops, not converged.
+        mu_factor: base factor of the adaptive (quadratic) mu schedule, > 1.
+        alphas: line-search step sizes tried in order, decreasing, in (0, 1].
+        accept_ratio: a step is accepted when actual / expected cost decrease exceeds this.
+        boxqp_max_iter: iteration limit of the projected-Newton box QP.
+        dtype: dtype in which dynamics and costs are called.
+    """
+
+    max_iters: int = 100
+    tol_cost: float = 1e-9
+    tol_grad: float = 1e-6
+    mu_init: float = 0.0
+    mu_min: float = 1e-6
+    mu_max: float = 1e10
+    mu_factor: float = 1.6
+    alphas: tuple[float, ...] = _DEFAULT_ALPHAS
+    accept_ratio: float = 1e-4
+    boxqp_max_iter: int = 100
+    dtype: torch.dtype = torch.float64
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_iters, int) or self.max_iters < 1:
+            raise ValueError(f"max_iters: expected an int >= 1, got {self.max_iters!r}")
+        for name in ("tol_cost", "tol_grad", "mu_init", "mu_min", "accept_ratio"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}: expected a finite value >= 0, got {v!r}")
+        if not self.mu_max > self.mu_min:
+            raise ValueError(f"mu_max: expected > mu_min={self.mu_min}, got {self.mu_max!r}")
+        if not self.mu_factor > 1:
+            raise ValueError(f"mu_factor: expected > 1, got {self.mu_factor!r}")
+        a = self.alphas
+        if (
+            len(a) == 0
+            or any(not (0 < x <= 1) for x in a)
+            or any(x <= y for x, y in itertools.pairwise(a))
+        ):
+            raise ValueError(f"alphas: expected a non-empty decreasing tuple in (0, 1], got {a!r}")
+        if not isinstance(self.boxqp_max_iter, int) or self.boxqp_max_iter < 1:
+            raise ValueError(f"boxqp_max_iter: expected an int >= 1, got {self.boxqp_max_iter!r}")
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype: expected torch.float32 or torch.float64, got {self.dtype!r}")
+
+
+@dataclass
+class ILQRResult:
+    """A batch of plans.
+
+    The time-varying feedback policy around the plan is ``u_t = controls_t + K_t (x - states_t)``,
+    clipped to the bounds; ``K`` is zero on control dims clamped at a bound.
+
+    Attributes:
+        states: ``(B, T+1, nx)``.
+        controls: ``(B, T, nu)``.
+        K: feedback gains ``(B, T, nu, nx)`` from the last backward pass.
+        k: feedforward steps ``(B, T, nu)`` of the last backward pass (about 0 when converged).
+        cost: final cost ``(B,)``.
+        cost_history: ``(B, I+1)``, the cost before the first and after every iteration
+            (constant after a problem finished).
+        iterations: ``(B,)`` iterations each problem ran.
+        converged: ``(B,)`` bool; non-convergence is reported here, never raised.
+        mu: ``(B,)`` final regularisation.
+    """
+
+    states: Tensor
+    controls: Tensor
+    K: Tensor
+    k: Tensor
+    cost: Tensor
+    cost_history: Tensor
+    iterations: Tensor
+    converged: Tensor
+    mu: Tensor = field(repr=False)
+
+
+def _bounds(name: str, value: Any, nu: int, fill: float) -> np.ndarray:
+    if value is None:
+        return np.full((1, nu), fill)
+    a = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value, dtype=np.float64)
+    if a.ndim == 0:
+        a = np.full((nu,), float(a))
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2 or a.shape[-1] != nu:
+        raise ValueError(f"{name}: expected a scalar, ({nu},) or (B, {nu}), got shape {a.shape}")
+    if np.isnan(a).any():
+        raise ValueError(f"{name}: expected no NaN, got {a.tolist()}")
+    return a
+
+
+def _spd_solve(H: np.ndarray, R: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """``-H^{-1} R`` for a batch of symmetric ``H (B, n, n)``, and which ``H`` are not PD.
+
+    Returns ``(bad, X)`` with ``bad`` None when every ``H`` is positive definite; rows of ``X``
+    for bad problems are meaningless. n = 1 and 2 use closed forms because LAPACK's per-call
+    overhead is several times the arithmetic at that size.
+    """
+    n = H.shape[-1]
+    if n == 1:
+        h = H[:, 0, 0]
+        bad = ~(h > 0)
+        return (bad if bad.any() else None), -R / np.where(bad, 1.0, h)[:, None, None]
+    if n == 2:
+        a, b, d = H[:, 0, 0], H[:, 0, 1], H[:, 1, 1]
+        det = a * d - b * b
+        bad = ~((a > 0) & (det > 0))
+        det = np.where(bad, 1.0, det)[:, None]
+        a, b, d = a[:, None], b[:, None], d[:, None]
+        r0, r1 = R[:, 0], R[:, 1]
+        X = np.stack([(b * r1 - d * r0) / det, (b * r0 - a * r1) / det], 1)
+        return (bad if bad.any() else None), X
+    try:
+        np.linalg.cholesky(H)
+        bad = None
+    except np.linalg.LinAlgError:
+        bad = ~np.isfinite(H).all((-1, -2))
+        Hs = np.where(bad[:, None, None], np.eye(n), H)
+        bad |= np.linalg.eigvalsh(Hs).min(-1) <= 0
+        H = np.where(bad[:, None, None], np.eye(n), H)
+    return bad, -np.linalg.solve(H, R)
+
+
+class ILQR:
+    """Batched box-constrained iLQR planner.
+
+    Args:
+        dynamics: satisfies :class:`controllers.Dynamics`; ``jacobians(x, u)`` is used if present,
+            else ``torch.func.jacrev``.
+        cost: satisfies :class:`controllers.Cost`; ``quadratize``/``trajectory`` used if present.
+        horizon: number of controls ``T >= 1``.
+        lower: control lower bound, scalar, ``(nu,)`` or ``(B, nu)``; None for unbounded.
+        upper: control upper bound, like ``lower``.
+        config: :class:`ILQRConfig`.
+    """
+
+    def __init__(
+        self,
+        dynamics: Any,
+        cost: Any,
+        horizon: int,
+        lower: Tensor | Sequence[float] | float | None = None,
+        upper: Tensor | Sequence[float] | float | None = None,
+        config: ILQRConfig | None = None,
+    ) -> None:
+        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
+            raise ValueError(f"horizon: expected an int >= 1, got {horizon!r}")
+        for attr in ("nx", "nu", "step"):
+            if not hasattr(dynamics, attr):
+                raise TypeError(
+                    f"dynamics: expected an object with .{attr} (Dynamics protocol), "
+                    f"got {type(dynamics).__name__}"
+                )
+        for attr in ("running", "terminal"):
+            if not hasattr(cost, attr):
+                raise TypeError(
+                    f"cost: expected an object with .{attr}() (Cost protocol), "
+                    f"got {type(cost).__name__}"
+                )
+        self.dynamics, self.cost, self.horizon = dynamics, cost, horizon
+        self.nx, self.nu = int(dynamics.nx), int(dynamics.nu)
+        self.config = config if config is not None else ILQRConfig()
+        # Optional fast path for simulators that work in numpy float64 (MujocoDynamics).
+        self._step_numpy = getattr(dynamics, "step_numpy", None)
+        self.lower = _bounds("lower", lower, self.nu, -np.inf)
+        self.upper = _bounds("upper", upper, self.nu, np.inf)
+        lo, hi = np.broadcast_arrays(self.lower, self.upper)
+        bad = lo > hi
+        if bad.any():
+            raise ValueError(
+                f"lower: expected lower <= upper elementwise, got lower={lo[bad]} "
+                f"above upper={hi[bad]}"
+            )
+        self.bounded = bool(np.isfinite(self.lower).any() or np.isfinite(self.upper).any())
+
+    # ---------------------------------------------------------------- helpers
+    def _step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        if self._step_numpy is not None:
+            return self._step_numpy(x, u)
+        dt = self.config.dtype
+        with torch.no_grad():
+            y = self.dynamics.step(torch.from_numpy(x).to(dt), torch.from_numpy(u).to(dt))
+        return y.detach().to(torch.float64).cpu().numpy()
+
+    def _cost(self, X: np.ndarray, U: np.ndarray) -> np.ndarray:
+        dt = self.config.dtype
+        with torch.no_grad():
+            J = trajectory_cost(self.cost, torch.from_numpy(X).to(dt), torch.from_numpy(U).to(dt))
+        return J.detach().to(torch.float64).cpu().numpy().reshape(-1)
+
+    def _rollout(
+        self,
+        x0: np.ndarray,
+        U: np.ndarray,
+        X: np.ndarray | None = None,
+        k: np.ndarray | None = None,
+        K: np.ndarray | None = None,
+        alpha: float = 1.0,
+        rows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Open loop (``k is None``) or closed loop around ``(X, U)`` with step ``alpha``.
+
+        With ``rows`` (bool ``(B,)``), only those problems are simulated (dynamics rows are
+        independent) and the others keep ``(X, U)``: finished problems cost nothing.
+        """
+        if rows is not None and not rows.all():
+            i = np.nonzero(rows)[0]
+            Xn, Un = X.copy(), U.copy()
+            lo = self.lower[i] if self.lower.shape[0] > 1 else self.lower
+            hi = self.upper[i] if self.upper.shape[0] > 1 else self.upper
+            Xn[i], Un[i] = self._simulate(x0[i], U[i], X[i], k[i], K[i], alpha, lo, hi)
+            return Xn, Un
+        return self._simulate(x0, U, X, k, K, alpha, self.lower, self.upper)
+
+    def _simulate(
+        self,
+        x0: np.ndarray,
+        U: np.ndarray,
+        X: np.ndarray | None,
+        k: np.ndarray | None,
+        K: np.ndarray | None,
+        alpha: float,
+        lo: np.ndarray,
+        hi: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        nb, T = U.shape[:2]
+        Xn = np.empty((nb, T + 1, self.nx))
+        Un = np.empty_like(U)
+        Xn[:, 0] = x0
+        x = x0
+        if self.bounded:
+            with np.errstate(invalid="ignore"):
+                snap_lo = 1e-12 * (1.0 + np.abs(lo))
+                snap_hi = 1e-12 * (1.0 + np.abs(hi))
+        for t in range(T):
+            if k is None:
+                u = U[:, t]
+            else:
+                fb = (K[:, t] @ (x - X[:, t])[..., None])[..., 0]
+                u = U[:, t] + alpha * k[:, t] + fb
+            if self.bounded:
+                u = np.clip(u, lo, hi)
+                if k is not None:
+                    # The box QP gives k = bound - u_t on clamped dims; u_t + k can round to a
+                    # few ulps inside the bound. Snap so active constraints hold exactly.
+                    u = np.where(np.abs(u - lo) <= snap_lo, lo, u)
+                    u = np.where(np.abs(u - hi) <= snap_hi, hi, u)
+            Un[:, t] = u
+            x = self._step(x, u)
+            Xn[:, t + 1] = x
+        return Xn, Un
+
+    def _validate(self, x0: Tensor, U0: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(x0, Tensor):
+            raise TypeError(
+                f"x0: expected a torch.Tensor of shape (B, {self.nx}), got {type(x0).__name__}"
+            )
+        if x0.ndim != 2 or x0.shape[1] != self.nx or x0.shape[0] < 1:
+            raise ValueError(f"x0: expected shape (B, {self.nx}), got {tuple(x0.shape)}")
+        x = x0.detach().to(torch.float64).cpu().numpy()
+        if not np.isfinite(x).all():
+            raise ValueError(
+                f"x0: expected finite values, got NaN/inf in rows "
+                f"{np.nonzero(~np.isfinite(x).all(1))[0].tolist()}"
+            )
+        nb, T = x.shape[0], self.horizon
+        for name, b in (("lower", self.lower), ("upper", self.upper)):
+            if b.shape[0] not in (1, nb):
+                raise ValueError(
+                    f"{name}: expected batch size 1 or {nb} (from x0), got {b.shape[0]}"
+                )
+        if U0 is None:
+            U = np.zeros((nb, T, self.nu))
+        else:
+            if not isinstance(U0, Tensor):
+                raise TypeError(f"U0: expected a torch.Tensor, got {type(U0).__name__}")
+            if tuple(U0.shape) != (nb, T, self.nu):
+                raise ValueError(
+                    f"U0: expected shape {(nb, T, self.nu)} (B, horizon, nu), got {tuple(U0.shape)}"
+                )
+            U = U0.detach().to(torch.float64).cpu().numpy().copy()
+            if not np.isfinite(U).all():
+                raise ValueError("U0: expected finite values, got NaN/inf")
+        if self.bounded:
+            U = np.clip(U, self.lower[:, None], self.upper[:, None])
+        return x, U
+
+    def _derivatives(
+        self, X: np.ndarray, U: np.ndarray, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """Derivatives packed for the backward pass.
+
+        Returns ``Faug (B, T, 1+nx, 1+nz)`` = blockdiag(1, [A B]), ``FT (B, T, nz, nx)`` =
+        [A B]^T, ``Laug (B, T, nz, 1+nz)`` = [l_z | l_zz] and the terminal ``V (B, nx, 1+nx)`` =
+        [V_x | V_xx], where ``z = [x, u]`` and ``nz = nx + nu``.
+        """
+        nb, T = U.shape[:2]
+        nx, nu = self.nx, self.nu
+        nz = nx + nu
+        dt = self.config.dtype
+        # Dynamics Jacobians only for unfinished problems (they dominate for simulators).
+        i = np.arange(nb) if rows is None else np.nonzero(rows)[0]
+        ni = len(i)
+        xs = torch.from_numpy(np.ascontiguousarray(X[i, :T]).reshape(ni * T, nx)).to(dt)
+        us = torch.from_numpy(np.ascontiguousarray(U[i]).reshape(ni * T, nu)).to(dt)
+        A, Bm = dynamics_jacobians(self.dynamics, xs, us)
+        A = np.asarray(A.detach().to(torch.float64).cpu().numpy() if isinstance(A, Tensor) else A)
+        Bm = np.asarray(
+            Bm.detach().to(torch.float64).cpu().numpy() if isinstance(Bm, Tensor) else Bm
+        )
+        Faug = np.zeros((nb, T, 1 + nx, 1 + nz))
+        Faug[..., 0, 0] = 1.0
+        Faug[i, :, 1:, 1 : 1 + nx] = A.reshape(ni, T, nx, nx)
+        Faug[i, :, 1:, 1 + nx :] = Bm.reshape(ni, T, nx, nu)
+        FT = np.ascontiguousarray(np.swapaxes(Faug[..., 1:, 1:], -1, -2))
+        c = cost_derivatives(self.cost, torch.from_numpy(X).to(dt), torch.from_numpy(U).to(dt))
+        Laug = np.empty((nb, T, nz, 1 + nz))
+        Laug[..., :nx, 0] = c.lx[:, :T]
+        Laug[..., nx:, 0] = c.lu
+        Laug[..., :nx, 1 : 1 + nx] = c.lxx[:, :T]
+        Laug[..., nx:, 1 + nx :] = c.luu
+        Laug[..., nx:, 1 : 1 + nx] = c.lux
+        Laug[..., :nx, 1 + nx :] = np.swapaxes(c.lux, -1, -2)
+        VT = np.concatenate([c.lx[:, T, :, None], c.lxx[:, T]], axis=-1)
+        return Faug, FT, Laug, VT
+
+    def _backward(
+        self,
+        U: np.ndarray,
+        Faug: np.ndarray,
+        FT: np.ndarray,
+        Laug: np.ndarray,
+        VT: np.ndarray,
+        mu: np.ndarray,
+        k_prev: np.ndarray,
+    ) -> tuple[np.ndarray, ...]:
+        """Riccati sweep with a box QP per step. Returns ``ok (B,)``, k, K, dV1, dV2.
+
+        Works on augmented matrices so that each step is a handful of batched calls (the
+        Python overhead per call dominates at these sizes): with ``V = [V_x | V_xx]``,
+        ``Q = [Q_z | Q_zz] = Laug_t + F^T (V blockdiag(1, F))`` and, for the affine policy
+        ``du = k + K dx`` packed as ``Gaug = [[1, 0], [0, I], [k, K]]``, the new value is
+        ``V = [I 0 ... ; K]^T Q Gaug`` (Tassa et al. 2012, eq. 11 in matrix form).
+        """
+        nb, T = U.shape[:2]
+        nx, nu = self.nx, self.nu
+        eye_u = np.eye(nu)
+        S = np.zeros((nb, T, nu, 1 + nx))  # [k | K]
+        Qu_all = np.empty((nb, T, nu))
+        Quu_all = np.empty((nb, T, nu, nu))
+        ok = np.ones(nb, dtype=bool)
+        V = VT
+        Gaug = np.zeros((nb, 1 + nx + nu, 1 + nx))
+        Gaug[:, 0, 0] = 1.0
+        Gaug[:, 1 : 1 + nx, 1:] = np.eye(nx)
+        GT = np.swapaxes(Gaug[:, 1:, 1:], -1, -2)  # view: follows Gaug's K block
+        lo = np.broadcast_to(self.lower, (nb, nu))
+        hi = np.broadcast_to(self.upper, (nb, nu))
+        mu_i = mu[:, None, None] * eye_u
+        bounded = self.bounded
+        for t in range(T - 1, -1, -1):
+            Q = Laug[:, t] + FT[:, t] @ (V @ Faug[:, t])
+            Qu_rows = Q[:, nx:]  # [Q_u | Q_ux | Q_uu]
+            Quu = Qu_rows[:, :, 1 + nx :]
+            H = Quu + mu_i
+            bad, sol = _spd_solve(H, Qu_rows[:, :, : 1 + nx])
+            if bad is not None:
+                ok &= ~bad
+                H = np.where(bad[:, None, None], eye_u, H)
+            if bounded:
+                ut = U[:, t]
+                kt = sol[..., 0]
+                viol = ((ut + kt < lo) | (ut + kt > hi)).any(-1)
+                if viol.any():
+                    i = np.nonzero(viol)[0]
+                    Qu = Qu_rows[i, :, 0]
+                    res = box_qp(
+                        H[i],
+                        Qu,
+                        lo[i] - ut[i],
+                        hi[i] - ut[i],
+                        k_prev[i, t],
+                        max_iter=self.config.boxqp_max_iter,
+                    )
+                    Hm = masked_hessian(H[i], res.free)
+                    Ki = np.linalg.solve(
+                        Hm, -np.where(res.free[..., None], Qu_rows[i, :, 1 : 1 + nx], 0.0)
+                    )
+                    sol[i, :, 0] = res.x
+                    sol[i, :, 1:] = Ki
+            S[:, t] = sol
+            Qu_all[:, t] = Qu_rows[:, :, 0]
+            Quu_all[:, t] = Quu
+            Gaug[:, 1 + nx :] = sol
+            V = GT @ (Q @ Gaug)
+            Vxx = V[:, :, 1:]
+            V[:, :, 1:] = 0.5 * (Vxx + np.swapaxes(Vxx, -1, -2))
+        k = S[..., 0]
+        K = S[..., 1:]
+        dV1 = np.einsum("bti,bti->b", k, Qu_all)
+        dV2 = 0.5 * np.einsum("bti,btij,btj->b", k, Quu_all, k)
+        return ok, np.ascontiguousarray(k), np.ascontiguousarray(K), dV1, dV2
+
+    # ---------------------------------------------------------------- solve
+    def solve(self, x0: Tensor, U0: Tensor | None = None) -> ILQRResult:
+        """Plan from initial states ``x0 (B, nx)``, warm-started from ``U0 (B, T, nu)``.
+
+        Args:
+            x0: initial states, shape ``(B, nx)``, finite.
+            U0: initial control sequences, shape ``(B, T, nu)``; zeros when None. Projected onto
+                the bounds.
+
+        Returns:
+            :class:`ILQRResult`. Problems that did not converge within ``max_iters`` or whose
+            regularisation exceeded ``mu_max`` have ``converged == False``.
+        """
+        cfg = self.config
+        x0n, U = self._validate(x0, U0)
+        nb, T = U.shape[:2]
+        X, U = self._rollout(x0n, U)
+        J = self._cost(X, U)
+        if not np.isfinite(J).all() or not np.isfinite(X).all():
+            raise ValueError(
+                "x0/U0: the initial rollout has non-finite states or cost in rows "
+                f"{np.nonzero(~np.isfinite(J))[0].tolist()}"
+            )
+        mu = np.full(nb, cfg.mu_init)
+        delta = np.ones(nb)
+        done = np.zeros(nb, dtype=bool)
+        converged = np.zeros(nb, dtype=bool)
+        iters = np.zeros(nb, dtype=np.int64)
+        history = [J.copy()]
+        k_out = np.zeros((nb, T, self.nu))
+        K_out = np.zeros((nb, T, self.nu, self.nx))
+        alphas = cfg.alphas
+
+        def increase(mask: np.ndarray) -> None:
+            delta[mask] = np.maximum(cfg.mu_factor, delta[mask] * cfg.mu_factor)
+            mu[mask] = np.maximum(cfg.mu_min, mu[mask] * delta[mask])
+
+        def decrease(mask: np.ndarray) -> None:
+            delta[mask] = np.minimum(1.0 / cfg.mu_factor, delta[mask] / cfg.mu_factor)
+            m = mu[mask] * delta[mask]
+            mu[mask] = np.where(m > cfg.mu_min, m, 0.0)
+
+        for _ in range(cfg.max_iters):
+            active = ~done
+            iters[active] += 1
+            derivs = self._derivatives(X, U, rows=active)
+            # Backward pass; problems whose Quu + mu I is not positive definite get more mu.
+            while True:
+                ok, k, K, dV1, dV2 = self._backward(U, *derivs, mu, k_out)
+                failed = active & ~ok
+                if not failed.any():
+                    break
+                increase(failed)
+                over = failed & (mu > cfg.mu_max)
+                done |= over
+                active &= ~over
+                if not (active & ~ok).any():
+                    break
+            upd = active[:, None, None]
+            k_out = np.where(upd, k, k_out)
+            K_out = np.where(upd[..., None], K, K_out)
+            gnorm = (np.abs(k) / (np.abs(U) + 1.0)).max(-1).mean(-1)
+            small = active & (gnorm < cfg.tol_grad) & (mu <= cfg.mu_min)
+            converged |= small
+            done |= small
+            decrease(small)
+            trial = active & ~small
+            accepted = np.zeros(nb, dtype=bool)
+            Xnew, Unew, Jnew = X.copy(), U.copy(), J.copy()
+            for a in alphas:
+                pending = trial & ~accepted
+                if not pending.any():
+                    break
+                Xa, Ua = self._rollout(x0n, U, X, k, K, a, rows=pending)
+                Ja = self._cost(Xa, Ua)
+                expected = -(a * dV1 + a * a * dV2)
+                actual = J - Ja
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    z = actual / expected
+                acc = pending & np.isfinite(Ja) & (expected > 0) & (z > cfg.accept_ratio)
+                if acc.any():
+                    Xnew[acc], Unew[acc], Jnew[acc] = Xa[acc], Ua[acc], Ja[acc]
+                    accepted |= acc
+            rejected = trial & ~accepted
+            decrease(accepted)
+            increase(rejected)
+            rel = (J - Jnew) / np.maximum(np.abs(J), 1e-300)
+            flat = accepted & (rel < cfg.tol_cost)
+            converged |= flat
+            done |= flat | (rejected & (mu > cfg.mu_max))
+            X, U, J = Xnew, Unew, Jnew
+            history.append(J.copy())
+            if done.all():
+                break
+        n_nc = int((~converged).sum())
+        if n_nc:
+            log.info("iLQR: %d of %d problems did not converge", n_nc, nb)
+
+        def out(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(cfg.dtype)
+
+        return ILQRResult(
+            states=out(X),
+            controls=out(U),
+            K=out(K_out),
+            k=out(k_out),
+            cost=out(J),
+            cost_history=out(np.stack(history, axis=1)),
+            iterations=torch.from_numpy(iters),
+            converged=torch.from_numpy(converged),
+            mu=out(mu),
+        )

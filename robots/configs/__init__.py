@@ -1,0 +1,1 @@
+"""Arm configurations shipped as YAML package data."""

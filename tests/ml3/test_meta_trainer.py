@@ -1,0 +1,135 @@
+"""MetaTrainer: exact resume after SIGKILL, atomic checkpoints, non-finite guards."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ml3_robotics.errors import NonFiniteError
+from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer
+
+
+def _quadratic_problem():
+    loss = LearnedLoss(LossConfig(FeatureSpec(("x",)), hidden=(4,)))
+    loss.reset_parameters(torch.Generator().manual_seed(0))
+
+    def objective(iteration, g):
+        x = torch.randn(8, 1, generator=g)
+        return (loss(x) - x.squeeze(-1) ** 2).pow(2).mean()
+
+    return loss, objective
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path):
+    loss_a, obj_a = _quadratic_problem()
+    MetaTrainer(loss_a, obj_a, MetaTrainConfig(12, lr=1e-2, seed=5)).run()
+
+    loss_b, obj_b = _quadratic_problem()
+    ckpt = tmp_path / "ckpt.safetensors"
+    MetaTrainer(
+        loss_b, obj_b, MetaTrainConfig(7, lr=1e-2, seed=5, checkpoint_every=7), checkpoint_path=ckpt
+    ).run()
+    loss_c, obj_c = _quadratic_problem()  # fresh process state: only the checkpoint carries over
+    trainer = MetaTrainer(loss_c, obj_c, MetaTrainConfig(12, lr=1e-2, seed=5), checkpoint_path=ckpt)
+    trainer.run(resume=True)
+    assert trainer.iteration == 12 and len(trainer.history) == 12
+    for (name, a), (_, c) in zip(
+        loss_a.state_dict().items(), loss_c.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, c), name
+
+
+def test_non_finite_stops_and_keeps_last_checkpoint(tmp_path):
+    loss, objective = _quadratic_problem()
+
+    def poisoned(iteration, g):
+        value = objective(iteration, g)
+        return value * float("nan") if iteration == 5 else value
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    trainer = MetaTrainer(
+        loss, poisoned, MetaTrainConfig(10, seed=1, checkpoint_every=1), checkpoint_path=ckpt
+    )
+    with pytest.raises(NonFiniteError, match=r"outer iteration 5.*left intact"):
+        trainer.run()
+    with safe_open(ckpt, framework="pt") as f:
+        assert f.metadata()["iteration"] == "5"  # the five good updates, 0..4
+    saved = load_file(ckpt)
+    before = {k[len("loss.") :]: v for k, v in saved.items() if k.startswith("loss.")}
+    # phi was not touched by the NaN step: it equals the last good checkpoint
+    for name, value in loss.state_dict().items():
+        assert torch.equal(before[name], value), name
+
+
+def test_non_finite_gradient_is_caught(tmp_path):
+    loss, objective = _quadratic_problem()
+
+    def bad_grad(iteration, g):
+        value = objective(iteration, g)
+        # finite value, infinite gradient: sqrt at 0
+        return value + torch.sqrt(torch.zeros(()) * next(loss.parameters()).sum())
+
+    with pytest.raises(NonFiniteError, match="meta-gradient"):
+        MetaTrainer(loss, bad_grad, MetaTrainConfig(3)).run()
+
+
+def test_bad_meta_config():
+    with pytest.raises(ValueError, match="outer_steps"):
+        MetaTrainConfig(-1)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        MetaTrainConfig(3, checkpoint_every=0)
+
+
+def _ml3r(*args):
+    return [sys.executable, "-m", "ml3_robotics.cli", *args]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    """A run killed with SIGKILL mid-training and resumed ends with the same learned loss."""
+    sets = ["--set", "outer_steps=300", "--set", "checkpoint_every=5", "--set", "eval_every=1000"]
+    reference = tmp_path / "reference"
+    subprocess.run(
+        _ml3r("run", "sine", "--smoke", *sets, "--out", str(reference)),
+        check=True,
+        capture_output=True,
+    )
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _ml3r("run", "sine", "--smoke", *sets, "--out", str(killed)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = killed / "checkpoints" / "meta_train.safetensors"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (
+            ckpt.exists()
+            and (killed / "metrics.csv").exists()
+            and sum(1 for _ in (killed / "metrics.csv").open()) > 30
+        ):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "loss.safetensors").exists()
+
+    done = subprocess.run(
+        _ml3r("run", "sine", "--resume", "--out", str(killed)), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    a = load_file(reference / "loss.safetensors")
+    b = load_file(killed / "loss.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    rows = (killed / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 301  # header + one row per outer iteration, none lost or repeated
