@@ -624,5 +624,6 @@ EXPERIMENT = Experiment(
         "landscape_grid": 5,
         "checkpoint_every": 2,
         "eval_every": 2,
+        "ilqr_iters": 3,
     },
 )

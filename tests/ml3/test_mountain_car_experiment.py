@@ -61,6 +61,12 @@ def test_smoke_run_both_variants_writes_every_artefact(tmp_path):
         assert keys <= set(metrics)
         assert all(0.0 <= metrics[k] <= 1.0 for k in keys)
     assert doc["baselines"]["task_loss_sgd"]["lr"] in (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    # box-constrained iLQR from every warm start, success after 1, 2 and the last iteration
+    for init in ("zeros", "plus", "minus", "random"):
+        entry = doc["baselines"][f"ilqr_{init}"]
+        assert {"success_train_k1", "success_train_k2", "success_train_last"} <= set(entry)
+        assert {"success_heldout_k1", "success_heldout_last", "converged_heldout"} <= set(entry)
+    assert set(doc["extra"]["success_curves"]["ilqr_zeros"]) == {"train", "heldout"}
     # the meta-train log has rows for both objectives, with the extra term only for "goal"
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
@@ -78,12 +84,12 @@ def test_set_extra_selects_one_objective(tmp_path, extra):
 
 
 def test_single_variant_run_and_reload_of_its_loss(tmp_path):
-    _, result = _run(tmp_path / "a", ["extra=none"])
+    _, result = _run(tmp_path / "a", ["extra=none", "ilqr=false"])
     assert result.extra["main_method"] == "ml3_none"
     assert "ml3_goal" not in result.baselines
     # a saved loss is re-evaluated without meta-training, giving the same meta-test figures
     loss_path = str(tmp_path / "a" / "loss_none")
-    _, again = _run(tmp_path / "b", ["extra=none", f"loss_path={loss_path}"])
+    _, again = _run(tmp_path / "b", ["extra=none", "ilqr=false", f"loss_path={loss_path}"])
     assert not (tmp_path / "b" / "checkpoints" / "meta_train_none.safetensors").exists()
     assert again.metrics == result.metrics
 
