@@ -104,6 +104,8 @@ class BatchedMLP:
         bias: whether layers carry biases.
         activation: hidden activation (``"none"`` gives the paper's linear MountainCar policy).
         bound: action bound, or None for unbounded outputs.
+        input_scale: optional per-input divisor ``(nx,)``: the network sees ``x / input_scale``
+            (so that small-but-important state components get comparable gradients).
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class BatchedMLP:
         bias: bool = True,
         activation: str = "tanh",
         bound: float | None = None,
+        input_scale: Sequence[float] | None = None,
     ) -> None:
         widths = tuple(int(w) for w in widths)
         if len(widths) < 2 or any(w < 1 for w in widths):
@@ -126,6 +129,13 @@ class BatchedMLP:
             )
         if bound is not None and not bound > 0:
             raise ValueError(f"bound: expected a positive number or None, got {bound!r}")
+        if input_scale is not None:
+            input_scale = tuple(float(v) for v in input_scale)
+            if len(input_scale) != widths[0] or any(not v > 0 for v in input_scale):
+                raise ValueError(
+                    f"input_scale: expected {widths[0]} positive numbers, got {input_scale!r}"
+                )
+        self.input_scale = input_scale
         self.widths = widths
         self.bias = bias
         self.activation = activation
@@ -150,6 +160,8 @@ class BatchedMLP:
     def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         act = _POLICY_ACTIVATIONS[self.activation]
         h = x
+        if self.input_scale is not None:
+            h = h / torch.tensor(self.input_scale, dtype=x.dtype, device=x.device)
         n_layers = len(self.widths) - 1
         for i in range(n_layers):
             h = (params[f"w{i}"] @ h[..., None])[..., 0]

@@ -273,6 +273,12 @@ def test_batched_mlp_equals_module_policy():
     }
     x = torch.randn(3, 2, dtype=D)
     torch.testing.assert_close(fast(params, x), ModulePolicy(module)(as_module, x))
+    scaled = BatchedMLP((2, 5, 1), activation="tanh", input_scale=(2.0, 0.5))
+    torch.testing.assert_close(
+        scaled(params, x), fast(params, x / torch.tensor([2.0, 0.5], dtype=D))
+    )
+    with pytest.raises(ValueError, match="input_scale"):
+        BatchedMLP((2, 5, 1), input_scale=(1.0,))
 
 
 def test_each_problem_is_trained_on_its_own_loss():
