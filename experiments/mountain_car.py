@@ -267,8 +267,9 @@ def _final_distance(trace: PolicyTrace) -> np.ndarray:
 
 
 def _summary(train_rate: np.ndarray, held_rate: np.ndarray, held_dist: np.ndarray) -> dict:
+    # k0: the fresh, untrained policies (the chance level every method starts from)
     out: dict[str, float] = {}
-    for k in REPORT_STEPS:
+    for k in (0, *REPORT_STEPS):
         if k < len(train_rate):
             out[f"success_train_k{k}"] = float(train_rate[k])
             out[f"success_heldout_k{k}"] = float(held_rate[k])

@@ -53,6 +53,7 @@ def test_smoke_run_both_variants_writes_every_artefact(tmp_path):
     # with and without the intermediate goal, and the task-loss baseline, same metric names
     assert {"ml3_none", "task_loss_sgd"} <= set(doc["baselines"])
     keys = {"success_train_k1", "success_train_k2", "success_heldout_k1", "success_heldout_k2"}
+    keys |= {"success_train_k0", "success_heldout_k0"}
     for metrics in (
         doc["metrics"],
         doc["baselines"]["ml3_none"],
@@ -60,6 +61,9 @@ def test_smoke_run_both_variants_writes_every_artefact(tmp_path):
     ):
         assert keys <= set(metrics)
         assert all(0.0 <= metrics[k] <= 1.0 for k in keys)
+    # every method starts from the same fresh policies: identical success before any step
+    methods = (doc["metrics"], doc["baselines"]["ml3_none"], doc["baselines"]["task_loss_sgd"])
+    assert len({m["success_heldout_k0"] for m in methods}) == 1
     assert doc["baselines"]["task_loss_sgd"]["lr"] in (1e-3, 1e-2, 1e-1, 1.0, 10.0)
     # box-constrained iLQR from every warm start, success after 1, 2 and the last iteration
     for init in ("zeros", "plus", "minus", "random"):
