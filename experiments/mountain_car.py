@@ -572,7 +572,13 @@ def _plot_success(ctx: RunContext, traces, car: MountainCar, ilqr_result) -> Non
             curve = entry["success_curve"]["train" if idx == 0 else "heldout"]
             iters = [int(i) for i in curve]
             ax.plot(iters, list(curve.values()), marker="s", ls="--", label=f"{name} (iters)")
-        ax.set(title=title, xlabel="inner step", ylabel="success rate", ylim=(-0.05, 1.05))
+        ax.set(
+            title=title,
+            xlabel="inner step (ML3, SGD) / iteration (iLQR)",
+            ylabel="success rate",
+            ylim=(-0.05, 1.05),
+        )
+        ax.set_xscale("symlog", linthresh=5)  # steps 0-5 linear, iLQR's iteration limit beyond
         ax.grid(alpha=0.3)
         ax.legend()
     save(fig, ctx.path("success_vs_step.png"))
