@@ -57,7 +57,10 @@ def _quiet_mujoco() -> Iterator[None]:
             mujoco.MjLogConfig.set(cfg)
         _quiet_depth += 1
     try:
-        yield
+        # The one-call overflow checks of _step_numpy square the values; a diverged row may
+        # overflow to inf there, which is the intended "not fine" answer, not a warning.
+        with np.errstate(over="ignore"):
+            yield
     finally:
         with _quiet_lock:
             _quiet_depth -= 1
@@ -171,7 +174,9 @@ class MujocoDynamics:
         """Context for many consecutive :meth:`step_numpy` / :meth:`jacobians` calls.
 
         MuJoCo's log file and console output are switched off once for the whole block instead
-        of once per call (the iLQR enters it around a solve). Results do not depend on it.
+        of once per call (the iLQR enters it around a solve), and numpy overflow warnings are
+        off in this thread (diverged trial rollouts are expected and come back as NaN rows).
+        Results do not depend on it.
         """
         return _quiet_mujoco()
 
