@@ -431,8 +431,13 @@ class ILQR:
         VT: np.ndarray,
         mu: np.ndarray,
         k_prev: np.ndarray,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
     ) -> tuple[np.ndarray, ...]:
         """Riccati sweep with a box QP per step. Returns ``ok (B,)``, k, K, dV1, dV2.
+
+        ``lower``/``upper`` (``(1, nu)`` or ``(B, nu)``) default to the solver's bounds; the
+        solve passes the rows of the problems it sweeps.
 
         Works on augmented matrices so that each step is a handful of batched calls (the
         Python overhead per call dominates at these sizes): with ``V = [V_x | V_xx]``,
@@ -451,8 +456,8 @@ class ILQR:
         Gaug[:, 0, 0] = 1.0
         Gaug[:, 1 : 1 + nx, 1:] = np.eye(nx)
         GT = np.swapaxes(Gaug[:, 1:, 1:], -1, -2)  # view: follows Gaug's K block
-        lo = np.broadcast_to(self.lower, (nb, nu))
-        hi = np.broadcast_to(self.upper, (nb, nu))
+        lo = np.broadcast_to(self.lower if lower is None else lower, (nb, nu))
+        hi = np.broadcast_to(self.upper if upper is None else upper, (nb, nu))
         # mu = 0 (the usual state near convergence) adds nothing: skip the addition.
         mu_i = mu[:, None, None] * eye_u if (mu != 0).any() else None
         bounded = self.bounded
@@ -501,6 +506,35 @@ class ILQR:
         dV1 = np.einsum("bti,bti->b", k, Qs[..., 0])
         dV2 = 0.5 * np.einsum("bti,btij,btj->b", k, Qs[..., 1 + nx :], k)
         return ok, np.ascontiguousarray(k), np.ascontiguousarray(K), dV1, dV2
+
+    def _backward_rows(
+        self,
+        rows: np.ndarray,
+        U: np.ndarray,
+        derivs: tuple[np.ndarray, ...],
+        mu: np.ndarray,
+        k_out: np.ndarray,
+        K_out: np.ndarray,
+    ) -> tuple[np.ndarray, ...]:
+        """:meth:`_backward` for the problems in ``rows`` only (finished ones cost nothing).
+
+        Rows are independent, so the swept problems get the same numbers as in a full sweep;
+        the others report ``ok``, keep ``k_out``/``K_out`` and have zero expected decrease.
+        """
+        if rows.all():
+            return self._backward(U, *derivs, mu, k_out)
+        i = np.nonzero(rows)[0]
+        lo = self.lower[i] if self.lower.shape[0] > 1 else self.lower
+        hi = self.upper[i] if self.upper.shape[0] > 1 else self.upper
+        ok_i, k_i, K_i, dV1_i, dV2_i = self._backward(
+            U[i], *(a[i] for a in derivs), mu[i], k_out[i], lo, hi
+        )
+        nb = len(rows)
+        ok = np.ones(nb, dtype=bool)
+        k, K = k_out.copy(), K_out.copy()
+        dV1, dV2 = np.zeros(nb), np.zeros(nb)
+        ok[i], k[i], K[i], dV1[i], dV2[i] = ok_i, k_i, K_i, dV1_i, dV2_i
+        return ok, k, K, dV1, dV2
 
     # ---------------------------------------------------------------- solve
     def solve(self, x0: Tensor, U0: Tensor | None = None) -> ILQRResult:
@@ -563,7 +597,7 @@ class ILQR:
             stale[active] = False
             # Backward pass; problems whose Quu + mu I is not positive definite get more mu.
             while True:
-                ok, k, K, dV1, dV2 = self._backward(U, *derivs, mu, k_out)
+                ok, k, K, dV1, dV2 = self._backward_rows(active, U, derivs, mu, k_out, K_out)
                 failed = active & ~ok
                 if not failed.any():
                     break

@@ -158,3 +158,27 @@ def test_spd_solve_single_problem_path_equals_batched_path() -> None:
         else:
             n_bad += 1
     assert 0 < n_bad < 200  # both branches exercised
+
+
+def test_batch_with_per_problem_bounds_equals_problems_solved_alone() -> None:
+    """Finished problems drop out of the backward pass; the rest (with their own bounds) must
+    get exactly what they get when solved one at a time."""
+    T = 30
+    dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF))
+    rng = np.random.default_rng(5)
+    goals = rng.uniform(-1, 1, (4, 2))
+    lower = -rng.uniform(0.02, 0.2, (4, 2))
+    upper = rng.uniform(0.02, 0.2, (4, 2))
+    batch = ILQR(dyn, ReachCost(goals, T), T, lower, upper).solve(torch.zeros(4, 4))
+    assert len(set(batch.iterations.tolist())) > 1  # problems finish at different iterations
+    U = batch.controls.numpy()
+    assert ((U == lower[:, None]) | (U == upper[:, None])).any((1, 2)).all()  # bounds active
+    for b in range(4):
+        alone = ILQR(dyn, ReachCost(goals[b : b + 1], T), T, lower[b], upper[b]).solve(
+            torch.zeros(1, 4)
+        )
+        assert int(alone.iterations[0]) == int(batch.iterations[b])
+        np.testing.assert_allclose(alone.controls[0], batch.controls[b], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(alone.K[0], batch.K[b], rtol=1e-10, atol=1e-10)
+        assert (batch.controls[b] >= torch.from_numpy(lower[b]) - 1e-15).all()
+        assert (batch.controls[b] <= torch.from_numpy(upper[b]) + 1e-15).all()
