@@ -295,23 +295,23 @@ class ILQR:
         lo: np.ndarray,
         hi: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        nb, T = U.shape[:2]
-        Xn = np.empty((nb, T + 1, self.nx))
-        Un = np.empty_like(U)
-        Xn[:, 0] = x0
+        T = U.shape[1]
         x = x0
+        xs, us = [x0], []
         if self.bounded:
             with np.errstate(invalid="ignore"):
                 snap_lo = 1e-12 * (1.0 + np.abs(lo))
                 snap_hi = 1e-12 * (1.0 + np.abs(hi))
         # Feedforward part for all steps at once (elementwise, so the same numbers as per step).
-        Uff = U if k is None else U + alpha * k
+        Uff = list(np.moveaxis(U if k is None else U + alpha * k, 1, 0))
+        if k is not None:
+            X_t, K_t = list(np.moveaxis(X, 1, 0)), list(np.moveaxis(K, 1, 0))
         step = self._step_numpy if self._step_numpy is not None else self._step
         for t in range(T):
             if k is None:
-                u = Uff[:, t]
+                u = Uff[t]
             else:
-                u = Uff[:, t] + (K[:, t] @ (x - X[:, t])[..., None])[..., 0]
+                u = Uff[t] + (K_t[t] @ (x - X_t[t])[..., None])[..., 0]
             if self.bounded:
                 u = np.clip(u, lo, hi)
                 if k is not None:
@@ -319,10 +319,11 @@ class ILQR:
                     # few ulps inside the bound. Snap so active constraints hold exactly.
                     u = np.where(np.abs(u - lo) <= snap_lo, lo, u)
                     u = np.where(np.abs(u - hi) <= snap_hi, hi, u)
-            Un[:, t] = u
+            us.append(u)
             x = step(x, u)
-            Xn[:, t + 1] = x
-        return Xn, Un
+            xs.append(x)
+        # Stacking copies, so views into the inputs or the simulator's buffers are not kept.
+        return np.stack(xs, axis=1), np.stack(us, axis=1)
 
     def _validate(self, x0: Tensor, U0: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(x0, Tensor):
@@ -448,8 +449,6 @@ class ILQR:
         nb, T = U.shape[:2]
         nx, nu = self.nx, self.nu
         eye_u = np.eye(nu)
-        S = np.zeros((nb, T, nu, 1 + nx))  # [k | K]
-        Qs = np.empty((nb, T, nu, 1 + nx + nu))  # [Q_u | Q_ux | Q_uu] per step
         ok = np.ones(nb, dtype=bool)
         V = VT
         Gaug = np.zeros((nb, 1 + nx + nu, 1 + nx))
@@ -463,9 +462,16 @@ class ILQR:
         bounded = self.bounded
         # Each statement below is one batched numpy call on tiny matrices, where the per-call
         # overhead (~1 us) dominates: keep their number per step small.
+        # Per-step views made once (C iteration) and per-step results collected in lists,
+        # stacked at the end: indexing and setitem cost about a microsecond per call each.
+        F_t = list(np.moveaxis(Faug, 1, 0))
+        FT_t = list(np.moveaxis(FT, 1, 0))
+        L_t = list(np.moveaxis(Laug, 1, 0))
+        sols: list[np.ndarray] = []
+        qrows: list[np.ndarray] = []
         for t in range(T - 1, -1, -1):
-            Q = FT[:, t] @ (V @ Faug[:, t])
-            Q += Laug[:, t]
+            Q = FT_t[t] @ (V @ F_t[t])
+            Q += L_t[t]
             Qu_rows = Q[:, nx:]  # [Q_u | Q_ux | Q_uu]
             H = Qu_rows[:, :, 1 + nx :]
             if mu_i is not None:
@@ -495,12 +501,14 @@ class ILQR:
                     )
                     sol[i, :, 0] = res.x
                     sol[i, :, 1:] = Ki
-            S[:, t] = sol
-            Qs[:, t] = Qu_rows
+            sols.append(sol)
+            qrows.append(Qu_rows)  # a view of this step's Q, which is not written again
             Gaug[:, 1 + nx :] = sol
             V = GT @ (Q @ Gaug)
             Vxx = V[:, :, 1:]
             V[:, :, 1:] = 0.5 * (Vxx + Vxx.transpose(0, 2, 1))
+        S = np.stack(sols[::-1], axis=1)  # (B, T, nu, 1+nx) = [k | K]
+        Qs = np.stack(qrows[::-1], axis=1)  # (B, T, nu, 1+nx+nu) = [Q_u | Q_ux | Q_uu]
         k = S[..., 0]
         K = S[..., 1:]
         dV1 = np.einsum("bti,bti->b", k, Qs[..., 0])

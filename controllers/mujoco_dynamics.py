@@ -269,10 +269,10 @@ class MujocoDynamics:
             full = np.empty((n, self._state_template.shape[1]))
             m, d = self.model, self._datas[0]
             spec_in, spec_full = self._spec_in, self._spec_full
-            for i in range(n):
-                mujoco.mj_setState(m, d, S[i], spec_in)
+            for s_i, f_i in zip(S, full, strict=True):
+                mujoco.mj_setState(m, d, s_i, spec_in)
                 mujoco.mj_step(m, d)
-                mujoco.mj_getState(m, d, full[i], spec_full)
+                mujoco.mj_getState(m, d, f_i, spec_full)
             out = full[:, self._x_full]
             flat = full.reshape(-1)
             if bad is None and np.dot(flat, flat) <= _MAXVAL2:  # as above: all |out| <= mjMAXVAL
@@ -337,10 +337,11 @@ class MujocoDynamics:
         spec = self._spec_in
 
         def work(d: mujoco.MjData, a: int, b: int) -> None:
-            for i in range(a, b):
+            # zip over row slices: the per-row views are made in C, not by Python indexing.
+            for s_i, a_i, b_i in zip(S[a:b], A[a:b], B[a:b], strict=True):
                 # qpos, qvel, ctrl; time and warm start zero, so results do not depend on history.
-                mujoco.mj_setState(m, d, S[i], spec)
-                mujoco.mjd_transitionFD(m, d, eps, cen, A[i], B[i], None, None)
+                mujoco.mj_setState(m, d, s_i, spec)
+                mujoco.mjd_transitionFD(m, d, eps, cen, a_i, b_i, None, None)
 
         with _quiet_mujoco():
             self._run(work, n)
