@@ -290,60 +290,6 @@ def shaped_mse(x: Tensor, pred: Tensor, target: Tensor) -> Tensor:
     return ((pred - target) ** 2).mean()
 
 
-def shaped_sine_meta_loss(
-    loss: nn.Module,
-    tasks: ShapedSineTasks,
-    inner: InnerOptimizer,
-    *,
-    batch: int,
-    n_points: int,
-    generator: torch.Generator,
-    shaped: bool,
-    truncate: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """The ML3 meta-objective of the shaped sine, over a vmapped batch of tasks.
-
-    Each task's theta takes ``inner.steps`` steps on M_phi's loss of its points. The task loss
-    of an updated theta is ``(theta - theta*)^2`` when ``shaped`` (the physics prior: the true
-    frequency is known at meta-train time) and the MSE of ``sin(theta x)`` against the targets
-    otherwise.
-
-    With ``truncate`` (the paper's scheme) theta is detached before every step, so the meta-loss
-    is the sum over steps of the task loss one step later: each term's gradient flows through a
-    single inner step only. Without it the K steps are unrolled fully and only the final theta
-    is scored.
-
-    Returns:
-        ``(meta_loss, final_error)``: the scalar meta-loss (mean over tasks) and the detached
-        ``|theta_K - theta*|`` per task, ``(batch,)``.
-    """
-    dtype = next(loss.parameters()).dtype
-    theta_star, theta0, x, y = tasks.sample(batch, n_points, generator, dtype)
-    train_loss = learned_shaped_loss(loss)
-
-    def task_loss(theta: Tensor, t_star: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
-        if shaped:
-            return (theta - t_star) ** 2
-        return ((torch.sin(theta * xs) - ys) ** 2).mean()
-
-    def one_task(th0: Tensor, t_star: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
-        def objective(p: Params) -> Tensor:
-            return train_loss(xs, torch.sin(p["theta"] * xs), ys)
-
-        params: Params = {"theta": th0}
-        if not truncate:
-            final = adapt(objective, params, inner)["theta"]
-            return task_loss(final, t_star, xs, ys), final
-        total = th0.new_zeros(())
-        for _ in range(inner.steps):
-            params = adapt(objective, {"theta": params["theta"].detach()}, inner, steps=1)
-            total = total + task_loss(params["theta"], t_star, xs, ys)
-        return total, params["theta"]
-
-    per_task, final = torch.func.vmap(one_task)(theta0, theta_star, x, y)
-    return per_task.mean(), (final.detach() - theta_star).abs()
-
-
 def shaped_sine_train(
     loss_fn: ShapedLossFn, theta0: Tensor, x: Tensor, y: Tensor, inner: InnerOptimizer
 ) -> Tensor:
