@@ -157,6 +157,7 @@ def test_stepper_meta_gradient_matches_finite_differences():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~6 min alone; the shared machine has needed 11
 def test_full_size_shaped_loss_beats_mse(tmp_path):
     config = shaped_sine.ShapedSineConfig()
     result = shaped_sine.run(config, RunContext(tmp_path, seed=0))
