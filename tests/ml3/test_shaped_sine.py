@@ -14,7 +14,14 @@ from experiments import shaped_sine
 from ml3_robotics.inner import InnerOptimizer
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.meta_trainer import MetaTrainConfig
-from ml3_robotics.runs import RunContext, build_config, write_results
+from ml3_robotics.runs import (
+    ConfigError,
+    RunContext,
+    build_config,
+    config_to_dict,
+    parse_set_options,
+    write_results,
+)
 from ml3_robotics.serialization import load_learned_loss
 from ml3_robotics.supervised import (
     SHAPED_SINE_FEATURES,
@@ -166,3 +173,13 @@ def test_full_size_shaped_loss_beats_mse(tmp_path):
     )
     # 200 pairs: one standard error of a rate is at most 0.035; 0.2 is far beyond noise.
     assert result.metrics["recovery_rate"] >= best_mse + 0.2
+
+
+def test_config_round_trips_through_config_yaml_and_validates():
+    config = _smoke_config(**parse_set_options(["theta0_range=[-5, 5]", "feature_scale=[5, 1, 1]"]))
+    assert config.theta0_range == (-5.0, 5.0)
+    assert build_config(shaped_sine.ShapedSineConfig, config_to_dict(config)) == config
+    with pytest.raises(ConfigError, match="theta0_range"):
+        _smoke_config(theta0_range=[1.0, -1.0])
+    with pytest.raises(ConfigError, match="tolerance"):
+        _smoke_config(tolerance=0.0)
