@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ml3_robotics.inner import InnerOptimizer, Params, adapt, call, stack_params
+from ml3_robotics.meta_trainer import OuterStep
 
 SINE_FEATURES = ("y_pred", "y_target")
 SHAPED_SINE_FEATURES = ("x", "y_pred", "y_target")
@@ -219,7 +220,6 @@ def evaluate_sine(
 
 # -- shaped sine (paper IV.B): optimizee sin(theta x), physics prior at meta-train time ---------
 
-from ml3_robotics.meta_trainer import OuterStep  # noqa: E402 (kept in this block to merge cleanly)
 
 #
 # Everything below works on one scalar parameter per task, ``{"theta": ()}``, so a batch of tasks
