@@ -101,7 +101,6 @@ class MountainCarConfig:
             those initialisations on the training start (``success_fixedinit_k*``).
         ilqr: run the iLQR baseline when controllers.ilqr is importable.
         ilqr_iters: iLQR's iteration limit (success also reported after 1, 2, 5 iterations).
-        threads: torch intra-op threads during the run (restored afterwards).
     """
 
     extra: Extra = "both"
@@ -130,7 +129,6 @@ class MountainCarConfig:
     fixed_init: bool = False
     ilqr: bool = True
     ilqr_iters: int = 100
-    threads: int = 1
 
     def __post_init__(self) -> None:
         for name in (
@@ -143,7 +141,6 @@ class MountainCarConfig:
             "landscape_grid",
             "checkpoint_every",
             "eval_every",
-            "threads",
             "ilqr_iters",
         ):
             value = getattr(self, name)
@@ -298,16 +295,6 @@ def _new_loss(config: MountainCarConfig, seed: int) -> LearnedLoss:
 
 
 def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
-    # Tiny tensors: intra-op threads only add overhead (10x slower on a loaded 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        return _run(config, ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
     torch.manual_seed(ctx.seed)
     car = MountainCar()
     prm = car.params

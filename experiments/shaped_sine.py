@@ -168,17 +168,6 @@ def _meta_train(
 
 
 def run(config: ShapedSineConfig, ctx: RunContext) -> RunResult:
-    # Every tensor here is tiny (4 tasks x 64 points, a 10-unit network): intra-op threads only
-    # add synchronisation, and on a busy 2-core machine they made each meta-update ~5x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(config, ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(config: ShapedSineConfig, ctx: RunContext) -> RunResult:
     torch.manual_seed(ctx.seed)
     tasks = ShapedSineTasks(theta0_range=config.theta0_range)
     paths = {"shaped": config.loss_path, "unshaped": config.unshaped_loss_path}
