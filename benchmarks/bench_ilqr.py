@@ -8,6 +8,7 @@ side by side in this process.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import statistics
 import sys
@@ -27,6 +28,8 @@ from controllers import ILQR, ILQRConfig, MountainCarCost, MujocoDynamics, Reach
 
 T, DT = 100, 0.01
 N_GOALS = 64
+# Optional extra row: the batched solve with MujocoDynamics(n_threads=N), e.g. ILQR_BENCH_THREADS=2.
+N_THREADS = int(os.environ.get("ILQR_BENCH_THREADS", "1"))
 CONTROL_WEIGHT = 1e-3
 
 try:
@@ -38,12 +41,23 @@ except ImportError:
     HAVE_CROC = False
 
 
-def timed(fn, repeats: int):
-    out, ts = None, []
+CPU: dict[str, float] = {}
+
+
+def timed(fn, repeats: int, cpu_key: str | None = None):
+    """Median wall time; with ``cpu_key``, also the median CPU time of this process in ``CPU``.
+
+    The machine is shared: CPU time (everything here runs in one thread) is the steadier figure
+    when other processes take the cores; wall time is what a user waits.
+    """
+    out, ts, cs = None, [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         ts.append(time.perf_counter() - t0)
+        cs.append(time.process_time() - c0)
+    if cpu_key is not None:
+        CPU[cpu_key] = statistics.median(cs)
     return out, statistics.median(ts)
 
 
@@ -61,29 +75,31 @@ def reach_bench() -> None:
     one = ILQR(dyn, ReachCost(goals[:1], T, control_weight=CONTROL_WEIGHT), T)
     x0 = torch.zeros(1, 4, dtype=torch.float64)
     one.solve(x0)  # warm-up (imports, allocations)
-    res1, t_ours1 = timed(lambda: one.solve(x0), 5)
+    res1, t_ours1 = timed(lambda: one.solve(x0), 9, "ours1")
     row = [
-        f"  single goal      ours {t_ours1 * 1e3:8.1f} ms  iters {int(res1.iterations[0])}  "
-        f"cost {res1.cost[0].item():.6g}"
+        f"  single goal      ours {t_ours1 * 1e3:8.1f} ms (cpu {CPU['ours1'] * 1e3:6.1f})  "
+        f"iters {int(res1.iterations[0])}  cost {res1.cost[0].item():.6g}"
     ]
     if HAVE_CROC:
         prob = reach_problem(goals[0], T, DT, control_weight=CONTROL_WEIGHT)
         solve_fddp(prob, T)
-        (sol, _), t_c1 = timed(lambda: solve_fddp(prob, T), 20)
+        (sol, _), t_c1 = timed(lambda: solve_fddp(prob, T), 50, "croc1")
         rel = abs(res1.cost[0].item() - sol.cost) / sol.cost
         row.append(
-            f" | crocoddyl {t_c1 * 1e3:6.2f} ms  iters {sol.iter}  cost {sol.cost:.6g}"
-            f" | ratio ours/croc {t_ours1 / t_c1:6.1f}x (goal <= 10x)"
-            f"  cost rel diff {rel:.1e} (goal < 1e-3)"
+            f" | crocoddyl {t_c1 * 1e3:6.2f} ms (cpu {CPU['croc1'] * 1e3:5.2f})  iters {sol.iter}"
+            f"  cost {sol.cost:.6g} | ratio ours/croc {t_ours1 / t_c1:5.1f}x, cpu "
+            f"{CPU['ours1'] / CPU['croc1']:5.1f}x (goal <= 10x)  cost rel diff {rel:.1e} "
+            f"(goal < 1e-3)"
         )
     print("".join(row))
 
     # 64 goals: ours batched vs crocoddyl one after another
     many = ILQR(dyn, ReachCost(goals, T, control_weight=CONTROL_WEIGHT), T)
     xb = torch.zeros(N_GOALS, 4, dtype=torch.float64)
-    resb, t_oursb = timed(lambda: many.solve(xb), 1)
+    resb, t_oursb = timed(lambda: many.solve(xb), 3, "oursb")
     row = [
-        f"  {N_GOALS} goals per goal ours {t_oursb / N_GOALS * 1e3:8.2f} ms (batched, total "
+        f"  {N_GOALS} goals per goal ours {t_oursb / N_GOALS * 1e3:8.2f} ms (cpu "
+        f"{CPU['oursb'] / N_GOALS * 1e3:5.2f}; batched, total "
         f"{t_oursb:.2f} s, converged {int(resb.converged.sum())}/{N_GOALS}, "
         f"iters max {int(resb.iterations.max())})"
     ]
@@ -95,25 +111,41 @@ def reach_bench() -> None:
                 for g in goals
             ]
 
-        sols, t_cb = timed(seq, 1)
+        sols, t_cb = timed(seq, 3, "crocb")
         costs_c = np.array([s.cost for s in sols])
         rel = np.abs(resb.cost.numpy() - costs_c) / costs_c
         row.append(
-            f" | crocoddyl {t_cb / N_GOALS * 1e3:6.2f} ms (sequential, incl. problem "
-            f"build) | ratio {t_oursb / t_cb:5.1f}x (goal < 1x)  max cost rel diff "
+            f" | crocoddyl {t_cb / N_GOALS * 1e3:6.2f} ms (cpu {CPU['crocb'] / N_GOALS * 1e3:5.2f};"
+            f" sequential, incl. problem build) | ratio {t_oursb / t_cb:4.1f}x, cpu "
+            f"{CPU['oursb'] / CPU['crocb']:4.1f}x (goal < 1x)  max cost rel diff "
             f"{rel.max():.1e}, ours lower on {int((resb.cost.numpy() < costs_c).sum())}"
         )
     print("".join(row))
+    if N_THREADS > 1:
+        dyn_t = MujocoDynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF), n_threads=N_THREADS)
+        many_t = ILQR(dyn_t, ReachCost(goals, T, control_weight=CONTROL_WEIGHT), T)
+        res_t, t_t = timed(lambda: many_t.solve(xb), 3)
+        same = torch.equal(res_t.controls, resb.controls)
+        print(
+            f"  {N_GOALS} goals per goal ours with n_threads={N_THREADS}: "
+            f"{t_t / N_GOALS * 1e3:.2f} ms wall (same controls as 1 thread: {same})"
+        )
     # where the time goes (one iteration's parts, batch of 64)
     X, U = resb.states.numpy(), resb.controls.numpy()
-    _, t_der = timed(lambda: many._derivatives(X, U), 3)
-    d = many._derivatives(X, U)
-    _, t_bwd = timed(lambda: many._backward(U, *d, np.zeros(N_GOALS), np.zeros_like(U)), 3)
-    _, t_roll = timed(lambda: many._rollout(np.zeros((N_GOALS, 4)), U), 3)
-    print(
-        f"  per iteration at B={N_GOALS}: derivatives (mjd_transitionFD) {t_der * 1e3:.0f} ms,"
-        f" backward pass {t_bwd * 1e3:.0f} ms, one rollout {t_roll * 1e3:.0f} ms"
-    )
+    with dyn.numpy_session():  # as inside solve()
+        for B, s in ((1, one), (N_GOALS, many)):
+            Xs, Us = X[:B], U[:B]
+            _, t_der = timed(lambda s=s, Xs=Xs, Us=Us: s._derivatives(Xs, Us), 5)
+            d = s._derivatives(Xs, Us)
+            _, t_bwd = timed(
+                lambda s=s, d=d, B=B, Us=Us: s._backward(Us, *d, np.zeros(B), np.zeros_like(Us)),
+                5,
+            )
+            _, t_roll = timed(lambda s=s, B=B, Us=Us: s._rollout(np.zeros((B, 4)), Us), 5)
+            print(
+                f"  per iteration at B={B}: derivatives (mjd_transitionFD) {t_der * 1e3:.1f} ms,"
+                f" backward pass {t_bwd * 1e3:.1f} ms, one rollout {t_roll * 1e3:.1f} ms"
+            )
 
 
 def arm4_bench() -> None:
@@ -184,7 +216,10 @@ def mountain_car_bench() -> None:
 
 
 if __name__ == "__main__":
-    print(f"crocoddyl available: {HAVE_CROC}; torch threads 1; numpy backward pass")
+    print(
+        f"crocoddyl available: {HAVE_CROC}; torch threads 1; numpy backward pass; "
+        f"times: wall median (cpu = this process's CPU time, steadier on a shared machine)"
+    )
     reach_bench()
     arm4_bench()
     mountain_car_bench()

@@ -19,6 +19,7 @@ the per-call overhead dominates and numpy's is several times lower than torch's.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import Sequence
@@ -34,6 +35,10 @@ from controllers.derivatives import cost_derivatives, dynamics_jacobians, trajec
 
 log = logging.getLogger(__name__)
 
+# Entries of the adjugate of a symmetric 2x2 matrix (row-major [a, b, b, d] -> [d, b, b, a]) and
+# the signs of -adj, for the closed-form solve in _spd_solve.
+_ADJ2 = np.array([3, 1, 1, 0])
+_NEG2 = np.array([-1.0, 1.0, 1.0, -1.0])
 _DEFAULT_ALPHAS = tuple(float(a) for a in 10.0 ** np.linspace(0.0, -3.0, 11))
 
 
@@ -151,15 +156,32 @@ def _spd_solve(H: np.ndarray, R: np.ndarray) -> tuple[np.ndarray | None, np.ndar
         h = H[:, 0, 0]
         bad = ~(h > 0)
         return (bad if bad.any() else None), -R / np.where(bad, 1.0, h)[:, None, None]
-    if n == 2:
-        a, b, d = H[:, 0, 0], H[:, 0, 1], H[:, 1, 1]
+    if n == 2 and H.shape[0] == 1:
+        # A single problem (the common MPC / one-goal case): Python floats are IEEE doubles
+        # without fused multiply-add, so these are the same numbers as the batched branch below
+        # at a fraction of the per-call overhead.
+        (a, b), (_, d) = H[0].tolist()
         det = a * d - b * b
-        bad = ~((a > 0) & (det > 0))
-        det = np.where(bad, 1.0, det)[:, None]
-        a, b, d = a[:, None], b[:, None], d[:, None]
-        r0, r1 = R[:, 0], R[:, 1]
-        X = np.stack([(b * r1 - d * r0) / det, (b * r0 - a * r1) / det], 1)
-        return (bad if bad.any() else None), X
+        bad1 = not (a > 0 and det > 0)
+        if bad1:
+            det = 1.0
+        # Rows [b r1 - d r0, b r0 - a r1] / det, both at once (R[:, ::-1] swaps r0 and r1).
+        X = (b * R[:, ::-1] - np.array([[[d], [a]]]) * R) / det
+        return (np.ones(1, dtype=bool) if bad1 else None), X
+    if n == 2:
+        nb = H.shape[0]
+        h = H.reshape(nb, 4)
+        a, b, d = h[:, 0], h[:, 1], h[:, 3]
+        det = a * d - b * b
+        good = (a > 0) & (det > 0)
+        # .tolist() + all(): a numpy reduction costs ~10x more on a handful of elements.
+        bad = None if all(good.tolist()) else ~good
+        if bad is not None:
+            det = np.where(bad, 1.0, det)
+        # -H^{-1} = [[-d, b], [b, -a]] / det, applied entrywise (no matmul, so no FMA).
+        M = (h[:, _ADJ2] * _NEG2).reshape(nb, 2, 2, 1)
+        X = (M[:, :, 0] * R[:, None, 0] + M[:, :, 1] * R[:, None, 1]) / det[:, None, None]
+        return bad, X
     try:
         np.linalg.cholesky(H)
         bad = None
@@ -273,21 +295,23 @@ class ILQR:
         lo: np.ndarray,
         hi: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        nb, T = U.shape[:2]
-        Xn = np.empty((nb, T + 1, self.nx))
-        Un = np.empty_like(U)
-        Xn[:, 0] = x0
+        T = U.shape[1]
         x = x0
+        xs, us = [x0], []
         if self.bounded:
             with np.errstate(invalid="ignore"):
                 snap_lo = 1e-12 * (1.0 + np.abs(lo))
                 snap_hi = 1e-12 * (1.0 + np.abs(hi))
+        # Feedforward part for all steps at once (elementwise, so the same numbers as per step).
+        Uff = list(np.moveaxis(U if k is None else U + alpha * k, 1, 0))
+        if k is not None:
+            X_t, K_t = list(np.moveaxis(X, 1, 0)), list(np.moveaxis(K, 1, 0))
+        step = self._step_numpy if self._step_numpy is not None else self._step
         for t in range(T):
             if k is None:
-                u = U[:, t]
+                u = Uff[t]
             else:
-                fb = (K[:, t] @ (x - X[:, t])[..., None])[..., 0]
-                u = U[:, t] + alpha * k[:, t] + fb
+                u = Uff[t] + (K_t[t] @ (x - X_t[t])[..., None])[..., 0]
             if self.bounded:
                 u = np.clip(u, lo, hi)
                 if k is not None:
@@ -295,10 +319,11 @@ class ILQR:
                     # few ulps inside the bound. Snap so active constraints hold exactly.
                     u = np.where(np.abs(u - lo) <= snap_lo, lo, u)
                     u = np.where(np.abs(u - hi) <= snap_hi, hi, u)
-            Un[:, t] = u
-            x = self._step(x, u)
-            Xn[:, t + 1] = x
-        return Xn, Un
+            us.append(u)
+            x = step(x, u)
+            xs.append(x)
+        # Stacking copies, so views into the inputs or the simulator's buffers are not kept.
+        return np.stack(xs, axis=1), np.stack(us, axis=1)
 
     def _validate(self, x0: Tensor, U0: Tensor | None) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(x0, Tensor):
@@ -336,9 +361,17 @@ class ILQR:
         return x, U
 
     def _derivatives(
-        self, X: np.ndarray, U: np.ndarray, rows: np.ndarray | None = None
+        self,
+        X: np.ndarray,
+        U: np.ndarray,
+        rows: np.ndarray | None = None,
+        prev_Faug: np.ndarray | None = None,
     ) -> tuple[np.ndarray, ...]:
         """Derivatives packed for the backward pass.
+
+        Dynamics Jacobians are evaluated only for ``rows`` (bool ``(B,)``, all when None); the
+        other problems get theirs from ``prev_Faug`` (zeros when None). Used for problems that are
+        finished, or whose trajectory did not change since ``prev_Faug`` was computed.
 
         Returns ``Faug (B, T, 1+nx, 1+nz)`` = blockdiag(1, [A B]), ``FT (B, T, nz, nx)`` =
         [A B]^T, ``Laug (B, T, nz, 1+nz)`` = [l_z | l_zz] and the terminal ``V (B, nx, 1+nx)`` =
@@ -348,9 +381,16 @@ class ILQR:
         nx, nu = self.nx, self.nu
         nz = nx + nu
         dt = self.config.dtype
-        # Dynamics Jacobians only for unfinished problems (they dominate for simulators).
+        # Dynamics Jacobians only where needed (they dominate for simulators).
         i = np.arange(nb) if rows is None else np.nonzero(rows)[0]
         ni = len(i)
+        if prev_Faug is not None:
+            Faug = prev_Faug.copy()
+        else:
+            Faug = np.zeros((nb, T, 1 + nx, 1 + nz))
+            Faug[..., 0, 0] = 1.0
+        if ni == 0:
+            return (Faug, *self._finish_derivatives(Faug, X, U))
         xs = torch.from_numpy(np.ascontiguousarray(X[i, :T]).reshape(ni * T, nx)).to(dt)
         us = torch.from_numpy(np.ascontiguousarray(U[i]).reshape(ni * T, nu)).to(dt)
         A, Bm = dynamics_jacobians(self.dynamics, xs, us)
@@ -358,10 +398,19 @@ class ILQR:
         Bm = np.asarray(
             Bm.detach().to(torch.float64).cpu().numpy() if isinstance(Bm, Tensor) else Bm
         )
-        Faug = np.zeros((nb, T, 1 + nx, 1 + nz))
-        Faug[..., 0, 0] = 1.0
         Faug[i, :, 1:, 1 : 1 + nx] = A.reshape(ni, T, nx, nx)
         Faug[i, :, 1:, 1 + nx :] = Bm.reshape(ni, T, nx, nu)
+        return (Faug, *self._finish_derivatives(Faug, X, U))
+
+    def _finish_derivatives(
+        self, Faug: np.ndarray, X: np.ndarray, U: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        """``FT``, ``Laug`` and ``VT`` of :meth:`_derivatives` (cost derivatives for all rows)."""
+        T = U.shape[1]
+        nx, nu = self.nx, self.nu
+        nz = nx + nu
+        nb = U.shape[0]
+        dt = self.config.dtype
         FT = np.ascontiguousarray(np.swapaxes(Faug[..., 1:, 1:], -1, -2))
         c = cost_derivatives(self.cost, torch.from_numpy(X).to(dt), torch.from_numpy(U).to(dt))
         Laug = np.empty((nb, T, nz, 1 + nz))
@@ -372,7 +421,7 @@ class ILQR:
         Laug[..., nx:, 1 : 1 + nx] = c.lux
         Laug[..., :nx, 1 + nx :] = np.swapaxes(c.lux, -1, -2)
         VT = np.concatenate([c.lx[:, T, :, None], c.lxx[:, T]], axis=-1)
-        return Faug, FT, Laug, VT
+        return FT, Laug, VT
 
     def _backward(
         self,
@@ -383,8 +432,13 @@ class ILQR:
         VT: np.ndarray,
         mu: np.ndarray,
         k_prev: np.ndarray,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
     ) -> tuple[np.ndarray, ...]:
         """Riccati sweep with a box QP per step. Returns ``ok (B,)``, k, K, dV1, dV2.
+
+        ``lower``/``upper`` (``(1, nu)`` or ``(B, nu)``) default to the solver's bounds; the
+        solve passes the rows of the problems it sweeps.
 
         Works on augmented matrices so that each step is a handful of batched calls (the
         Python overhead per call dominates at these sizes): with ``V = [V_x | V_xx]``,
@@ -395,33 +449,42 @@ class ILQR:
         nb, T = U.shape[:2]
         nx, nu = self.nx, self.nu
         eye_u = np.eye(nu)
-        S = np.zeros((nb, T, nu, 1 + nx))  # [k | K]
-        Qu_all = np.empty((nb, T, nu))
-        Quu_all = np.empty((nb, T, nu, nu))
         ok = np.ones(nb, dtype=bool)
         V = VT
         Gaug = np.zeros((nb, 1 + nx + nu, 1 + nx))
         Gaug[:, 0, 0] = 1.0
         Gaug[:, 1 : 1 + nx, 1:] = np.eye(nx)
         GT = np.swapaxes(Gaug[:, 1:, 1:], -1, -2)  # view: follows Gaug's K block
-        lo = np.broadcast_to(self.lower, (nb, nu))
-        hi = np.broadcast_to(self.upper, (nb, nu))
-        mu_i = mu[:, None, None] * eye_u
+        lo = np.broadcast_to(self.lower if lower is None else lower, (nb, nu))
+        hi = np.broadcast_to(self.upper if upper is None else upper, (nb, nu))
+        # mu = 0 (the usual state near convergence) adds nothing: skip the addition.
+        mu_i = mu[:, None, None] * eye_u if (mu != 0).any() else None
         bounded = self.bounded
+        # Each statement below is one batched numpy call on tiny matrices, where the per-call
+        # overhead (~1 us) dominates: keep their number per step small.
+        # Per-step views made once (C iteration) and per-step results collected in lists,
+        # stacked at the end: indexing and setitem cost about a microsecond per call each.
+        F_t = list(np.moveaxis(Faug, 1, 0))
+        FT_t = list(np.moveaxis(FT, 1, 0))
+        L_t = list(np.moveaxis(Laug, 1, 0))
+        sols: list[np.ndarray] = []
+        qrows: list[np.ndarray] = []
         for t in range(T - 1, -1, -1):
-            Q = Laug[:, t] + FT[:, t] @ (V @ Faug[:, t])
+            Q = FT_t[t] @ (V @ F_t[t])
+            Q += L_t[t]
             Qu_rows = Q[:, nx:]  # [Q_u | Q_ux | Q_uu]
-            Quu = Qu_rows[:, :, 1 + nx :]
-            H = Quu + mu_i
+            H = Qu_rows[:, :, 1 + nx :]
+            if mu_i is not None:
+                H = H + mu_i
             bad, sol = _spd_solve(H, Qu_rows[:, :, : 1 + nx])
             if bad is not None:
                 ok &= ~bad
                 H = np.where(bad[:, None, None], eye_u, H)
             if bounded:
                 ut = U[:, t]
-                kt = sol[..., 0]
-                viol = ((ut + kt < lo) | (ut + kt > hi)).any(-1)
-                if viol.any():
+                un = ut + sol[..., 0]
+                viol = ((un < lo) | (un > hi)).any(-1)
+                if any(viol.tolist()):
                     i = np.nonzero(viol)[0]
                     Qu = Qu_rows[i, :, 0]
                     res = box_qp(
@@ -438,18 +501,48 @@ class ILQR:
                     )
                     sol[i, :, 0] = res.x
                     sol[i, :, 1:] = Ki
-            S[:, t] = sol
-            Qu_all[:, t] = Qu_rows[:, :, 0]
-            Quu_all[:, t] = Quu
+            sols.append(sol)
+            qrows.append(Qu_rows)  # a view of this step's Q, which is not written again
             Gaug[:, 1 + nx :] = sol
             V = GT @ (Q @ Gaug)
             Vxx = V[:, :, 1:]
-            V[:, :, 1:] = 0.5 * (Vxx + np.swapaxes(Vxx, -1, -2))
+            V[:, :, 1:] = 0.5 * (Vxx + Vxx.transpose(0, 2, 1))
+        S = np.stack(sols[::-1], axis=1)  # (B, T, nu, 1+nx) = [k | K]
+        Qs = np.stack(qrows[::-1], axis=1)  # (B, T, nu, 1+nx+nu) = [Q_u | Q_ux | Q_uu]
         k = S[..., 0]
         K = S[..., 1:]
-        dV1 = np.einsum("bti,bti->b", k, Qu_all)
-        dV2 = 0.5 * np.einsum("bti,btij,btj->b", k, Quu_all, k)
+        dV1 = np.einsum("bti,bti->b", k, Qs[..., 0])
+        dV2 = 0.5 * np.einsum("bti,btij,btj->b", k, Qs[..., 1 + nx :], k)
         return ok, np.ascontiguousarray(k), np.ascontiguousarray(K), dV1, dV2
+
+    def _backward_rows(
+        self,
+        rows: np.ndarray,
+        U: np.ndarray,
+        derivs: tuple[np.ndarray, ...],
+        mu: np.ndarray,
+        k_out: np.ndarray,
+        K_out: np.ndarray,
+    ) -> tuple[np.ndarray, ...]:
+        """:meth:`_backward` for the problems in ``rows`` only (finished ones cost nothing).
+
+        Rows are independent, so the swept problems get the same numbers as in a full sweep;
+        the others report ``ok``, keep ``k_out``/``K_out`` and have zero expected decrease.
+        """
+        if rows.all():
+            return self._backward(U, *derivs, mu, k_out)
+        i = np.nonzero(rows)[0]
+        lo = self.lower[i] if self.lower.shape[0] > 1 else self.lower
+        hi = self.upper[i] if self.upper.shape[0] > 1 else self.upper
+        ok_i, k_i, K_i, dV1_i, dV2_i = self._backward(
+            U[i], *(a[i] for a in derivs), mu[i], k_out[i], lo, hi
+        )
+        nb = len(rows)
+        ok = np.ones(nb, dtype=bool)
+        k, K = k_out.copy(), K_out.copy()
+        dV1, dV2 = np.zeros(nb), np.zeros(nb)
+        ok[i], k[i], K[i], dV1[i], dV2[i] = ok_i, k_i, K_i, dV1_i, dV2_i
+        return ok, k, K, dV1, dV2
 
     # ---------------------------------------------------------------- solve
     def solve(self, x0: Tensor, U0: Tensor | None = None) -> ILQRResult:
@@ -464,6 +557,13 @@ class ILQR:
             :class:`ILQRResult`. Problems that did not converge within ``max_iters`` or whose
             regularisation exceeded ``mu_max`` have ``converged == False``.
         """
+        # Dynamics may offer a context for many consecutive numpy calls (MujocoDynamics
+        # silences MuJoCo's log once per solve instead of once per step).
+        session = getattr(self.dynamics, "numpy_session", None)
+        with session() if session is not None else contextlib.nullcontext():
+            return self._solve(x0, U0)
+
+    def _solve(self, x0: Tensor, U0: Tensor | None) -> ILQRResult:
         cfg = self.config
         x0n, U = self._validate(x0, U0)
         nb, T = U.shape[:2]
@@ -493,13 +593,19 @@ class ILQR:
             m = mu[mask] * delta[mask]
             mu[mask] = np.where(m > cfg.mu_min, m, 0.0)
 
+        # Problems whose (X, U) changed since their Jacobians were computed; a rejected line
+        # search leaves (X, U) as they were, so their Jacobians are reused (bitwise the same).
+        stale = np.ones(nb, dtype=bool)
+        Faug_prev: np.ndarray | None = None
         for _ in range(cfg.max_iters):
             active = ~done
             iters[active] += 1
-            derivs = self._derivatives(X, U, rows=active)
+            derivs = self._derivatives(X, U, rows=active & stale, prev_Faug=Faug_prev)
+            Faug_prev = derivs[0]
+            stale[active] = False
             # Backward pass; problems whose Quu + mu I is not positive definite get more mu.
             while True:
-                ok, k, K, dV1, dV2 = self._backward(U, *derivs, mu, k_out)
+                ok, k, K, dV1, dV2 = self._backward_rows(active, U, derivs, mu, k_out, K_out)
                 failed = active & ~ok
                 if not failed.any():
                     break
@@ -535,6 +641,7 @@ class ILQR:
                     Xnew[acc], Unew[acc], Jnew[acc] = Xa[acc], Ua[acc], Ja[acc]
                     accepted |= acc
             rejected = trial & ~accepted
+            stale |= accepted
             decrease(accepted)
             increase(rejected)
             rel = (J - Jnew) / np.maximum(np.abs(J), 1e-300)

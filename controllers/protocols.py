@@ -9,6 +9,8 @@ Optional fast paths, used when present (not part of the protocols, so nothing ha
   simulator Jacobians (MuJoCo finite differences); otherwise ``torch.func.jacrev`` on ``step``.
 * dynamics ``step_numpy(x: ndarray, u: ndarray) -> ndarray``: float64 numpy stepping without
   torch conversions (simulators).
+* dynamics ``numpy_session() -> context manager``: entered once around a whole iLQR solve, for
+  per-call set-up that can be hoisted (MujocoDynamics silences MuJoCo's log once per solve).
 * cost ``trajectory(X (B, T+1, nx), U (B, T, nu)) -> (B,)``: vectorised total cost.
 * cost ``quadratize(X, U) -> controllers.derivatives.CostDerivatives``: analytic derivatives;
   otherwise ``torch.func`` (``jacrev`` of ``grad``) per time step.

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ml3_robotics.inner import InnerOptimizer, Params, adapt, call, stack_params
+from ml3_robotics.meta_trainer import OuterStep
 
 SINE_FEATURES = ("y_pred", "y_target")
 SHAPED_SINE_FEATURES = ("x", "y_pred", "y_target")
@@ -215,3 +216,219 @@ def evaluate_sine(
         return train_and_trace(model, theta, loss_fn, inner, x, y, xq, yq)
 
     return torch.func.vmap(one_task)(theta0, x_tr, y_tr, x_ho, y_ho)
+
+
+# -- shaped sine (paper IV.B): optimizee sin(theta x), physics prior at meta-train time ---------
+
+
+#
+# Everything below works on one scalar parameter per task, ``{"theta": ()}``, so a batch of tasks
+# is a ``(B,)`` tensor under vmap. The learned loss reads per point (x, y_pred, y_target)
+# (SHAPED_SINE_FEATURES) and is averaged over the points.
+
+ShapedLossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ShapedSineTasks:
+    """A distribution of shaped-sine tasks ``y = sin(theta* x)`` with a starting ``theta_0``.
+
+    Attributes:
+        theta_range: ``(low, high)`` of the uniform target frequency theta* (paper: [-5, 5]).
+        x_range: ``(low, high)`` of the uniform inputs (paper: [-5, 5]).
+        theta0_range: ``(low, high)`` of the uniform starting frequency (paper's code: 0.1 fixed,
+            i.e. ``(0.1, 0.1)``; random pairs are needed for the recovery metric).
+    """
+
+    theta_range: tuple[float, float] = (-5.0, 5.0)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+    theta0_range: tuple[float, float] = (-5.0, 5.0)
+
+    def __post_init__(self) -> None:
+        for name in ("theta_range", "x_range", "theta0_range"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: expected low <= high, got ({lo}, {hi})")
+
+    def sample(
+        self, n_tasks: int, n_points: int, generator: torch.Generator, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Draw tasks.
+
+        Returns:
+            ``theta_star (n_tasks,)``, ``theta0 (n_tasks,)``, ``x (n_tasks, n_points)`` and
+            ``y = sin(theta_star x)`` of shape ``(n_tasks, n_points)``.
+        """
+
+        def uniform(bounds: tuple[float, float], *shape: int) -> Tensor:
+            lo, hi = bounds
+            return lo + (hi - lo) * torch.rand(*shape, generator=generator, dtype=dtype)
+
+        theta_star = uniform(self.theta_range, n_tasks)
+        theta0 = uniform(self.theta0_range, n_tasks)
+        x = uniform(self.x_range, n_tasks, n_points)
+        return theta_star, theta0, x, torch.sin(theta_star[:, None] * x)
+
+
+def shaped_sine_features(x: Tensor, y_pred: Tensor, y_target: Tensor) -> Tensor:
+    """Stack the per-point features in SHAPED_SINE_FEATURES order: ``(..., N) -> (..., N, 3)``."""
+    return torch.stack([x, y_pred, y_target], dim=-1)
+
+
+def learned_shaped_loss(loss: nn.Module) -> ShapedLossFn:
+    """``(x, y_pred, y_target) -> scalar``: the mean of M_phi over the points."""
+
+    def fn(x: Tensor, pred: Tensor, target: Tensor) -> Tensor:
+        return loss(shaped_sine_features(x, pred, target)).mean()
+
+    return fn
+
+
+def shaped_mse(x: Tensor, pred: Tensor, target: Tensor) -> Tensor:
+    """The plain regression loss with the shaped-sine signature (``x`` unused)."""
+    del x
+    return ((pred - target) ** 2).mean()
+
+
+def shaped_sine_train(
+    loss_fn: ShapedLossFn, theta0: Tensor, x: Tensor, y: Tensor, inner: InnerOptimizer
+) -> Tensor:
+    """Meta-test: plain gradient steps on ``loss_fn`` alone, for a batch of tasks.
+
+    Deliberately takes no theta* and no prior: at meta-test the learner sees only its points.
+
+    Args:
+        loss_fn: ``(x (N,), y_pred (N,), y_target (N,)) -> scalar``.
+        theta0: ``(B,)`` starting frequencies.
+        x: ``(B, N)`` inputs; y: ``(B, N)`` targets.
+        inner: the optimizer (``inner.steps`` steps).
+
+    Returns:
+        ``(B, inner.steps + 1)`` the trajectory of theta, starting with ``theta0``.
+    """
+
+    def one_task(th0: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+        trace: list[Tensor] = []
+
+        def record(_k: int, p: Params, _loss: Tensor) -> None:
+            trace.append(p["theta"])
+
+        final = adapt(
+            lambda p: loss_fn(xs, torch.sin(p["theta"] * xs), ys),
+            {"theta": th0},
+            inner,
+            differentiable=False,
+            on_step=record,
+        )
+        trace.append(final["theta"])
+        return torch.stack(trace)
+
+    with torch.no_grad():
+        return torch.func.vmap(one_task)(theta0, x, y)
+
+
+def shaped_sine_landscape(loss_fn: ShapedLossFn, thetas: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """The loss of ``sin(theta x)`` against targets ``y`` for every theta in ``thetas``.
+
+    Args:
+        thetas: ``(G,)`` frequencies; x, y: ``(N,)`` one task's points.
+
+    Returns:
+        ``(G,)`` loss values.
+    """
+    with torch.no_grad():
+        return torch.func.vmap(lambda th: loss_fn(x, torch.sin(th * x), y))(thetas)
+
+
+def recovery_rate(trace: Tensor, theta_star: Tensor, tol: float = 0.1) -> Tensor:
+    """Fraction of tasks with ``|theta - theta*| < tol`` at every step.
+
+    Args:
+        trace: ``(B, T)`` theta trajectories; theta_star: ``(B,)``.
+
+    Returns:
+        ``(T,)`` fractions in [0, 1].
+    """
+    if not tol > 0:
+        raise ValueError(f"tol: expected a positive tolerance, got {tol}")
+    return ((trace - theta_star[:, None]).abs() < tol).to(trace.dtype).mean(dim=0)
+
+
+class ShapedSineStepper:
+    """The paper's truncated meta-objective, one meta-update per inner step.
+
+    The paper's code updates M_phi after every single inner step: theta takes one step on
+    M_phi's loss, the task loss of the updated theta is backpropagated into phi, and theta is
+    detached before its next step. Here each call is one such step for a vmapped batch of tasks;
+    every ``inner.steps`` calls a fresh batch is drawn. The in-flight batch (targets, inputs,
+    current theta) is the problem state that :class:`~ml3_robotics.meta_trainer.MetaTrainer`
+    checkpoints, so a resumed run repeats an uninterrupted one exactly.
+
+    Use it as the trainer's ``objective`` and ``state``; one outer iteration of the paper
+    (a batch of tasks taken through K steps) is ``inner.steps`` meta-updates here.
+
+    Args:
+        loss: M_phi (reads SHAPED_SINE_FEATURES).
+        tasks: the task distribution.
+        inner: inner optimizer; ``inner.steps`` is the episode length K.
+        batch: tasks per meta-update.
+        n_points: points per task.
+        shaped: task loss ``(theta - theta*)^2`` (physics prior) instead of the MSE.
+    """
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        tasks: ShapedSineTasks,
+        inner: InnerOptimizer,
+        *,
+        batch: int,
+        n_points: int,
+        shaped: bool,
+    ) -> None:
+        if batch < 1 or n_points < 1:
+            raise ValueError(f"batch, n_points: expected ints >= 1, got {batch}, {n_points}")
+        self.loss = loss
+        self.tasks = tasks
+        self.inner = inner
+        self.batch = batch
+        self.n_points = n_points
+        self.shaped = shaped
+        self._state: dict[str, Tensor] = {}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.clone() for k, v in self._state.items()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self._state = {k: v.clone() for k, v in state.items()}
+
+    def __call__(self, update: int, generator: torch.Generator) -> OuterStep:
+        dtype = next(self.loss.parameters()).dtype
+        step = update % self.inner.steps
+        if step == 0 or not self._state:
+            theta_star, theta0, x, y = self.tasks.sample(
+                self.batch, self.n_points, generator, dtype
+            )
+            self._state = {"theta_star": theta_star, "theta": theta0, "x": x, "y": y}
+        s = self._state
+        train_loss = learned_shaped_loss(self.loss)
+        one_step = InnerOptimizer(self.inner.method, lr=self.inner.lr, steps=1)
+        shaped = self.shaped
+
+        def one_task(th: Tensor, t_star: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+            def objective(p: Params) -> Tensor:
+                return train_loss(xs, torch.sin(p["theta"] * xs), ys)
+
+            new = adapt(objective, {"theta": th}, one_step)["theta"]
+            if shaped:
+                return (new - t_star) ** 2, new
+            return ((torch.sin(new * xs) - ys) ** 2).mean(), new
+
+        per_task, new_theta = torch.func.vmap(one_task)(
+            s["theta"].detach(), s["theta_star"], s["x"], s["y"]
+        )
+        self._state = {**s, "theta": new_theta.detach()}
+        error = (new_theta.detach() - s["theta_star"]).abs()
+        return OuterStep(
+            per_task.mean(), {"inner_step": float(step), "abs_error": float(error.mean())}
+        )
