@@ -61,7 +61,7 @@ def reference_meta_gradient(policy, params, model, task, loss, lr, K):
         X, U = rollout(p)
         meta = sub.task_loss(X, U).sum() / task.n
         meta.backward()
-        total += float(meta)
+        total += float(meta.detach())
     return total
 
 
