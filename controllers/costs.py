@@ -142,7 +142,36 @@ def _penalty_derivs(r: np.ndarray, norm: str, eps: float) -> tuple[np.ndarray, n
     return g, h
 
 
-class ReachCost:
+class _ReachCostBase:
+    """What the joint-space and task-space reach costs share: the running and total cost built
+    from a per-state term ``_state_term`` (averaged over the rollout states ``x_1..x_T``) and a
+    control term; subclasses define ``_state_term`` and ``terminal``."""
+
+    horizon: int
+    w_u: float
+
+    def _state_term(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def terminal(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def running(self, x: Tensor, u: Tensor, t: int) -> Tensor:
+        """Running cost at step ``t``: ``x (B, 2n)``, ``u (B, n)`` -> ``(B,)``."""
+        c = self.w_u / self.horizon * (u * u).sum(-1)
+        if t >= 1:  # the paper averages over rollout states x_1..x_T; x_0 is fixed
+            c = c + self._state_term(x) / self.horizon
+        return c
+
+    def trajectory(self, X: Tensor, U: Tensor) -> Tensor:
+        """Total cost, ``X (B, T+1, 2n)``, ``U (B, T, n)`` -> ``(B,)``."""
+        T = U.shape[1]
+        run = self.w_u / self.horizon * (U * U).sum((-1, -2))
+        run = run + self._state_term(X[:, 1:T]).sum(-1) / self.horizon
+        return run + self.terminal(X[:, T])
+
+
+class ReachCost(_ReachCostBase):
     """Joint-space reach cost mirroring the reacher task loss of ML3.
 
     The task loss of the paper is ``10 ||q_T - q_g|| + mean_t ||q_t - q_g|| + 1e-4 mean_t ||qd_t||``
@@ -207,26 +236,12 @@ class ReachCost:
         pq = _penalty(q - goal, self.norm, self.eps)
         return pq + self.w_v * _penalty(qd, self.norm, self.eps)
 
-    def running(self, x: Tensor, u: Tensor, t: int) -> Tensor:
-        """Running cost at step ``t``: ``x (B, 2n)``, ``u (B, n)`` -> ``(B,)``."""
-        c = self.w_u / self.horizon * (u * u).sum(-1)
-        if t >= 1:  # the paper averages over rollout states x_1..x_T; x_0 is fixed
-            c = c + self._state_term(x) / self.horizon
-        return c
-
     def terminal(self, x: Tensor) -> Tensor:
         """Terminal cost: ``x (B, 2n)`` -> ``(B,)``."""
         goal = self.q_goal.to(x)
         return self.w_T * _penalty(x[:, : self.n] - goal, self.norm, self.eps) + (
             self._state_term(x) / self.horizon
         )
-
-    def trajectory(self, X: Tensor, U: Tensor) -> Tensor:
-        """Total cost, ``X (B, T+1, 2n)``, ``U (B, T, n)`` -> ``(B,)``."""
-        T = U.shape[1]
-        run = self.w_u / self.horizon * (U * U).sum((-1, -2))
-        run = run + self._state_term(X[:, 1:T]).sum(-1) / self.horizon
-        return run + self.terminal(X[:, T])
 
     def quadratize(self, X: Tensor, U: Tensor) -> CostDerivatives:
         """Exact derivatives along ``X (B, T+1, 2n)``, ``U (B, T, n)``."""
@@ -327,7 +342,7 @@ class MountainCarCost:
         return CostDerivatives(lx=lx, lu=lu, lxx=lxx, luu=luu, lux=lux)
 
 
-class TaskSpaceReachCost:
+class TaskSpaceReachCost(_ReachCostBase):
     """Reach cost on the end-effector position, through a forward-kinematics callable.
 
     Same structure as :class:`ReachCost` with ``r = fk(q) - p_goal`` in place of ``q - q_goal``
@@ -386,24 +401,10 @@ class TaskSpaceReachCost:
         r = self._residual(x)
         return (r * r).sum(-1) + self.w_v * (x[..., self.n :] ** 2).sum(-1)
 
-    def running(self, x: Tensor, u: Tensor, t: int) -> Tensor:
-        """Running cost at step ``t``: ``x (B, 2n)``, ``u (B, n)`` -> ``(B,)``."""
-        c = self.w_u / self.horizon * (u * u).sum(-1)
-        if t >= 1:
-            c = c + self._state_term(x) / self.horizon
-        return c
-
     def terminal(self, x: Tensor) -> Tensor:
         """Terminal cost: ``x (B, 2n)`` -> ``(B,)``."""
         r = self._residual(x)
         return self.w_T * (r * r).sum(-1) + self._state_term(x) / self.horizon
-
-    def trajectory(self, X: Tensor, U: Tensor) -> Tensor:
-        """Total cost, ``X (B, T+1, 2n)``, ``U (B, T, n)`` -> ``(B,)``."""
-        T = U.shape[1]
-        run = self.w_u / self.horizon * (U * U).sum((-1, -2))
-        run = run + self._state_term(X[:, 1:T]).sum(-1) / self.horizon
-        return run + self.terminal(X[:, T])
 
     def quadratize(self, X: Tensor, U: Tensor) -> CostDerivatives:
         """Gauss-Newton derivatives along ``X (B, T+1, 2n)``, ``U (B, T, n)``."""
