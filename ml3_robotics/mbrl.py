@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from controllers import MLPPolicy, ReachCost
+from controllers.policies import rollout
 from ml3_robotics.inner import InnerOptimizer, Params, adapt
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss
 from robots.arm import ArmConfig, ArmSim, ee_velocity, forward_kinematics, inverse_kinematics
@@ -224,14 +225,7 @@ def model_rollout(
         ``X (G, T+1, nx)``, ``U (G, T, nu)``.
     """
     act = batched_policy(policy)
-    xs, us = [x0], []
-    x = x0
-    for _ in range(horizon):
-        u = act(params, x)
-        x = step(x, u)
-        xs.append(x)
-        us.append(u)
-    return torch.stack(xs, 1), torch.stack(us, 1)
+    return rollout(lambda x, _t: act(params, x), step, x0, horizon)
 
 
 # -- the task ------------------------------------------------------------------------------------
