@@ -148,6 +148,20 @@ def _ik_dls(
     return torch.gather(q, 0, best[None, ..., None].expand(1, *batch, n))[0]
 
 
+def _flag_targets(mask: Tensor, problem: str, label: str, values: Tensor, strict: bool) -> None:
+    """Raise (``strict``) or log which IK targets have ``problem``, with up to 5 examples."""
+    if not mask.any():
+        return
+    idx = torch.nonzero(mask)[:5].tolist() if mask.ndim else "(unbatched)"
+    msg = (
+        f"target: {int(mask.sum())} target(s) {problem}, e.g. at batch index {idx} "
+        f"({label} {values[mask][:5].tolist()} m)"
+    )
+    if strict:
+        raise ValueError(msg)
+    log.warning(msg)
+
+
 def inverse_kinematics(
     config: ArmConfig,
     target: Tensor,
@@ -189,16 +203,13 @@ def inverse_kinematics(
         r = target.norm(dim=-1)
         slack = 1e-9 + tol
         outside = (r > config.reach + slack) | (r < config.min_reach - slack)
-        if outside.any():
-            idx = torch.nonzero(outside)[:5].tolist() if outside.ndim else "(unbatched)"
-            msg = (
-                f"target: {int(outside.sum())} target(s) outside the reachable annulus "
-                f"[{config.min_reach:.4g}, {config.reach:.4g}] m, e.g. at batch index {idx} "
-                f"(distance {r[outside][:5].tolist()} m)"
-            )
-            if strict:
-                raise ValueError(msg)
-            log.warning(msg)
+        _flag_targets(
+            outside,
+            f"outside the reachable annulus [{config.min_reach:.4g}, {config.reach:.4g}] m",
+            "distance",
+            r,
+            strict,
+        )
         if config.n_links == 2:
             q = _ik_two_link(config, target, q0)
             lo, hi = _limits(config, q)
@@ -211,14 +222,11 @@ def inverse_kinematics(
             q = _ik_dls(config, target, q0, max_iters, tol, damping)
         err = (forward_kinematics(config, q) - target).norm(dim=-1)
         missed = (err > tol) & ~outside
-        if missed.any():
-            idx = torch.nonzero(missed)[:5].tolist() if missed.ndim else "(unbatched)"
-            msg = (
-                f"target: {int(missed.sum())} target(s) not reached within {tol} m "
-                f"(joint limits {config.joint_limits}), e.g. at batch index {idx}, "
-                f"residual {err[missed][:5].tolist()} m"
-            )
-            if strict:
-                raise ValueError(msg)
-            log.warning(msg)
+        _flag_targets(
+            missed,
+            f"not reached within {tol} m (joint limits {config.joint_limits})",
+            "residual",
+            err,
+            strict,
+        )
     return q
