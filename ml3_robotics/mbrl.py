@@ -11,7 +11,9 @@ The pieces the reacher experiment composes:
   model in one batch (the policy is vmapped over goals, the model steps the whole batch).
 * :class:`ReachTask`: goals, the joint-space goals from IK and the task loss (the paper's,
   through :class:`controllers.ReachCost` so that iLQR minimises exactly the same cost).
-* :func:`adapt_policies`: K inner steps on a loss; :func:`meta_loss`: the ML3 meta-objective.
+* :func:`adapt_policies`: K inner steps on a loss; :func:`meta_loss`: the ML3 meta-objective,
+  which alone accepts extra-information terms (:func:`rest_at_goal_prior`, demonstrations);
+  :func:`meta_test`: K steps on a learned loss, with no way to receive them.
 * :func:`execute_policies` and :func:`execute_plan`: run policies or iLQR plans in the real
   simulator (batched over goals).
 
@@ -34,7 +36,15 @@ from controllers import MLPPolicy, ReachCost
 from controllers.policies import rollout
 from ml3_robotics.inner import InnerOptimizer, Params, adapt
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss
-from robots.arm import ArmConfig, ArmSim, ee_velocity, forward_kinematics, inverse_kinematics
+from ml3_robotics.task_losses import ExtraTerm, PhysicsPrior, Rollout
+from robots.arm import (
+    ArmConfig,
+    ArmSim,
+    ee_velocity,
+    forward_kinematics,
+    inverse_kinematics,
+    kinetic_energy,
+)
 
 StepFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -341,6 +351,23 @@ def adapt_policies(
     )
 
 
+def reach_rollout(X: Tensor, U: Tensor, task: ReachTask) -> Rollout:
+    """A :class:`Rollout` of reach trajectories with their measurements as outputs.
+
+    Outputs: ``"q"`` joint angles ``(G, T+1, n)`` (rad), ``"ee"`` end-effector positions
+    ``(G, T+1, 2)`` (m) and ``"kinetic_energy"`` ``(G, T+1, 1)`` (J), so that extra-information
+    terms can read them by name.
+    """
+    n = task.config.n_links
+    q, qd = X[..., :n], X[..., n:]
+    outputs = {
+        "q": q,
+        "ee": forward_kinematics(task.config, q),
+        "kinetic_energy": kinetic_energy(task.config, q, qd)[..., None],
+    }
+    return Rollout(X, U, outputs)
+
+
 def meta_loss(
     policy: nn.Module,
     params: Params,
@@ -348,41 +375,73 @@ def meta_loss(
     task: ReachTask,
     learned: LossFn,
     optimizer: InnerOptimizer,
-    extra: LossFn | None = None,
+    extras: Sequence[ExtraTerm] = (),
 ) -> tuple[Tensor, Params]:
     """ML3's meta-objective: mean task loss of the K-step adapted policies' model rollouts.
 
     Args:
-        extra: optional per-goal extra-information term added to the task loss at meta-train
-            time only (e.g. :func:`demo_tracking_loss`); meta-test never sees it.
+        extras: extra-information terms (:class:`ml3_robotics.task_losses.ExtraTerm`, e.g.
+            :class:`~ml3_robotics.task_losses.Demonstrations` or :func:`rest_at_goal_prior`)
+            added to the task loss at meta-train time; :func:`meta_test` has no way to take them.
 
     Returns the meta-loss (differentiable w.r.t. the learned loss's parameters) and the adapted
     per-goal parameters.
     """
+    for e in extras:
+        if not isinstance(e, ExtraTerm):
+            raise TypeError(f"extras: expected ExtraTerm instances, got {type(e).__name__}")
     adapted = adapt_policies(policy, params, step, task, learned, optimizer)
     dtype = next(iter(adapted.values())).dtype
     X, U = model_rollout(policy, adapted, step, task.x0(dtype), task.horizon)
     per_goal = task.task_loss(X, U)
-    if extra is not None:
-        per_goal = per_goal + extra(X, U, task)
+    if extras:
+        rollout = reach_rollout(X, U, task)
+        per_goal = per_goal + sum(e(rollout) for e in extras)
     return per_goal.mean(), adapted
 
 
-def demo_tracking_loss(demo_states: Tensor, weight: float, eps: float = 1e-3) -> LossFn:
-    """Extra information from expert demonstrations: ``weight * mean_t rho(q_t - q*_t)``.
+def meta_test(
+    loss: LearnedLoss,
+    policy: nn.Module,
+    init: Params,
+    step: StepFn,
+    task: ReachTask,
+    optimizer: InnerOptimizer,
+    on_step: Callable[[int, Params, Tensor], None] | None = None,
+) -> Params:
+    """Meta-test: fresh per-goal policies take K plain steps on the learned loss alone.
 
-    Args:
-        demo_states: ``(G, T+1, nx)`` expert trajectories for the task's goals (same order).
-        weight: multiplier.
-        eps: smoothing of the norm ``rho(r) = sqrt(||r||^2 + eps^2) - eps`` (rad).
+    There is no parameter through which extra information could arrive: the loss reads only
+    :data:`REACH_FEATURES` of the policies' own rollouts (its feature spec is checked), and a
+    :class:`ReachTask` holds only the arm, the goals, the horizon and the task loss.
     """
+    loss.features.require(REACH_FEATURES)
+    return adapt_policies(
+        policy, init, step, task, learned_loss_fn(loss), optimizer, differentiable=False,
+        on_step=on_step,
+    )  # fmt: skip
 
-    def fn(X: Tensor, U: Tensor, task: ReachTask) -> Tensor:
-        n = task.config.n_links
-        r = X[:, 1:, :n] - demo_states[:, 1:, :n].to(X)
-        return weight * (torch.sqrt((r * r).sum(-1) + eps**2) - eps).mean(-1)
 
-    return fn
+def rest_at_goal_prior(config: ArmConfig, weight: float = 1.0, final_fraction: float = 0.2):
+    """Physics prior: the arm arrives at rest, its kinetic energy vanishing at the end.
+
+    ``weight * mean over the last final_fraction of the steps of E_k(t) / E_ref`` with
+    ``E_k = 0.5 qdot^T M(q) qdot`` from the arm's analytic mass matrix and ``E_ref`` the energy
+    of every joint turning at 1 rad/s in the stretched posture (so the term is unit-free and
+    comparable across arms).
+    """
+    if not 0 < final_fraction <= 1:
+        raise ValueError(f"final_fraction: expected a fraction in (0, 1], got {final_fraction}")
+    n = config.n_links
+    e_ref = float(kinetic_energy(config, torch.zeros(n, dtype=torch.float64),
+                                 torch.ones(n, dtype=torch.float64)))  # fmt: skip
+
+    def energy(rollout: Rollout) -> Tensor:
+        e = rollout.outputs["kinetic_energy"][:, 1:, 0]
+        k = max(1, round(final_fraction * e.shape[1]))
+        return e[:, -k:].mean(-1) / e_ref
+
+    return PhysicsPrior(weight=weight, fn=energy, label="rest_at_goal")
 
 
 # -- the real simulator --------------------------------------------------------------------------

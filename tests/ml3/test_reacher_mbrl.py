@@ -1,25 +1,32 @@
 """MBRL reacher pieces: joint-count-independent features, gradient paths, float64 meta-gradient."""
 
+import dataclasses
+
 import pytest
 import torch
 
+from ml3_robotics.errors import FeatureSpecError
 from ml3_robotics.inner import InnerOptimizer
 from ml3_robotics.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.mbrl import (
     REACH_FEATURES,
     ReachPolicy,
     ReachTask,
     adapt_policies,
     batched_policy,
-    demo_tracking_loss,
     init_policy_params,
     learned_loss_fn,
     meta_loss,
+    meta_test,
     model_rollout,
     reach_feature_spec,
     reach_features,
+    reach_rollout,
+    rest_at_goal_prior,
+    task_loss_fn,
 )
+from ml3_robotics.task_losses import Demonstrations
 from robots.arm import forward_kinematics, load_arm_config, sample_goals
 
 
@@ -189,17 +196,66 @@ def test_task_loss_is_the_papers_loss():
     torch.testing.assert_close(forward_kinematics(arm, task.q_goal), task.goals)
 
 
-def test_demo_tracking_term_is_zero_on_the_demo_and_adds_to_the_meta_loss():
-    _, model, policy, task, params, loss = _tiny_problem()
+def test_extra_terms_read_the_reach_rollout_and_add_exactly_to_the_meta_loss():
+    arm, model, policy, task, params, loss = _tiny_problem()
     X, U = model_rollout(policy, params, model.step, task.x0(torch.float64), task.horizon)
-    extra = demo_tracking_loss(X.detach(), weight=2.0)
-    torch.testing.assert_close(extra(X, U, task), torch.zeros(task.n, dtype=X.dtype))
+    rollout = reach_rollout(X, U, task)
+    torch.testing.assert_close(rollout.outputs["ee"], forward_kinematics(arm, X[..., :2]))
+    demos = Demonstrations(weight=2.0, states=X[..., :2].detach(), output="q")
+    torch.testing.assert_close(demos(rollout), torch.zeros(task.n, dtype=X.dtype))
     shifted = X.clone()
-    shifted[:, 1:, 0] += 0.5
-    expected = torch.full((task.n,), 2.0 * (0.25 + 1e-6) ** 0.5 - 2e-3, dtype=X.dtype)
-    torch.testing.assert_close(extra(shifted, U, task), expected)
+    shifted[:, 1:, 0] += 0.5  # 0.25 rad^2 on T of the T+1 states
+    expected = torch.full((task.n,), 2.0 * 0.25 * task.horizon / (task.horizon + 1), dtype=X.dtype)
+    torch.testing.assert_close(demos(reach_rollout(shifted, U, task)), expected)
+
+    # The extra terms change the meta-loss by their value on the adapted rollouts, nothing else.
     opt = InnerOptimizer("sgd", lr=0.1, steps=1)
-    plain, _ = meta_loss(policy, params, model.step, task, learned_loss_fn(loss), opt)
-    far = demo_tracking_loss(X.detach() + 1.0, weight=1.0)
-    with_demo, _ = meta_loss(policy, params, model.step, task, learned_loss_fn(loss), opt, far)
-    assert float(with_demo.detach()) > float(plain.detach())
+    prior = rest_at_goal_prior(arm, weight=3.0)
+    plain, adapted = meta_loss(policy, params, model.step, task, learned_loss_fn(loss), opt)
+    both, adapted2 = meta_loss(
+        policy, params, model.step, task, learned_loss_fn(loss), opt, (demos, prior)
+    )
+    for k in adapted:
+        torch.testing.assert_close(adapted2[k], adapted[k], rtol=0, atol=0)
+    Xa, Ua = model_rollout(policy, adapted, model.step, task.x0(torch.float64), task.horizon)
+    ra = reach_rollout(Xa, Ua, task)
+    torch.testing.assert_close(both - plain, (demos(ra) + prior(ra)).mean())
+    with pytest.raises(TypeError, match="ExtraTerm"):
+        meta_loss(policy, params, model.step, task, learned_loss_fn(loss), opt, (task_loss_fn,))
+
+
+def test_rest_at_goal_prior_is_the_normalised_final_kinetic_energy():
+    arm = load_arm_config("reacher2")
+    task = ReachTask(arm, sample_goals(arm, 2, 0, min_radius=0.3), 10)
+    X = torch.zeros(2, 11, 4, dtype=torch.float64)
+    U = torch.zeros(2, 10, 2, dtype=torch.float64)
+    X[0, -2:, 2:] = 1.0  # goal 0 still turns at 1 rad/s in the last two steps; goal 1 rests
+    value = rest_at_goal_prior(arm, weight=1.0, final_fraction=0.2)(reach_rollout(X, U, task))
+    # The last 2 of 10 steps at exactly the reference energy (stretched posture, 1 rad/s).
+    torch.testing.assert_close(value, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="final_fraction"):
+        rest_at_goal_prior(arm, final_fraction=0.0)
+
+
+def test_meta_test_cannot_receive_extra_information():
+    import inspect
+
+    # The meta-test API: a learned loss, a policy, its initialisation, a system, the task and
+    # the inner optimizer (plus a progress callback). No parameter can carry an extra term.
+    params = list(inspect.signature(meta_test).parameters)
+    assert params == ["loss", "policy", "init", "step", "task", "optimizer", "on_step"]
+    # The task carries only what any user knows: arm, goals, horizon, joint goals, task loss.
+    fields = [f.name for f in dataclasses.fields(ReachTask)]
+    assert fields == ["config", "goals", "horizon", "q_goal", "cost"]
+    # A loss trained on anything but the rollout's own features is refused.
+    _, model, policy, task, init, loss = _tiny_problem()
+    cheat = LearnedLoss(LossConfig(FeatureSpec((*REACH_FEATURES, "demo_q_error_rad")), hidden=(4,)))
+    with pytest.raises(FeatureSpecError, match="demo_q_error_rad"):
+        meta_test(cheat, policy, init, model.step, task, InnerOptimizer("sgd", lr=0.1, steps=1))
+    # And it is the plain K-step adaptation on the learned loss.
+    opt = InnerOptimizer("sgd", lr=0.1, steps=2)
+    ours = meta_test(loss, policy, init, model.step, task, opt)
+    ref = adapt_policies(policy, init, model.step, task, learned_loss_fn(loss), opt,
+                         differentiable=False)  # fmt: skip
+    for k in ref:
+        torch.testing.assert_close(ours[k], ref[k], rtol=0, atol=0)
