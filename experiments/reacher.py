@@ -230,9 +230,10 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     sim = ArmSim(arm, "mujoco")
     T = config.horizon
     reach_kw = {"min_radius": config.goal_min_radius, "min_distance": config.goal_separation}
-    train_goals = sample_goals(arm, config.n_train_goals, seed, **reach_kw)
-    test_goals = sample_goals(
-        arm, config.n_test_goals, seed + 7919, exclude=train_goals, **reach_kw
+    # Held-out goals first, then a dense training pool kept goal_separation away from them.
+    test_goals = sample_goals(arm, config.n_test_goals, seed + 7919, **reach_kw)
+    train_goals = sample_goals(
+        arm, config.n_train_goals, seed, exclude=test_goals, min_spacing=0.0, **reach_kw
     )
     train = ReachTask(arm, train_goals, T)
     test = ReachTask(arm, test_goals, T)

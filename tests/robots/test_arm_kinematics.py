@@ -170,3 +170,17 @@ def test_mass_matrix_matches_mujoco(name: str) -> None:
         energy = kinetic_energy(cfg, torch.as_tensor(q), torch.as_tensor(qd)).numpy()
         np.testing.assert_allclose(energy, 0.5 * np.einsum("bj,bjl,bl->b", qd, ours, qd))
         assert (energy > 0).all()
+
+
+def test_sample_goals_dense_pool_kept_away_from_held_out_goals() -> None:
+    cfg = load_arm_config("reacher2")
+    held_out = sample_goals(cfg, 10, 1, min_distance=0.02, min_radius=0.3)
+    pool = sample_goals(cfg, 256, 2, exclude=held_out, min_distance=0.02, min_spacing=0.0,
+                        min_radius=0.3)  # fmt: skip
+    gaps = np.linalg.norm(pool[:, None] - held_out[None], axis=-1)
+    assert gaps.min() >= 0.02
+    # 256 goals do not fit with 2 cm between each other too (found ~200).
+    with pytest.raises(ValueError, match="min_spacing=0.02"):
+        sample_goals(cfg, 256, 2, exclude=held_out, min_distance=0.02, min_radius=0.3)
+    with pytest.raises(ValueError, match="min_spacing"):
+        sample_goals(cfg, 3, 2, min_spacing=-1.0)
