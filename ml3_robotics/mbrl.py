@@ -47,6 +47,7 @@ from robots.arm import (
 )
 
 StepFn = Callable[[Tensor, Tensor], Tensor]
+OnStep = Callable[[int, Params, Tensor], None]  # (k, params before step k, loss before step k)
 
 #: Names of the learned-loss input features, in input order (recorded in the loss sidecar).
 REACH_FEATURES: tuple[str, ...] = (
@@ -407,7 +408,7 @@ def meta_test(
     step: StepFn,
     task: ReachTask,
     optimizer: InnerOptimizer,
-    on_step: Callable[[int, Params, Tensor], None] | None = None,
+    on_step: OnStep | None = None,
 ) -> Params:
     """Meta-test: fresh per-goal policies take K plain steps on the learned loss alone.
 
@@ -442,6 +443,145 @@ def rest_at_goal_prior(config: ArmConfig, weight: float = 1.0, final_fraction: f
         return e[:, -k:].mean(-1) / e_ref
 
     return PhysicsPrior(weight=weight, fn=energy, label="rest_at_goal")
+
+
+def trace_inner_steps(run: Callable[[OnStep], Params]) -> list[Params]:
+    """The parameters after 0, 1, ..., K inner steps of ``run(on_step) -> final params``.
+
+    ``run`` is an adaptation (``meta_test`` or ``adapt_policies``) with its ``on_step`` bound
+    to the recorder.
+    """
+    snapshots: list[Params] = []
+
+    def record(_k: int, params: Params, _loss: Tensor) -> None:
+        snapshots.append({n: t.detach() for n, t in params.items()})
+
+    final = run(record)
+    return [*snapshots, {n: t.detach() for n, t in final.items()}]
+
+
+def steps_to_reach(distances: np.ndarray, threshold: float) -> list[int | None]:
+    """Per goal, the first inner step whose real final distance is below ``threshold``.
+
+    Args:
+        distances: ``(K+1, G)`` distances after 0..K steps.
+        threshold: in the distances' unit.
+
+    Returns:
+        ``G`` entries: the step index, or None when no step up to K got there.
+    """
+    below = np.asarray(distances) < threshold
+    return [int(np.argmax(col)) if col.any() else None for col in below.T]
+
+
+class GoalConditionedPolicy(nn.Module):
+    """Behaviour-cloning policy ``u = limit * tanh(MLP([x / scale, goal / reach]))``.
+
+    Unlike :class:`ReachPolicy` (one parameter set per goal) it takes the goal as input, so
+    demonstrations of training goals can teach it held-out goals.
+    """
+
+    def __init__(self, config: ArmConfig, hidden: Sequence[int] = (64, 64)) -> None:
+        super().__init__()
+        hidden = tuple(hidden)
+        if not hidden or len(set(hidden)) != 1:
+            raise ValueError(f"hidden: expected equal widths like (64, 64), got {hidden!r}")
+        n = config.n_links
+        self.config = config
+        self.mlp = MLPPolicy(
+            2 * n + 2, n, depth=len(hidden), width=hidden[0], activation="tanh",
+            action_bound=torch.as_tensor(config.torque_limits, dtype=torch.float32),
+        )  # fmt: skip
+        scale = [math.pi] * n + [10.0] * n + [config.reach] * 2
+        self.register_buffer("input_scale", torch.tensor(scale))
+
+    def forward(self, x: Tensor, goal: Tensor) -> Tensor:
+        """Torques ``(B, n)`` for states ``x (B, 2n)`` and goals ``(B, 2)``."""
+        return self.mlp(torch.cat([x, goal.to(x)], -1) / self.input_scale.to(x))
+
+
+def behaviour_cloning(
+    config: ArmConfig,
+    states: Tensor,
+    actions: Tensor,
+    goals: Tensor,
+    *,
+    hidden: Sequence[int] = (64, 64),
+    epochs: int = 2000,
+    lr: float = 3e-3,
+    generator: torch.Generator | None = None,
+) -> GoalConditionedPolicy:
+    """Fit a :class:`GoalConditionedPolicy` to expert (state, goal) -> torque pairs.
+
+    Full-batch Adam on the mean squared torque error in units of the torque limits.
+
+    Args:
+        states: ``(G, T+1, nx)`` expert states (the last one has no action and is dropped).
+        actions: ``(G, T, nu)`` expert torques.
+        goals: ``(G, 2)`` the goals the demonstrations reach.
+    """
+    if states.ndim != 3 or actions.ndim != 3 or states.shape[1] != actions.shape[1] + 1:
+        raise ValueError(f"states/actions: expected (G, T+1, nx) and (G, T, nu), got "
+                         f"{tuple(states.shape)} and {tuple(actions.shape)}")  # fmt: skip
+    if epochs < 1:
+        raise ValueError(f"epochs: expected >= 1, got {epochs}")
+    policy = GoalConditionedPolicy(config, hidden)
+    if generator is not None:
+        for p in policy.parameters():  # nn.Linear's default distribution, from the generator
+            bound = 1.0 / math.sqrt(p.shape[-1] if p.ndim == 2 else p.shape[0])
+            with torch.no_grad():
+                p.uniform_(-bound, bound, generator=generator)
+    T = actions.shape[1]
+    x = states[:, :-1].reshape(-1, states.shape[-1]).float()
+    g = goals.float()[:, None].expand(-1, T, -1).reshape(-1, 2)
+    limits = torch.as_tensor(config.torque_limits, dtype=torch.float32)
+    target = (actions.reshape(-1, actions.shape[-1]).float() / limits).clamp(-1, 1)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss = ((policy(x, g) / limits - target) ** 2).mean()
+        loss.backward()
+        opt.step()
+    return policy.requires_grad_(False)
+
+
+def loss_landscape(
+    policy: nn.Module,
+    center: Params,
+    directions: tuple[Params, Params],
+    alphas: Tensor,
+    betas: Tensor,
+    step: StepFn,
+    task: ReachTask,
+    losses: Mapping[str, LossFn],
+) -> dict[str, Tensor]:
+    """Per-goal losses on a plane of policy parameters ``center + a d1 + b d2``.
+
+    Args:
+        center, directions: parameters of ONE goal's policy (no leading goal axis).
+        alphas, betas: ``(A,)``, ``(B,)`` grid coordinates.
+        task: a one-goal :class:`ReachTask`.
+        losses: name -> per-goal loss function (e.g. the learned and the task loss).
+
+    Returns:
+        name -> ``(A, B)`` values.
+    """
+    if task.n != 1:
+        raise ValueError(f"task: expected one goal, got {task.n}")
+    d1, d2 = directions
+    a, b = torch.meshgrid(alphas, betas, indexing="ij")
+    a, b = a.reshape(-1), b.reshape(-1)
+    grid: Params = {}
+    for n, c in center.items():
+        view = (-1,) + (1,) * c.ndim
+        grid[n] = c + a.view(view).to(c) * d1[n] + b.view(view).to(c) * d2[n]
+    many = task.subset([0] * a.numel())
+    out: dict[str, Tensor] = {}
+    with torch.no_grad():
+        X, U = model_rollout(policy, grid, step, many.x0(a.dtype), many.horizon)
+        for name, fn in losses.items():
+            out[name] = fn(X, U, many).reshape(len(alphas), len(betas))
+    return out
 
 
 # -- the real simulator --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,12 +12,15 @@ from ml3_robotics.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.mbrl import (
     REACH_FEATURES,
+    GoalConditionedPolicy,
     ReachPolicy,
     ReachTask,
     adapt_policies,
     batched_policy,
+    behaviour_cloning,
     init_policy_params,
     learned_loss_fn,
+    loss_landscape,
     meta_loss,
     meta_test,
     model_rollout,
@@ -24,7 +28,9 @@ from ml3_robotics.mbrl import (
     reach_features,
     reach_rollout,
     rest_at_goal_prior,
+    steps_to_reach,
     task_loss_fn,
+    trace_inner_steps,
 )
 from ml3_robotics.task_losses import Demonstrations
 from robots.arm import forward_kinematics, load_arm_config, sample_goals
@@ -259,3 +265,57 @@ def test_meta_test_cannot_receive_extra_information():
                          differentiable=False)  # fmt: skip
     for k in ref:
         torch.testing.assert_close(ours[k], ref[k], rtol=0, atol=0)
+
+
+def test_trace_inner_steps_gives_the_parameters_after_each_step():
+    _, model, policy, task, init, loss = _tiny_problem()
+    opt = InnerOptimizer("sgd", lr=0.1, steps=3)
+    trace = trace_inner_steps(
+        lambda on_step: meta_test(loss, policy, init, model.step, task, opt, on_step)
+    )
+    assert len(trace) == 4
+    for k in (1, 2, 3):
+        ref = adapt_policies(policy, init, model.step, task, learned_loss_fn(loss), opt,
+                             differentiable=False, steps=k)  # fmt: skip
+        for n in ref:
+            torch.testing.assert_close(trace[k][n], ref[n], rtol=0, atol=0)
+    for n in init:
+        torch.testing.assert_close(trace[0][n], init[n], rtol=0, atol=0)
+    d = np.array([[0.05, 0.02, 0.3], [0.009, 0.02, 0.2], [0.001, 0.005, 0.2]])
+    assert steps_to_reach(d, 0.01) == [1, 2, None]
+
+
+def test_behaviour_cloning_recovers_a_teacher_policy():
+    arm = load_arm_config("reacher2")
+    gen = torch.Generator().manual_seed(5)
+    teacher = GoalConditionedPolicy(arm, (16, 16))
+    goals = torch.as_tensor(sample_goals(arm, 6, 0, min_radius=0.3), dtype=torch.float32)
+    X = torch.randn(6, 9, 4, generator=gen)
+    with torch.no_grad():
+        U = torch.stack([teacher(X[:, t], goals) for t in range(8)], 1)
+    student = behaviour_cloning(arm, X, U, goals, hidden=(32, 32), epochs=400, generator=gen)
+    lim = torch.tensor(arm.torque_limits)
+    fit = torch.stack([student(X[:, t], goals) for t in range(8)], 1)
+    before = (U / lim).pow(2).mean()
+    assert ((fit - U) / lim).pow(2).mean() < 0.01 * before  # 99% of the variance explained
+    with pytest.raises(ValueError, match="states/actions"):
+        behaviour_cloning(arm, X[:, :-1], U, goals)
+
+
+def test_loss_landscape_is_the_loss_at_each_grid_point():
+    _, model, policy, task, init, loss = _tiny_problem()
+    one = task.subset([1])
+    center = {k: v[1] for k, v in init.items()}
+    d1 = {k: torch.ones_like(v) * 0.1 for k, v in center.items()}
+    d2 = {k: -torch.ones_like(v) * 0.05 for k, v in center.items()}
+    alphas = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    betas = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    fns = {"learned": learned_loss_fn(loss), "task": task_loss_fn}
+    grid = loss_landscape(policy, center, (d1, d2), alphas, betas, model.step, one, fns)
+    assert grid["task"].shape == (2, 2)
+    for i, a in enumerate(alphas):
+        for j, b in enumerate(betas):
+            p = {k: (center[k] + a * d1[k] + b * d2[k])[None] for k in center}
+            X, U = model_rollout(policy, p, model.step, one.x0(torch.float64), one.horizon)
+            for name, fn in fns.items():
+                torch.testing.assert_close(grid[name][i, j], fn(X, U, one)[0])
