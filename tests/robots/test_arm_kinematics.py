@@ -180,7 +180,7 @@ def test_sample_goals_dense_pool_kept_away_from_held_out_goals() -> None:
     gaps = np.linalg.norm(pool[:, None] - held_out[None], axis=-1)
     assert gaps.min() >= 0.02
     # 256 goals do not fit with 2 cm between each other too (found ~200).
-    with pytest.raises(ValueError, match="min_spacing=0.02"):
+    with pytest.raises(ValueError, match=r"min_spacing=0\.02"):
         sample_goals(cfg, 256, 2, exclude=held_out, min_distance=0.02, min_radius=0.3)
     with pytest.raises(ValueError, match="min_spacing"):
         sample_goals(cfg, 3, 2, min_spacing=-1.0)
