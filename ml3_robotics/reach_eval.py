@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,6 +270,7 @@ def evaluate_reach(
     ml3_extra_env_steps: int = 0,
     ml3_extra_seconds: float = 0.0,
     ml3_fields: Mapping[str, Any] | None = None,
+    methods: Sequence[str] = METHODS,
 ) -> ReachEvaluation:
     """Meta-test ``loss`` on ``arm`` against the task loss and iLQR, all executed in MuJoCo.
 
@@ -294,10 +295,14 @@ def evaluate_reach(
         ml3_extra_env_steps, ml3_extra_seconds: added to ML3's real steps and wall time (the
             meta-training that produced ``loss``, when this run did it).
         ml3_fields: more entries for ML3's summary.
+        methods: the subset of :data:`METHODS` to run ("ml3" is always run: the model-error
+            figures and the video use its rollouts).
 
     Returns:
         The :class:`ReachEvaluation`.
     """
+    for name in methods:
+        check_choice("methods", name, METHODS)
     sim = ArmSim(arm, "mujoco") if sim is None else sim
     seed = ctx.seed
     T = config.horizon
@@ -332,26 +337,27 @@ def evaluate_reach(
     results["ml3"].setdefault("inner_lr", config.inner_lr)
 
     # -- (a) task loss through the same model, step size tuned on the tuning goals -------------
-    t0 = time.perf_counter()
-    with ctx.phase("baseline_task_loss"):
-        tuned: dict[float, float] = {}
-        for lr in config.lr_grid:
-            opt = InnerOptimizer(config.inner_method, lr=lr, steps=config.inner_steps)
-            try:
-                dist, _, _ = real_distance(task_loss_fn, tune, tune_init, opt)
-                tuned[lr] = float(dist.mean())
-            except (ValueError, RuntimeError) as e:  # a step size that blows the rollout up
-                log.info("task-loss lr %g failed on the tuning goals: %s", lr, e)
-                tuned[lr] = float("inf")
-        best_lr = min(tuned, key=lambda lr: tuned[lr])
-        opt = InnerOptimizer(config.inner_method, lr=best_lr, steps=config.inner_steps)
-        d, X, _ = real_distance(task_loss_fn, test, test_init, opt)
-    paths["task_loss"] = X
-    results["task_loss"] = summarize(
-        d, model_env_steps + (len(config.lr_grid) * tune.n + test.n) * T,
-        time.perf_counter() - t0, lr=best_lr,
-        lr_grid_train_distance_mm={str(k): 1000 * v for k, v in tuned.items()},
-    )  # fmt: skip
+    if "task_loss" in methods:
+        t0 = time.perf_counter()
+        with ctx.phase("baseline_task_loss"):
+            tuned: dict[float, float] = {}
+            for lr in config.lr_grid:
+                opt = InnerOptimizer(config.inner_method, lr=lr, steps=config.inner_steps)
+                try:
+                    dist, _, _ = real_distance(task_loss_fn, tune, tune_init, opt)
+                    tuned[lr] = float(dist.mean())
+                except (ValueError, RuntimeError) as e:  # a step size that blows the rollout up
+                    log.info("task-loss lr %g failed on the tuning goals: %s", lr, e)
+                    tuned[lr] = float("inf")
+            best_lr = min(tuned, key=lambda lr: tuned[lr])
+            opt = InnerOptimizer(config.inner_method, lr=best_lr, steps=config.inner_steps)
+            d, X, _ = real_distance(task_loss_fn, test, test_init, opt)
+        paths["task_loss"] = X
+        results["task_loss"] = summarize(
+            d, model_env_steps + (len(config.lr_grid) * tune.n + test.n) * T,
+            time.perf_counter() - t0, lr=best_lr,
+            lr_grid_train_distance_mm={str(k): 1000 * v for k, v in tuned.items()},
+        )  # fmt: skip
 
     # -- (b, c) iLQR on the learned and on the true model ---------------------------------------
     limits = torch.as_tensor(arm.torque_limits, dtype=torch.float64)
@@ -361,6 +367,8 @@ def evaluate_reach(
          ILQRConfig(max_iters=config.ilqr_iters)),
     )  # fmt: skip
     for name, dyn, icfg in ilqr_runs:
+        if name not in methods:
+            continue
         t0 = time.perf_counter()
         with ctx.phase(f"baseline_{name}"):
             planner = ILQR(dyn, test.cost, T, lower=-limits, upper=limits, config=icfg)
