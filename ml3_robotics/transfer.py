@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ml3_robotics.learned_dynamics import ProbabilisticEnsemble
 from ml3_robotics.learned_loss import LearnedLoss
 from ml3_robotics.mbrl import REACH_FEATURES
 from ml3_robotics.plotting import new_figure, save
@@ -32,6 +33,7 @@ from ml3_robotics.reach_eval import (
     fit_reach_model,
     round_figures,
 )
+from ml3_robotics.replay_buffer import ReplayBuffer
 from ml3_robotics.runs import RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss
 from robots.arm import ArmConfig, ArmSim, load_arm_config, sample_goals
@@ -203,8 +205,13 @@ def evaluate_on_robot(
     goal_separation: float = 0.02,
     methods: Sequence[str] = METHODS,
     plots: bool = True,
+    fitted: tuple[ProbabilisticEnsemble, ReplayBuffer] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Fit ``arm``'s learned model by babbling, then evaluate ``loss`` and the baselines on it.
+
+    ``fitted``: ``arm``'s model and buffer from an earlier :func:`fit_reach_model` with the same
+    seed and ``model_config`` (skips the fit; the transfer study evaluates several losses and
+    policy sizes per robot).
 
     Returns:
         ``(results per method, extra)`` where extra holds the goals, the model's real steps
@@ -214,8 +221,10 @@ def evaluate_on_robot(
     test_goals, tune_goals = robot_goals(
         arm, n_goals, n_tune_goals, ctx.seed, goal_min_radius, goal_separation
     )
-    with ctx.phase("model_fit"):
-        model, buffer = fit_reach_model(arm, sim, model_config, ctx.seed)
+    if fitted is None:
+        with ctx.phase("model_fit"):
+            fitted = fit_reach_model(arm, sim, model_config, ctx.seed)
+    model, buffer = fitted
     evaluation = evaluate_reach(
         loss, arm, model, test_goals, tune_goals, eval_config, ctx,
         model_env_steps=buffer.n_transitions_added, sim=sim, plots=plots, methods=methods,
