@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from controllers import ILQR, ILQRConfig, MujocoDynamics
+from ml3_robotics.arm_distribution import ArmDistribution, arm_cycle_from
 from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, Params
 from ml3_robotics.learned_dynamics import (
     EnsembleConfig,
@@ -106,6 +107,9 @@ class ReacherConfig:
     video_stride: int = 3  # render every n-th state (CPU rendering: ~0.1-0.3 s per frame)
     torch_threads: int = 1
     loss_path: str | None = None
+    # "" = the single arm; else ArmDistribution.parse spec, e.g. "links=2,3,4 length=0.7:1.4
+    # mass=0.5:2 n=6": meta-train over those arms too (ml3_robotics.arm_distribution).
+    arm_distribution: str = ""
 
     def __post_init__(self) -> None:
         positive = (
@@ -133,6 +137,7 @@ class ReacherConfig:
         check_choice("inner_method", self.inner_method, INNER_METHODS)
         if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
             raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid}")
+        ArmDistribution.parse(self.arm_distribution)  # a malformed spec fails here
         if self.babble_trajectories < 2 and self.loss_path is None:
             raise ValueError(
                 f"babble_trajectories: expected >= 2 to fit a model, got {self.babble_trajectories}"
@@ -293,6 +298,13 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         for group in trainer.optimizer.param_groups:
             group["lr"] = lr
 
+    distribution_steps = 0
+    if config.arm_distribution and config.loss_path is None:
+        with ctx.phase("arm_distribution"):  # one babbling-fitted model per sampled arm
+            cycle = arm_cycle_from(config, seed)
+        objective = cycle.objective(objective, learned, inner)
+        distribution_steps = cycle.env_steps
+
     trainer = MetaTrainer(
         loss,
         objective,
@@ -336,6 +348,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                 "inner_steps": config.inner_steps,
                 "inner_lr": config.inner_lr,
                 "features": "per time step, joint-count independent (ml3_robotics.mbrl)",
+                "arm_distribution": config.arm_distribution,
             },
         )
     model_steps = buffer.n_transitions_added  # real transitions the model was trained on
@@ -345,9 +358,11 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     evaluation = evaluate_reach(
         loss, arm, model, test_goals, train_goals, eval_config_from(config), ctx,
         model_env_steps=model_steps, sim=sim, history=history,
-        ml3_extra_env_steps=demo_steps, ml3_extra_seconds=meta_seconds,
+        ml3_extra_env_steps=demo_steps + distribution_steps, ml3_extra_seconds=meta_seconds,
         ml3_fields={"monitoring_env_steps": state.monitor_steps, "inner_lr": config.inner_lr,
-                    "expert_demo_env_steps": demo_steps},
+                    "expert_demo_env_steps": demo_steps,
+                    **({"arm_distribution_env_steps": distribution_steps}
+                       if distribution_steps else {})},
     )  # fmt: skip
     results = evaluation.results
 
