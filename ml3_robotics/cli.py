@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
         help="apply a saved learned loss to an arm and a policy size, against task loss and iLQR",
     )
     ev.add_argument("--loss", required=True, help="saved loss (X.safetensors, X.json or X)")
-    ev.add_argument("--robot", default="reacher2", help="arm configuration name or YAML path")
+    ev.add_argument("--robot", default=None,
+                    help="arm configuration name or YAML path (default reacher2)")  # fmt: skip
     ev.add_argument("--goals", type=int, default=None, help="evaluation goals (default 10)")
     ev.add_argument("--steps", type=int, default=None,
                     help="K inner steps (default: as the loss was meta-trained)")  # fmt: skip
