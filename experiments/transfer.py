@@ -218,7 +218,7 @@ def run(config: TransferConfig, ctx: RunContext) -> RunResult:
                 detail[key] = r
             detail.setdefault("extra", extra)
         for name in losses:
-            if row.get(f"{name}_mm") is not None and row.get("task_loss_mm") is not None:
+            if row.get(f"{name}_mm") is not None and row.get("task_loss_mm"):
                 row[f"{name}_over_task_loss"] = row[f"{name}_mm"] / row["task_loss_mm"]
         per_robot[f"{label} | depth {depth}"] = detail
         log.info("transfer %s depth %d: %s", label, depth,
