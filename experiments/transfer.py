@@ -72,6 +72,8 @@ class TransferConfig:
         depth_robots: robots the sweep runs on.
         n_goals, n_tune_goals: evaluation and step-size tuning goals per robot.
         inner_steps, inner_lr: K and ML3's step size; None: the loss's own (sidecar).
+        baselines: run the task-loss and iLQR baselines (False: the learned losses only; with
+            the same seed, robots, goals and fresh policies are those of a full study).
         the rest: as in ``ml3r eval`` (per-robot model and baselines).
     """
 
@@ -99,6 +101,7 @@ class TransferConfig:
     lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     ilqr_iters: int = 30
     n_holdout_trajectories: int = 20
+    baselines: bool = True  # False: only the learned losses run (e.g. to add a loss to a study)
 
     def __post_init__(self) -> None:
         check_choice("source_size", self.source_size, SOURCE_SIZES)
@@ -226,22 +229,23 @@ def run(config: TransferConfig, ctx: RunContext) -> RunResult:
         return row
 
     base_depth = 2
+    run_methods = METHODS if config.baselines else ("ml3",)
     for label, arm in robots.items():
-        table.append(evaluate(label, arm, base_depth, METHODS))
+        table.append(evaluate(label, arm, base_depth, run_methods))
     depth_table: list[dict[str, Any]] = []
     for label, arm in grid_configs(config.depth_robots).items():
         for depth in config.policy_depths:
             if depth == base_depth and label in robots:
                 row = next(r for r in table if r["label"] == label)
             else:  # iLQR does not depend on the policy: only the policy-based methods rerun
-                row = evaluate(label, arm, depth, ("ml3", "task_loss"))
+                row = evaluate(label, arm, depth, run_methods[:2])
             depth_table.append(row | {"label": f"{label}, {depth} layers"})
 
-    methods = [*losses, *METHODS[1:]]
+    methods = [*losses, *run_methods[1:]]
     plot_transfer_heatmap(ctx.path("transfer_heatmap.png"), table, methods,
                           f"mean final distance (mm) on fresh goals, K = {steps}")  # fmt: skip
     plot_transfer_heatmap(ctx.path("policy_depth_heatmap.png"), depth_table,
-                          [*losses, "task_loss"], "policy size sweep (mm)")  # fmt: skip
+                          [*losses, *run_methods[1:2]], "policy size sweep (mm)")  # fmt: skip
     _bar_plot(ctx.path("transfer_bars.png"), table, methods)
 
     def aggregate(key: str) -> dict[str, Any]:

@@ -52,12 +52,13 @@ def test_same_loss_twice_gives_the_same_row(tmp_path):
     loss.reset_parameters(torch.Generator().manual_seed(1))
     save_learned_loss(loss, tmp_path / "loss", provenance={"inner_steps": 1, "inner_lr": 1e-3})
     sets = [f"loss_path={tmp_path / 'loss'}", f"other_losses=[copy={tmp_path / 'loss'}]",
-            "robots=[arm3]", "policy_depths=[2]"]  # fmt: skip
+            "robots=[arm3]", "policy_depths=[2]", "baselines=false"]  # fmt: skip
     run_experiment("transfer", seed=0, out=tmp_path / "study", smoke=True, sets=sets)
     doc = json.loads((tmp_path / "study" / "results.json").read_text())
     (row,) = doc["extra"]["table"]
     # Same loss, same robot model, goals and fresh policies: identical figures.
     assert row["ml3[copy]_mm"] == row["ml3_mm"]
+    assert "task_loss_mm" not in row and "ilqr_true_model_mm" not in row  # baselines=false
     assert not (tmp_path / "study" / "source").exists()
 
 
