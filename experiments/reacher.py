@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +24,12 @@ import torch
 from torch import Tensor
 
 from controllers import ILQR, ILQRConfig, MujocoDynamics
+from ml3_robotics.arm_distribution import ArmDistribution, arm_cycle_from
 from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, Params
 from ml3_robotics.learned_dynamics import (
     EnsembleConfig,
     ProbabilisticEnsemble,
     fit,
-    prediction_error,
 )
 from ml3_robotics.learned_loss import LearnedLoss, LossConfig, check_choice
 from ml3_robotics.mbrl import (
@@ -45,29 +44,28 @@ from ml3_robotics.mbrl import (
     meta_loss,
     reach_feature_spec,
     rest_at_goal_prior,
-    task_loss_fn,
 )
 from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep, iteration_generator
-from ml3_robotics.plotting import new_figure, save
+from ml3_robotics.reach_eval import (
+    METHODS,
+    babble,
+    eval_config_from,
+    evaluate_reach,
+    round_figures,
+)
 from ml3_robotics.replay_buffer import ReplayBuffer
 from ml3_robotics.runs import Experiment, RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss, save_learned_loss
 from ml3_robotics.task_losses import Demonstrations, ExtraTerm
 from robots.arm import (
     ArmSim,
-    RenderingUnavailableError,
-    forward_kinematics,
     load_arm_config,
-    render_rollout,
     sample_goals,
 )
-from robots.video import write_video
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ml3", "task_loss", "ilqr_learned_model", "ilqr_true_model")
 EXTRAS = ("none", "demos", "physics")
-SUCCESS_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +119,9 @@ class ReacherConfig:
     video_stride: int = 3  # render every n-th state (CPU rendering: ~0.1-0.3 s per frame)
     torch_threads: int = 1
     loss_path: str | None = None
+    # "" = the single arm; else ArmDistribution.parse spec, e.g. "links=2,3,4 length=0.7:1.4
+    # mass=0.5:2 n=6": meta-train over those arms too (ml3_robotics.arm_distribution).
+    arm_distribution: str = ""
 
     def __post_init__(self) -> None:
         positive = (
@@ -156,6 +157,7 @@ class ReacherConfig:
         check_choice("inner_method", self.inner_method, INNER_METHODS)
         if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
             raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid}")
+        ArmDistribution.parse(self.arm_distribution)  # a malformed spec fails here
         if self.babble_trajectories < 2 and self.loss_path is None:
             raise ValueError(
                 f"babble_trajectories: expected >= 2 to fit a model, got {self.babble_trajectories}"
@@ -186,35 +188,6 @@ class MBRLState:
         self.monitor_steps = int(state["monitor_steps"])
 
 
-def babble(
-    sim: ArmSim, n: int, horizon: int, hold: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random babbling from the zero state: uniform torques held for ``hold`` steps.
-
-    Held torques (rather than white noise, which barely moves the arm at dt = 0.01 s) spread the
-    data over the speeds and angles that reaching visits.
-    """
-    limits = np.asarray(sim.config.torque_limits)
-    n_seg = -(-horizon // hold)
-    seg = rng.uniform(-1, 1, size=(n, n_seg, sim.nu)) * limits
-    U = np.repeat(seg, hold, axis=1)[:, :horizon]
-    X = sim.rollout(np.zeros((n, sim.nx)), U)
-    return X, U
-
-
-def _summary(dist_m: np.ndarray, steps: int, seconds: float, **extra: Any) -> dict[str, Any]:
-    mm = 1000.0 * np.asarray(dist_m)
-    return {
-        "mean_final_distance_mm": float(mm.mean()),
-        "max_final_distance_mm": float(mm.max()),
-        "success_rate_10mm": float((mm < SUCCESS_MM).mean()),
-        "real_env_steps": int(steps),
-        "wall_time_s": float(seconds),
-        "final_distance_mm_per_goal": [float(v) for v in mm],
-        **extra,
-    }
-
-
 def run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     threads = torch.get_num_threads()
     torch.set_num_threads(config.torch_threads)
@@ -243,11 +216,6 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     zero = {"zero_output_layer": config.policy_zero_output}
     test_init = init_policy_params(
         policy, test.n, torch.Generator().manual_seed(10_000 + seed), **zero
-    )
-    # The task-loss baseline tunes its step size on a fixed batch of training goals.
-    tune = train.subset(range(config.goals_per_iteration))
-    tune_init = init_policy_params(
-        policy, tune.n, torch.Generator().manual_seed(20_000 + seed), **zero
     )
 
     buffer = ReplayBuffer(arm.nx, arm.nu, capacity=1_000_000)
@@ -362,6 +330,13 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         for group in trainer.optimizer.param_groups:
             group["lr"] = lr
 
+    distribution_steps = 0
+    if config.arm_distribution and config.loss_path is None:
+        with ctx.phase("arm_distribution"):  # one babbling-fitted model per sampled arm
+            cycle = arm_cycle_from(config, seed)
+        objective = cycle.objective(objective, learned, inner)
+        distribution_steps = cycle.env_steps
+
     trainer = MetaTrainer(
         loss,
         objective,
@@ -406,89 +381,24 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                 "inner_lr": config.inner_lr,
                 "features": "per time step, joint-count independent (ml3_robotics.mbrl)",
                 "extra_information": config.extra,
+                "arm_distribution": config.arm_distribution,
             },
         )
     model_steps = buffer.n_transitions_added  # real transitions the model was trained on
     meta_seconds = ctx.timing.get("meta_train", 0.0)
 
-    # -- meta-test: ML3 -------------------------------------------------------------------------
-    paths: dict[str, np.ndarray] = {}
-    controls: dict[str, np.ndarray] = {}
-    results: dict[str, dict[str, Any]] = {}
-    t0 = time.perf_counter()
-    with ctx.phase("meta_test"):
-        d, X, U = real_distance(learned, test, test_init, inner)
-    paths["ml3"], controls["ml3"] = X, U
-    results["ml3"] = _summary(
-        d, model_steps + demo_steps + test.n * T, meta_seconds + time.perf_counter() - t0,
-        monitoring_env_steps=state.monitor_steps, inner_lr=config.inner_lr,
-        expert_demo_env_steps=demo_steps,
+    # -- meta-test (ml3_robotics.reach_eval): ML3, task loss, iLQR on both models -------------
+    evaluation = evaluate_reach(
+        loss, arm, model, test_goals, train_goals[: config.goals_per_iteration],
+        eval_config_from(config), ctx,
+        model_env_steps=model_steps, sim=sim, history=history,
+        ml3_extra_env_steps=demo_steps + distribution_steps, ml3_extra_seconds=meta_seconds,
+        ml3_fields={"monitoring_env_steps": state.monitor_steps, "inner_lr": config.inner_lr,
+                    "expert_demo_env_steps": demo_steps,
+                    **({"arm_distribution_env_steps": distribution_steps}
+                       if distribution_steps else {})},
     )  # fmt: skip
-
-    # -- (a) task loss through the same model, step size tuned on the training goals ----------
-    t0 = time.perf_counter()
-    with ctx.phase("baseline_task_loss"):
-        tuned: dict[float, float] = {}
-        for lr in config.lr_grid:
-            opt = InnerOptimizer(config.inner_method, lr=lr, steps=config.inner_steps)
-            try:
-                dist, _, _ = real_distance(task_loss_fn, tune, tune_init, opt)
-                tuned[lr] = float(dist.mean())
-            except (ValueError, RuntimeError) as e:  # a step size that blows the rollout up
-                log.info("task-loss lr %g failed on the training goals: %s", lr, e)
-                tuned[lr] = float("inf")
-        best_lr = min(tuned, key=lambda lr: tuned[lr])
-        opt = InnerOptimizer(config.inner_method, lr=best_lr, steps=config.inner_steps)
-        d, X, _ = real_distance(task_loss_fn, test, test_init, opt)
-    paths["task_loss"] = X
-    results["task_loss"] = _summary(
-        d, model_steps + (len(config.lr_grid) * tune.n + test.n) * T,
-        time.perf_counter() - t0, lr=best_lr,
-        lr_grid_train_distance_mm={str(k): 1000 * v for k, v in tuned.items()},
-    )  # fmt: skip
-
-    # -- (b, c) iLQR on the learned and on the true model ---------------------------------------
-    ilqr_runs = (
-        ("ilqr_learned_model", model, ILQRConfig(max_iters=config.ilqr_iters, dtype=torch.float32)),
-        ("ilqr_true_model", MujocoDynamics(sim.mj_model),
-         ILQRConfig(max_iters=config.ilqr_iters)),
-    )  # fmt: skip
-    for name, dyn, icfg in ilqr_runs:
-        t0 = time.perf_counter()
-        with ctx.phase(f"baseline_{name}"):
-            planner = ILQR(dyn, test.cost, T, lower=-limits, upper=limits, config=icfg)
-            plan = planner.solve(test.x0(torch.float64))
-            X, _ = execute_plan(
-                sim, plan.states.double().numpy(), plan.controls.double().numpy(),
-                plan.K.double().numpy(), arm.torque_limits,
-            )  # fmt: skip
-        paths[name] = X
-        d = test.final_distance(X)
-        extra: dict[str, Any] = {
-            "ilqr_iterations_mean": float(plan.iterations.float().mean()),
-            "ilqr_converged": int(plan.converged.sum()),
-            "planned_final_distance_mm": float(1000 * test.final_distance(plan.states).mean()),
-        }
-        steps = test.n * T
-        if name == "ilqr_learned_model":
-            steps += model_steps
-        results[name] = _summary(d, steps, time.perf_counter() - t0, **extra)
-
-    # -- model quality on held-out real trajectories -------------------------------------------
-    with ctx.phase("model_eval"):
-        Xh, Uh = babble(
-            sim, config.n_holdout_trajectories, T, config.babble_hold,
-            np.random.default_rng(30_000 + seed),
-        )  # fmt: skip
-        err_babble = prediction_error(model, Xh, Uh, horizon=T)
-        err_policy = prediction_error(model, paths["ml3"], controls["ml3"], horizon=T)
-
-    with ctx.phase("plots"):
-        _plots(ctx, history, results, paths, test, arm)
-    video = None
-    if config.video_goals > 0:
-        with ctx.phase("video"):
-            video = _video(ctx, sim, paths["ml3"], test, config.video_goals, config.video_stride)
+    results = evaluation.results
 
     def short(r: dict[str, Any]) -> dict[str, Any]:
         keys = ("mean_final_distance_mm", "max_final_distance_mm", "success_rate_10mm",
@@ -504,8 +414,12 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             "babble_env_steps": babble_steps,
             "model_train_env_steps": model_steps,
             "model_refits": state.refits,
-            "prediction_error_babble_holdout": _round(err_babble),
-            "prediction_error_ml3_test_rollouts": _round(err_policy),
+            "prediction_error_babble_holdout": round_figures(
+                evaluation.model_error["babble_holdout"]
+            ),
+            "prediction_error_ml3_test_rollouts": round_figures(
+                evaluation.model_error["ml3_test_rollouts"]
+            ),
             "meta_train_seconds_per_iteration": (
                 float(np.mean([r["seconds"] for r in history])) if history else None
             ),
@@ -514,93 +428,10 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                 for r in history
                 if "heldout_real_distance_mm" in r
             ],
-            "video": video,
+            "video": evaluation.video,
             "resumed": bool(resumed),
         },
     )
-
-
-def _round(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, float):
-            out[k] = float(f"{v:.4g}")
-        elif isinstance(v, list):
-            out[k] = [float(f"{x:.4g}") for x in v]
-        else:
-            out[k] = v
-    return out
-
-
-def _plots(
-    ctx: RunContext,
-    history: list[dict[str, float]],
-    results: dict[str, dict[str, Any]],
-    paths: dict[str, np.ndarray],
-    test: ReachTask,
-    arm: Any,
-) -> None:
-    if history:
-        fig, axes = new_figure(2)
-        it = [r["iteration"] for r in history]
-        axes[0, 0].plot(it, [r["meta_loss"] for r in history])
-        axes[0, 0].set(title="meta-loss (task loss through the model)", xlabel="outer iteration",
-                       yscale="log")  # fmt: skip
-        ev = [(r["iteration"], r["heldout_real_distance_mm"]) for r in history
-              if "heldout_real_distance_mm" in r]  # fmt: skip
-        tr = [(r["iteration"], r["train_real_distance_mm"]) for r in history
-              if "train_real_distance_mm" in r]  # fmt: skip
-        if ev:
-            axes[0, 1].plot(*zip(*ev, strict=True), "o-", label="held-out goals (fresh policies)")
-        if tr:
-            axes[0, 1].plot(*zip(*tr, strict=True), "s--", label="training goals (collected)")
-        axes[0, 1].axhline(SUCCESS_MM, color="gray", lw=0.8, ls=":")
-        axes[0, 1].set(title="real MuJoCo final distance after K steps", xlabel="outer iteration",
-                       ylabel="mm", yscale="log")  # fmt: skip
-        axes[0, 1].legend()
-        for ax in axes[0]:
-            ax.grid(alpha=0.3)
-        save(fig, ctx.path("meta_training.png"))
-
-    fig, axes = new_figure(1, size=(8.0, 3.6))
-    ax = axes[0, 0]
-    width = 0.8 / len(results)
-    for i, (name, r) in enumerate(results.items()):
-        v = r["final_distance_mm_per_goal"]
-        ax.bar(np.arange(len(v)) + i * width, v, width, label=name)
-    ax.axhline(SUCCESS_MM, color="gray", lw=0.8, ls=":")
-    ax.set(yscale="log", xlabel="held-out goal", ylabel="final distance (mm)",
-           title="final end-effector distance per held-out goal")  # fmt: skip
-    ax.legend(fontsize=8)
-    save(fig, ctx.path("final_distance_per_goal.png"))
-
-    fig, axes = new_figure(len(paths), size=(3.6, 3.6))
-    n = arm.n_links
-    for ax, (name, X) in zip(axes[0], paths.items(), strict=True):
-        ee = forward_kinematics(arm, torch.as_tensor(X[..., :n])).numpy()
-        for g in range(ee.shape[0]):
-            (line,) = ax.plot(ee[g, :, 0], ee[g, :, 1], lw=1)
-            ax.plot(*test.goals[g].numpy(), "x", color=line.get_color())
-        ax.plot(0, 0, "ko", ms=3)
-        ax.set(title=name, aspect="equal", xlabel="x (m)", ylabel="z (m)")
-        ax.grid(alpha=0.3)
-    save(fig, ctx.path("ee_paths.png"))
-
-
-def _video(
-    ctx: RunContext, sim: ArmSim, X: np.ndarray, test: ReachTask, n: int, stride: int
-) -> str | None:
-    frames = []
-    try:
-        for g in range(min(n, test.n)):
-            goal = test.goals[g].numpy()
-            frames.append(render_rollout(sim, X[g], 200, 150, goal=goal, stride=stride))
-    except RenderingUnavailableError as e:
-        log.warning("no video: %s", e)
-        return None
-    fps = max(1, round(1.0 / (sim.dt * stride)))  # real time
-    path = write_video(np.concatenate(frames), ctx.path("meta_test_ml3.gif"), fps=fps)
-    return path.name
 
 
 EXPERIMENT = Experiment(

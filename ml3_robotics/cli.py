@@ -32,6 +32,8 @@ from ml3_robotics.runs import (
     write_config,
     write_results,
 )
+from ml3_robotics.transfer import EVAL_SMOKE, ReachEvalRunConfig, load_reach_loss, run_reach_eval
+from robots.arm import load_arm_config
 
 log = logging.getLogger("ml3r")
 
@@ -73,13 +75,26 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--backend", default="mujoco", help="mujoco or pybullet")
     render.add_argument("--steps", type=int, default=None)
     render.add_argument("--seed", type=int, default=0)
+    ev = sub.add_parser(
+        "eval",
+        help="apply a saved learned loss to an arm and a policy size, against task loss and iLQR",
+    )
+    ev.add_argument("--loss", required=True, help="saved loss (X.safetensors, X.json or X)")
+    ev.add_argument("--robot", default=None,
+                    help="arm configuration name or YAML path (default reacher2)")  # fmt: skip
+    ev.add_argument("--goals", type=int, default=None, help="evaluation goals (default 10)")
+    ev.add_argument("--steps", type=int, default=None,
+                    help="K inner steps (default: as the loss was meta-trained)")  # fmt: skip
+    ev.add_argument("--policy-depth", type=int, default=None, help="hidden layers (default 2)")
+    ev.add_argument("--policy-width", type=int, default=None, help="hidden width (default 64)")
+    _run_options(ev, resume=False)
     demo = sub.add_parser("demo", help="run the main job at demo size and print its table")
     demo.add_argument("--out", type=Path, default=None)
     demo.add_argument("--seed", type=int, default=0)
     return p
 
 
-def _run_options(run: argparse.ArgumentParser) -> None:
+def _run_options(run: argparse.ArgumentParser, *, resume: bool = True) -> None:
     run.add_argument("--config", type=Path, help="YAML file of config keys")
     run.add_argument(
         "--set",
@@ -97,7 +112,8 @@ def _run_options(run: argparse.ArgumentParser) -> None:
         help="output directory (default runs/<experiment>/<timestamp>)",
     )
     run.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out")
+    if resume:
+        run.add_argument("--resume", action="store_true", help="continue the run in --out")
     run.add_argument("--overwrite", action="store_true", help="replace a run in --out")
 
 
@@ -147,6 +163,48 @@ def run_experiment(
     return ctx, result
 
 
+def eval_loss(
+    loss: str | Path,
+    *,
+    robot: str | None = None,
+    goals: int | None = None,
+    steps: int | None = None,
+    policy_depth: int | None = None,
+    policy_width: int | None = None,
+    seed: int = 0,
+    out: Path | None = None,
+    config_file: Path | None = None,
+    sets: Sequence[str] = (),
+    smoke: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> tuple[RunContext, RunResult]:
+    """``ml3r eval``: resolve the config, refuse a loss or robot that cannot be used before
+    touching ``out``, run :func:`ml3_robotics.transfer.run_reach_eval`, write the artefacts."""
+    options = {"loss": str(loss), "robot": robot, "n_goals": goals, "inner_steps": steps,
+               "policy_depth": policy_depth, "policy_width": policy_width}  # fmt: skip
+    layers = [dict(EVAL_SMOKE) if smoke else {}]
+    if config_file is not None:
+        layers.append(read_config_file(config_file))
+    layers.append(parse_set_options(list(sets)))
+    layers.append({k: v for k, v in options.items() if v is not None})
+    config = build_config(ReachEvalRunConfig, *layers)
+    load_reach_loss(config.loss)  # FeatureSpecError / LossFileError before anything is written
+    try:
+        load_arm_config(config.robot)
+    except TypeError as e:
+        raise ConfigError(f"--robot: {e}") from e
+    if out is None:
+        out = Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S")
+    prepare_out_dir(out, resume=False, overwrite=overwrite)
+    ctx = RunContext(out, seed, smoke=smoke, progress=progress)
+    write_config(ctx, "eval", config, smoke)
+    with ctx.phase("total"):
+        result = run_reach_eval(config, ctx)
+    write_results(ctx, "eval", config, result)
+    return ctx, result
+
+
 def _table(result: RunResult) -> str:
     methods = {"ml3": result.metrics, **result.baselines}
     keys = [k for k, v in result.metrics.items() if isinstance(v, int | float)]
@@ -190,7 +248,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"wrote {path}")
             return 0
-        if args.command == "demo":
+        if args.command == "eval":
+            ctx, result = eval_loss(
+                args.loss,
+                robot=args.robot,
+                goals=args.goals,
+                steps=args.steps,
+                policy_depth=args.policy_depth,
+                policy_width=args.policy_width,
+                seed=args.seed,
+                out=args.out,
+                config_file=args.config,
+                sets=args.sets,
+                smoke=args.smoke,
+                overwrite=args.overwrite,
+                progress=progress,
+            )
+        elif args.command == "demo":
             ctx, result = run_experiment(
                 DEMO_EXPERIMENT,
                 seed=args.seed,

@@ -1,0 +1,321 @@
+"""Transfer study: one learned reach loss on many robot configurations and policy sizes.
+
+Takes a saved loss (``loss_path``) or meta-trains the reacher's loss first (``source_size``:
+the reacher's smoke, demo or full size, into ``<out>/source``). Then, for every configuration of
+the grid (:func:`ml3_robotics.transfer.transfer_grid`: lengths and masses scaled 0.5x..2x,
+damping, torque limits, the shipped 2-link variants, 3-, 4- and 7-link arms), it babbles on that
+robot, fits that robot's own learned model and compares, on fresh goals of that robot, ML3 (K
+steps under the loss only) with the task loss (step size tuned on other goals of the same robot)
+and iLQR on the learned and on the true model, all executed in MuJoCo. The policy-size sweep
+(2 to 5 hidden layers) reruns the policy-based methods on ``depth_robots``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments import reacher
+from ml3_robotics.cli import DEMO_SETTINGS
+from ml3_robotics.learned_loss import LearnedLoss, check_choice
+from ml3_robotics.plotting import new_figure, save
+from ml3_robotics.reach_eval import (
+    METHODS,
+    SUCCESS_MM,
+    ReachEvalConfig,
+    ReachModelConfig,
+    fit_reach_model,
+)
+from ml3_robotics.runs import (
+    Experiment,
+    RunContext,
+    RunResult,
+    build_config,
+    parse_set_options,
+    write_config,
+    write_results,
+)
+from ml3_robotics.transfer import (
+    evaluate_on_robot,
+    grid_configs,
+    inner_settings,
+    load_reach_loss,
+    plot_transfer_heatmap,
+    transfer_grid,
+)
+from robots.arm import ArmSim, SimulationError
+
+log = logging.getLogger(__name__)
+
+SOURCE_SIZES = ("smoke", "demo", "full")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Sizes of the transfer study (defaults: the full study).
+
+    Attributes:
+        loss_path: the loss to transfer; None: meta-train the reacher's loss first.
+        other_losses: more losses evaluated on the same robots and goals, each ``label=path``
+            (e.g. a loss meta-trained over a distribution of arms); their rows are
+            ``ml3[label]``.
+        source_size: reacher size for meta-training the loss ("smoke", "demo", "full").
+        source_set: extra ``key=value`` settings of that reacher run (e.g.
+            ``arm_distribution=...``).
+        robots: labels of :func:`transfer_grid` to evaluate (empty: all).
+        policy_depths, policy_width: the policy-size sweep (hidden layers, width).
+        depth_robots: robots the sweep runs on.
+        n_goals, n_tune_goals: evaluation and step-size tuning goals per robot.
+        inner_steps, inner_lr: K and ML3's step size; None: the loss's own (sidecar).
+        baselines: run the task-loss and iLQR baselines (False: the learned losses only; with
+            the same seed, robots, goals and fresh policies are those of a full study).
+        the rest: as in ``ml3r eval`` (per-robot model and baselines).
+    """
+
+    loss_path: str | None = None
+    other_losses: tuple[str, ...] = ()
+    source_size: str = "demo"
+    source_set: tuple[str, ...] = ()
+    robots: tuple[str, ...] = ()
+    policy_depths: tuple[int, ...] = (2, 3, 4, 5)
+    policy_width: int = 64
+    depth_robots: tuple[str, ...] = ("reacher2",)
+    n_goals: int = 10
+    n_tune_goals: int = 8
+    inner_steps: int | None = None
+    inner_lr: float | None = None
+    inner_method: str = "sgd"
+    goal_min_radius: float = 0.3
+    goal_separation: float = 0.02
+    horizon: int = 65
+    babble_trajectories: int = 100
+    babble_hold: int = 8
+    ensemble_members: int = 5
+    ensemble_hidden: tuple[int, ...] = (128, 128)
+    fit_epochs: int = 100
+    lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    ilqr_iters: int = 30
+    n_holdout_trajectories: int = 20
+    baselines: bool = True  # False: only the learned losses run (e.g. to add a loss to a study)
+
+    def __post_init__(self) -> None:
+        check_choice("source_size", self.source_size, SOURCE_SIZES)
+        for name in ("n_goals", "n_tune_goals", "policy_width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if any(d < 1 for d in self.policy_depths):
+            raise ValueError(f"policy_depths: expected integers >= 1, got {self.policy_depths}")
+        grid_configs(self.robots)  # unknown labels fail now, with a suggestion
+        grid_configs(self.depth_robots)
+        for item in self.other_losses:
+            if "=" not in item:
+                raise ValueError(f"other_losses: expected 'label=path' entries, got {item!r}")
+        parse_set_options(list(self.source_set))
+        self.model_config()
+        self.eval_config(3, 1e-3, 2)
+
+    def model_config(self) -> ReachModelConfig:
+        return ReachModelConfig(
+            babble_trajectories=self.babble_trajectories,
+            babble_hold=self.babble_hold,
+            horizon=self.horizon,
+            ensemble_members=self.ensemble_members,
+            ensemble_hidden=tuple(self.ensemble_hidden),
+            fit_epochs=self.fit_epochs,
+        )
+
+    def eval_config(self, steps: int, lr: float, depth: int) -> ReachEvalConfig:
+        return ReachEvalConfig(
+            horizon=self.horizon,
+            inner_steps=self.inner_steps if self.inner_steps is not None else steps,
+            inner_lr=self.inner_lr if self.inner_lr is not None else lr,
+            inner_method=self.inner_method,
+            policy_hidden=(self.policy_width,) * depth,
+            lr_grid=tuple(self.lr_grid),
+            ilqr_iters=self.ilqr_iters,
+            n_holdout_trajectories=self.n_holdout_trajectories,
+            babble_hold=self.babble_hold,
+            video_goals=0,
+        )
+
+
+def _source_loss(config: TransferConfig, ctx: RunContext) -> tuple[str, dict[str, Any]]:
+    """Meta-train the reacher's loss into ``<out>/source`` (a complete reacher run directory)."""
+    sizes = {"smoke": dict(reacher.EXPERIMENT.smoke), "demo": dict(DEMO_SETTINGS), "full": {}}
+    layers = [sizes[config.source_size], parse_set_options(list(config.source_set))]
+    rconfig = build_config(reacher.ReacherConfig, *layers)
+    sub = RunContext(ctx.out / "source", ctx.seed, smoke=config.source_size == "smoke",
+                     progress=ctx.progress)  # fmt: skip
+    sub.out.mkdir(parents=True, exist_ok=True)
+    write_config(sub, "reacher", rconfig, sub.smoke)
+    with ctx.phase("source_meta_train"), sub.phase("total"):
+        result = reacher.run(rconfig, sub)
+    write_results(sub, "reacher", rconfig, result)
+    summary = {
+        name: r["mean_final_distance_mm"]
+        for name, r in {"ml3": result.metrics, **result.baselines}.items()
+    }
+    return str(sub.out / "loss"), {"reacher_heldout_mean_mm": summary}
+
+
+def run(config: TransferConfig, ctx: RunContext) -> RunResult:
+    source_info: dict[str, Any] = {}
+    if config.loss_path is None:
+        loss_path, source_info = _source_loss(config, ctx)
+    else:
+        loss_path = config.loss_path
+    losses: dict[str, tuple[LearnedLoss, dict[str, Any], str]] = {}
+    loss, sidecar = load_reach_loss(loss_path)
+    losses["ml3"] = (loss, sidecar, loss_path)
+    for item in config.other_losses:
+        label, _, path = item.partition("=")
+        other, other_sidecar = load_reach_loss(path)
+        losses[f"ml3[{label.strip()}]"] = (other, other_sidecar, path)
+    steps, lr = inner_settings(sidecar)
+    robots = grid_configs(config.robots) if config.robots else transfer_grid()
+    model_config = config.model_config()
+
+    table: list[dict[str, Any]] = []
+    per_robot: dict[str, Any] = {}
+    fitted: dict[str, Any] = {}  # robot label -> (model, buffer): one fit per robot
+
+    def model_of(label: str, arm: Any) -> Any:
+        if label not in fitted:
+            with ctx.phase("model_fit"):
+                fitted[label] = fit_reach_model(arm, ArmSim(arm, "mujoco"), model_config, ctx.seed)
+        return fitted[label]
+
+    def evaluate(label: str, arm: Any, depth: int, methods: tuple[str, ...]) -> dict[str, Any]:
+        row: dict[str, Any] = {"label": label, "robot": arm.name, "n_links": arm.n_links,
+                               "policy_hidden": [config.policy_width] * depth}  # fmt: skip
+        detail: dict[str, Any] = {}
+        for name, (lss, sc, _) in losses.items():
+            k, ilr = inner_settings(sc)
+            eval_config = config.eval_config(k, ilr, depth)
+            wanted = methods if name == "ml3" else ("ml3",)
+            try:
+                fit = model_of(label, arm)
+                results, extra = evaluate_on_robot(
+                    lss, arm, eval_config, model_config, ctx,
+                    n_goals=config.n_goals, n_tune_goals=config.n_tune_goals,
+                    goal_min_radius=config.goal_min_radius,
+                    goal_separation=config.goal_separation, methods=wanted, plots=False,
+                    fitted=fit,
+                )  # fmt: skip
+            except (ValueError, RuntimeError, FloatingPointError, SimulationError) as e:
+                # A configuration where the pipeline breaks is a result too (reported, not hidden).
+                log.warning("%s (%s): %s", label, name, e)
+                row[f"{name}_error"] = f"{type(e).__name__}: {e}"
+                continue
+            for method, r in results.items():
+                key = name if method == "ml3" else method
+                row[f"{key}_mm"] = r["mean_final_distance_mm"]
+                row[f"{key}_max_mm"] = r["max_final_distance_mm"]
+                row[f"{key}_success"] = r["success_rate_10mm"]
+                detail[key] = r
+            detail.setdefault("extra", extra)
+        for name in losses:
+            if row.get(f"{name}_mm") is not None and row.get("task_loss_mm"):
+                row[f"{name}_over_task_loss"] = row[f"{name}_mm"] / row["task_loss_mm"]
+        per_robot[f"{label} | depth {depth}"] = detail
+        log.info("transfer %s depth %d: %s", label, depth,
+                 {k: v for k, v in row.items() if k.endswith("_mm")})  # fmt: skip
+        return row
+
+    base_depth = 2
+    run_methods = METHODS if config.baselines else ("ml3",)
+    for label, arm in robots.items():
+        table.append(evaluate(label, arm, base_depth, run_methods))
+    depth_table: list[dict[str, Any]] = []
+    for label, arm in grid_configs(config.depth_robots).items():
+        for depth in config.policy_depths:
+            if depth == base_depth and label in robots:
+                row = next(r for r in table if r["label"] == label)
+            else:  # iLQR does not depend on the policy: only the policy-based methods rerun
+                row = evaluate(label, arm, depth, run_methods[:2])
+            depth_table.append(row | {"label": f"{label}, {depth} layers"})
+
+    methods = [*losses, *run_methods[1:]]
+    plot_transfer_heatmap(ctx.path("transfer_heatmap.png"), table, methods,
+                          f"mean final distance (mm) on fresh goals, K = {steps}")  # fmt: skip
+    plot_transfer_heatmap(ctx.path("policy_depth_heatmap.png"), depth_table,
+                          [*losses, *run_methods[1:2]], "policy size sweep (mm)")  # fmt: skip
+    _bar_plot(ctx.path("transfer_bars.png"), table, methods)
+
+    def aggregate(key: str) -> dict[str, Any]:
+        values = [r[f"{key}_mm"] for r in table if r.get(f"{key}_mm") is not None]
+        return {
+            "mean_final_distance_mm_over_robots": float(np.mean(values)) if values else None,
+            "median_final_distance_mm_over_robots": float(np.median(values)) if values else None,
+            "robots_evaluated": len(values),
+            "robots_failed": len(table) - len(values),
+            "mean_success_rate_10mm": (
+                float(np.mean([r[f"{key}_success"] for r in table if f"{key}_success" in r]))
+                if values else None
+            ),
+        }  # fmt: skip
+
+    metrics = aggregate("ml3")
+    metrics["robots_where_ml3_beats_task_loss"] = sum(
+        1 for r in table if r.get("ml3_over_task_loss", math.inf) < 1
+    )
+    baselines = {name: aggregate(name) for name in methods[1:]}
+    return RunResult(
+        metrics=metrics,
+        baselines=baselines,
+        extra={
+            "loss_path": loss_path,
+            "other_losses": {k: v[2] for k, v in losses.items() if k != "ml3"},
+            "inner_steps": config.inner_steps or steps,
+            "inner_lr": config.inner_lr or lr,
+            "table": table,
+            "policy_depth_table": depth_table,
+            "per_robot": per_robot,
+            **source_info,
+        },
+    )
+
+
+def _bar_plot(path: Path, table: list[dict[str, Any]], methods: list[str]) -> None:
+    fig, axes = new_figure(1, size=(max(6.0, 0.7 * len(table)), 4.0))
+    ax = axes[0, 0]
+    width = 0.8 / len(methods)
+    x = np.arange(len(table))
+    for i, m in enumerate(methods):
+        v = [np.nan if r.get(f"{m}_mm") is None else r[f"{m}_mm"] for r in table]
+        ax.bar(x + i * width, v, width, label=m)
+    ax.axhline(SUCCESS_MM, color="gray", lw=0.8, ls=":")
+    ax.set_xticks(x + 0.4 - width / 2, [r["label"] for r in table], rotation=40, ha="right",
+                  fontsize=7)  # fmt: skip
+    ax.set(yscale="log", ylabel="mean final distance (mm)", title="transfer per configuration")
+    ax.legend(fontsize=7)
+    save(fig, path)
+
+
+EXPERIMENT = Experiment(
+    name="transfer",
+    summary="a learned reach loss on other arm configurations and policy sizes vs task loss/iLQR",
+    config_type=TransferConfig,
+    run=run,
+    smoke={
+        "source_size": "smoke",
+        "robots": ["reacher2", "reacher2 length x2", "arm3"],
+        "policy_depths": [2, 3],
+        "policy_width": 8,
+        "n_goals": 2,
+        "n_tune_goals": 2,
+        "babble_trajectories": 4,
+        "ensemble_members": 2,
+        "ensemble_hidden": [16, 16],
+        "fit_epochs": 2,
+        "lr_grid": [1e-3, 1e-2],
+        "ilqr_iters": 2,
+        "n_holdout_trajectories": 2,
+    },
+)

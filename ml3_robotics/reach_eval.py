@@ -1,0 +1,491 @@
+"""Meta-test of a learned reach loss on any planar arm, side by side with its baselines.
+
+The evaluation half of the reacher experiment, as a library function so that ``ml3r eval``, the
+transfer study and the reacher itself share one implementation:
+
+* :func:`babble` and :func:`fit_reach_model`: random babbling in the real simulator and a
+  probabilistic ensemble fitted to it (the learned model of one robot).
+* :func:`evaluate_reach`: fresh policies on the given goals, K inner steps under the learned loss
+  only (through the learned model), executed in MuJoCo, against (a) the same policies trained
+  with the task loss through the same model (its step size tuned on separate goals of the same
+  robot), (b) iLQR on the learned model and (c) iLQR on the true MuJoCo dynamics, both executed
+  in MuJoCo with the plan's feedback gains. Writes plots and a video through the run context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from controllers import ILQR, ILQRConfig, MujocoDynamics
+from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, Params
+from ml3_robotics.learned_dynamics import (
+    EnsembleConfig,
+    ProbabilisticEnsemble,
+    fit,
+    prediction_error,
+)
+from ml3_robotics.learned_loss import LearnedLoss, check_choice
+from ml3_robotics.mbrl import (
+    LossFn,
+    ReachPolicy,
+    ReachTask,
+    adapt_policies,
+    execute_plan,
+    execute_policies,
+    init_policy_params,
+    learned_loss_fn,
+    task_loss_fn,
+)
+from ml3_robotics.plotting import new_figure, save
+from ml3_robotics.replay_buffer import ReplayBuffer
+from ml3_robotics.runs import RunContext
+from robots.arm import (
+    ArmConfig,
+    ArmSim,
+    RenderingUnavailableError,
+    forward_kinematics,
+    render_rollout,
+)
+from robots.video import write_video
+
+log = logging.getLogger(__name__)
+
+#: The four methods of every reach evaluation, ML3 first.
+METHODS = ("ml3", "task_loss", "ilqr_learned_model", "ilqr_true_model")
+SUCCESS_MM = 10.0
+#: Seed offsets of the fresh-policy draws (held-out goals, tuning goals) and of the held-out
+#: babbling for the model-error figures; the reacher draws its monitoring policies the same way.
+TEST_INIT_SEED = 10_000
+TUNE_INIT_SEED = 20_000
+HOLDOUT_BABBLE_SEED = 30_000
+
+
+def babble(
+    sim: ArmSim, n: int, horizon: int, hold: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random babbling from the zero state: uniform torques held for ``hold`` steps.
+
+    Held torques (rather than white noise, which barely moves the arm at dt = 0.01 s) spread the
+    data over the speeds and angles that reaching visits.
+
+    Returns:
+        ``X (n, horizon+1, nx)`` and ``U (n, horizon, nu)``, float64.
+    """
+    limits = np.asarray(sim.config.torque_limits)
+    n_seg = -(-horizon // hold)
+    seg = rng.uniform(-1, 1, size=(n, n_seg, sim.nu)) * limits
+    U = np.repeat(seg, hold, axis=1)[:, :horizon]
+    X = sim.rollout(np.zeros((n, sim.nx)), U)
+    return X, U
+
+
+@dataclass(frozen=True)
+class ReachModelConfig:
+    """Babbling and ensemble settings of :func:`fit_reach_model` (the reacher's defaults)."""
+
+    babble_trajectories: int = 100
+    babble_hold: int = 8
+    horizon: int = 65
+    ensemble_members: int = 5
+    ensemble_hidden: tuple[int, ...] = (128, 128)
+    fit_epochs: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("babble_hold", "horizon", "ensemble_members", "fit_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if not isinstance(self.babble_trajectories, int) or self.babble_trajectories < 2:
+            raise ValueError(
+                f"babble_trajectories: expected >= 2 to fit a model, got "
+                f"{self.babble_trajectories!r}"
+            )
+
+    def ensemble(self, arm: ArmConfig) -> EnsembleConfig:
+        """The ensemble's config for ``arm`` (its joint angles are periodic inputs)."""
+        return EnsembleConfig(
+            n_members=self.ensemble_members,
+            hidden=tuple(self.ensemble_hidden),
+            epochs=self.fit_epochs,
+            angle_dims=tuple(range(arm.n_links)),
+        )
+
+
+def fit_reach_model(
+    arm: ArmConfig, sim: ArmSim, config: ReachModelConfig, seed: int
+) -> tuple[ProbabilisticEnsemble, ReplayBuffer]:
+    """Babble on ``sim`` and fit a fresh ensemble: the learned model of one robot.
+
+    Same draws as the reacher's first fit for the same seed (model init, babbling, fit).
+
+    Returns:
+        The fitted model (weights frozen: ``requires_grad=False``) and the buffer it saw.
+    """
+    ens_cfg = config.ensemble(arm)
+    model = ProbabilisticEnsemble(
+        arm.nx, arm.nu, arm.dt, ens_cfg, generator=torch.Generator().manual_seed(seed)
+    )
+    buffer = ReplayBuffer(arm.nx, arm.nu, capacity=1_000_000)
+    X, U = babble(
+        sim, config.babble_trajectories, config.horizon, config.babble_hold,
+        np.random.default_rng(seed),
+    )  # fmt: skip
+    for x, u in zip(X, U, strict=True):
+        buffer.add_trajectory(x, u)
+    fit(model, buffer, ens_cfg, generator=torch.Generator().manual_seed(seed), progress=False)
+    for p in model.parameters():
+        p.requires_grad_(False)  # evaluation and meta-gradients never need the model's weights
+    return model, buffer
+
+
+@dataclass(frozen=True)
+class ReachEvalConfig:
+    """Settings of :func:`evaluate_reach` (defaults: the reacher's full size).
+
+    Attributes:
+        horizon: steps per rollout (paper: 65).
+        inner_steps: K, the steps every policy-based method takes.
+        inner_lr: ML3's inner step size (the one it was meta-trained with).
+        inner_method: "sgd" or "adam", for ML3 and the task-loss baseline alike.
+        policy_hidden: equal hidden widths of the fresh policies, e.g. (64, 64).
+        policy_zero_output: fresh policies start at zero torque.
+        lr_grid: step sizes of the task-loss baseline, tuned on the tuning goals.
+        ilqr_iters: iLQR iterations for both iLQR baselines.
+        n_holdout_trajectories: held-out babbling trajectories for the model-error figures.
+        babble_hold: torque hold of that babbling.
+        video_goals: goals rendered in the ML3 video (0: no video).
+        video_stride: render every n-th state.
+    """
+
+    horizon: int = 65
+    inner_steps: int = 3
+    inner_lr: float = 1e-3
+    inner_method: str = "sgd"
+    policy_hidden: tuple[int, ...] = (64, 64)
+    policy_zero_output: bool = True
+    lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    ilqr_iters: int = 30
+    n_holdout_trajectories: int = 20
+    babble_hold: int = 8
+    video_goals: int = 4
+    video_stride: int = 3
+
+    def __post_init__(self) -> None:
+        positive = ("horizon", "inner_steps", "ilqr_iters", "n_holdout_trajectories",
+                    "babble_hold", "video_stride")  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if not isinstance(self.video_goals, int) or self.video_goals < 0:
+            raise ValueError(f"video_goals: expected an integer >= 0, got {self.video_goals!r}")
+        if not self.inner_lr > 0:
+            raise ValueError(f"inner_lr: expected a positive number, got {self.inner_lr}")
+        check_choice("inner_method", self.inner_method, INNER_METHODS)
+        if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
+            raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid}")
+        hidden = tuple(self.policy_hidden)
+        if not hidden or len(set(hidden)) != 1 or hidden[0] < 1:
+            raise ValueError(
+                f"policy_hidden: expected equal positive widths like (64, 64), got {hidden!r}"
+            )
+
+
+@dataclass
+class ReachEvaluation:
+    """What :func:`evaluate_reach` measured.
+
+    Attributes:
+        results: per method (:data:`METHODS`), the :func:`summarize` dict.
+        paths: per method, real MuJoCo states ``(G, T+1, nx)``.
+        model_error: :func:`prediction_error` of the model on held-out babbling
+            (``"babble_holdout"``) and on ML3's test rollouts (``"ml3_test_rollouts"``).
+        video: file name of the video inside the run directory, or None.
+    """
+
+    results: dict[str, dict[str, Any]]
+    paths: dict[str, np.ndarray] = field(default_factory=dict)
+    model_error: dict[str, dict[str, Any]] = field(default_factory=dict)
+    video: str | None = None
+
+
+def summarize(dist_m: np.ndarray, steps: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    """The per-method figures of results.json from final distances ``dist_m (G,)`` in m."""
+    mm = 1000.0 * np.asarray(dist_m)
+    return {
+        "mean_final_distance_mm": float(mm.mean()),
+        "max_final_distance_mm": float(mm.max()),
+        "success_rate_10mm": float((mm < SUCCESS_MM).mean()),
+        "real_env_steps": int(steps),
+        "wall_time_s": float(seconds),
+        "final_distance_mm_per_goal": [float(v) for v in mm],
+        **extra,
+    }
+
+
+def round_figures(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Floats (and lists of floats) of ``d`` rounded to 4 significant digits, for results.json."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, float):
+            out[k] = float(f"{v:.4g}")
+        elif isinstance(v, list):
+            out[k] = [float(f"{x:.4g}") for x in v]
+        else:
+            out[k] = v
+    return out
+
+
+def fresh_policy_params(
+    policy: ReachPolicy, n: int, seed: int, *, zero_output_layer: bool
+) -> Params:
+    """``n`` fresh per-goal parameter sets drawn from ``seed`` (same seed, same draw)."""
+    return init_policy_params(
+        policy, n, torch.Generator().manual_seed(seed), zero_output_layer=zero_output_layer
+    )
+
+
+def evaluate_reach(
+    loss: LearnedLoss,
+    arm: ArmConfig,
+    model: ProbabilisticEnsemble,
+    test_goals: np.ndarray | Tensor,
+    tune_goals: np.ndarray | Tensor,
+    config: ReachEvalConfig,
+    ctx: RunContext,
+    *,
+    model_env_steps: int,
+    sim: ArmSim | None = None,
+    history: list[dict[str, float]] | None = None,
+    plots: bool = True,
+    ml3_extra_env_steps: int = 0,
+    ml3_extra_seconds: float = 0.0,
+    ml3_fields: Mapping[str, Any] | None = None,
+    methods: Sequence[str] = METHODS,
+) -> ReachEvaluation:
+    """Meta-test ``loss`` on ``arm`` against the task loss and iLQR, all executed in MuJoCo.
+
+    Every policy-based method starts from the same fresh policies (drawn from
+    ``ctx.seed + TEST_INIT_SEED``) and takes ``config.inner_steps`` steps through ``model``; ML3
+    uses ``loss`` only, the task-loss baseline the paper's task loss with the step size from
+    ``config.lr_grid`` that ends closest in MuJoCo on ``tune_goals``.
+
+    Args:
+        loss: the learned loss (reads :data:`ml3_robotics.mbrl.REACH_FEATURES`).
+        arm: the robot.
+        model: its learned dynamics (frozen), e.g. from :func:`fit_reach_model`.
+        test_goals: ``(G, 2)`` goals (m) every method is scored on.
+        tune_goals: ``(G', 2)`` other goals of the same robot for the baseline's step size.
+        config: sizes.
+        ctx: the run (seed, timing phases, output directory for plots and the video).
+        model_env_steps: real transitions the model was trained on (counted for the methods
+            that use the model).
+        sim: the real simulator of ``arm`` (built when None).
+        history: meta-training rows to plot (``meta_training.png``), if any.
+        plots: write the per-goal, paths (and meta-training) plots.
+        ml3_extra_env_steps, ml3_extra_seconds: added to ML3's real steps and wall time (the
+            meta-training that produced ``loss``, when this run did it).
+        ml3_fields: more entries for ML3's summary.
+        methods: the subset of :data:`METHODS` to run ("ml3" is always run: the model-error
+            figures and the video use its rollouts).
+
+    Returns:
+        The :class:`ReachEvaluation`.
+    """
+    for name in methods:
+        check_choice("methods", name, METHODS)
+    sim = ArmSim(arm, "mujoco") if sim is None else sim
+    seed = ctx.seed
+    T = config.horizon
+    test = ReachTask(arm, torch.as_tensor(np.asarray(test_goals)), T)
+    tune = ReachTask(arm, torch.as_tensor(np.asarray(tune_goals)), T)
+    policy = ReachPolicy(arm, config.policy_hidden)
+    zero = config.policy_zero_output
+    test_init = fresh_policy_params(policy, test.n, TEST_INIT_SEED + seed, zero_output_layer=zero)
+    tune_init = fresh_policy_params(policy, tune.n, TUNE_INIT_SEED + seed, zero_output_layer=zero)
+    inner = InnerOptimizer(config.inner_method, lr=config.inner_lr, steps=config.inner_steps)
+
+    def model_step(x: Tensor, u: Tensor) -> Tensor:
+        return model.step(x, u)
+
+    def real_distance(loss_fn: LossFn, task: ReachTask, init: Params, opt: InnerOptimizer) -> tuple:
+        adapted = adapt_policies(policy, init, model_step, task, loss_fn, opt, differentiable=False)
+        X, U = execute_policies(sim, policy, adapted, task)
+        return task.final_distance(X), X, U
+
+    paths: dict[str, np.ndarray] = {}
+    results: dict[str, dict[str, Any]] = {}
+
+    # -- ML3: K steps on the learned loss only -------------------------------------------------
+    t0 = time.perf_counter()
+    with ctx.phase("meta_test"):
+        d, X, U_ml3 = real_distance(learned_loss_fn(loss), test, test_init, inner)
+    paths["ml3"] = X
+    results["ml3"] = summarize(
+        d, model_env_steps + ml3_extra_env_steps + test.n * T,
+        ml3_extra_seconds + time.perf_counter() - t0, **dict(ml3_fields or {}),
+    )  # fmt: skip
+    results["ml3"].setdefault("inner_lr", config.inner_lr)
+
+    # -- (a) task loss through the same model, step size tuned on the tuning goals -------------
+    if "task_loss" in methods:
+        t0 = time.perf_counter()
+        with ctx.phase("baseline_task_loss"):
+            tuned: dict[float, float] = {}
+            for lr in config.lr_grid:
+                opt = InnerOptimizer(config.inner_method, lr=lr, steps=config.inner_steps)
+                try:
+                    dist, _, _ = real_distance(task_loss_fn, tune, tune_init, opt)
+                    tuned[lr] = float(dist.mean())
+                except (ValueError, RuntimeError) as e:  # a step size that blows the rollout up
+                    log.info("task-loss lr %g failed on the tuning goals: %s", lr, e)
+                    tuned[lr] = float("inf")
+            best_lr = min(tuned, key=lambda lr: tuned[lr])
+            opt = InnerOptimizer(config.inner_method, lr=best_lr, steps=config.inner_steps)
+            d, X, _ = real_distance(task_loss_fn, test, test_init, opt)
+        paths["task_loss"] = X
+        results["task_loss"] = summarize(
+            d, model_env_steps + (len(config.lr_grid) * tune.n + test.n) * T,
+            time.perf_counter() - t0, lr=best_lr,
+            lr_grid_train_distance_mm={str(k): 1000 * v for k, v in tuned.items()},
+        )  # fmt: skip
+
+    # -- (b, c) iLQR on the learned and on the true model ---------------------------------------
+    limits = torch.as_tensor(arm.torque_limits, dtype=torch.float64)
+    ilqr_runs = (
+        ("ilqr_learned_model", model, ILQRConfig(max_iters=config.ilqr_iters, dtype=torch.float32)),
+        ("ilqr_true_model", MujocoDynamics(sim.mj_model),
+         ILQRConfig(max_iters=config.ilqr_iters)),
+    )  # fmt: skip
+    for name, dyn, icfg in ilqr_runs:
+        if name not in methods:
+            continue
+        t0 = time.perf_counter()
+        with ctx.phase(f"baseline_{name}"):
+            planner = ILQR(dyn, test.cost, T, lower=-limits, upper=limits, config=icfg)
+            plan = planner.solve(test.x0(torch.float64))
+            X, _ = execute_plan(
+                sim, plan.states.double().numpy(), plan.controls.double().numpy(),
+                plan.K.double().numpy(), arm.torque_limits,
+            )  # fmt: skip
+        paths[name] = X
+        d = test.final_distance(X)
+        extra: dict[str, Any] = {
+            "ilqr_iterations_mean": float(plan.iterations.float().mean()),
+            "ilqr_converged": int(plan.converged.sum()),
+            "planned_final_distance_mm": float(1000 * test.final_distance(plan.states).mean()),
+        }
+        steps = test.n * T + (model_env_steps if name == "ilqr_learned_model" else 0)
+        results[name] = summarize(d, steps, time.perf_counter() - t0, **extra)
+
+    # -- model quality on held-out real trajectories -------------------------------------------
+    with ctx.phase("model_eval"):
+        Xh, Uh = babble(
+            sim, config.n_holdout_trajectories, T, config.babble_hold,
+            np.random.default_rng(HOLDOUT_BABBLE_SEED + seed),
+        )  # fmt: skip
+        model_error = {
+            "babble_holdout": prediction_error(model, Xh, Uh, horizon=T),
+            "ml3_test_rollouts": prediction_error(model, paths["ml3"], U_ml3, horizon=T),
+        }
+
+    if plots:
+        with ctx.phase("plots"):
+            plot_reach(ctx, results, paths, test, arm, history or [])
+    video = None
+    if config.video_goals > 0:
+        with ctx.phase("video"):
+            video = reach_video(ctx, sim, paths["ml3"], test, config.video_goals,
+                                config.video_stride)  # fmt: skip
+    return ReachEvaluation(results, paths, model_error, video)
+
+
+def plot_reach(
+    ctx: RunContext,
+    results: Mapping[str, Mapping[str, Any]],
+    paths: Mapping[str, np.ndarray],
+    test: ReachTask,
+    arm: ArmConfig,
+    history: list[dict[str, float]],
+) -> None:
+    """Write ``meta_training.png`` (when ``history``), ``final_distance_per_goal.png`` and
+    ``ee_paths.png``."""
+    if history:
+        fig, axes = new_figure(2)
+        it = [r["iteration"] for r in history]
+        axes[0, 0].plot(it, [r["meta_loss"] for r in history])
+        axes[0, 0].set(title="meta-loss (task loss through the model)", xlabel="outer iteration",
+                       yscale="log")  # fmt: skip
+        ev = [(r["iteration"], r["heldout_real_distance_mm"]) for r in history
+              if "heldout_real_distance_mm" in r]  # fmt: skip
+        tr = [(r["iteration"], r["train_real_distance_mm"]) for r in history
+              if "train_real_distance_mm" in r]  # fmt: skip
+        if ev:
+            axes[0, 1].plot(*zip(*ev, strict=True), "o-", label="held-out goals (fresh policies)")
+        if tr:
+            axes[0, 1].plot(*zip(*tr, strict=True), "s--", label="training goals (collected)")
+        axes[0, 1].axhline(SUCCESS_MM, color="gray", lw=0.8, ls=":")
+        axes[0, 1].set(title="real MuJoCo final distance after K steps", xlabel="outer iteration",
+                       ylabel="mm", yscale="log")  # fmt: skip
+        axes[0, 1].legend()
+        for ax in axes[0]:
+            ax.grid(alpha=0.3)
+        save(fig, ctx.path("meta_training.png"))
+
+    fig, axes = new_figure(1, size=(8.0, 3.6))
+    ax = axes[0, 0]
+    width = 0.8 / len(results)
+    for i, (name, r) in enumerate(results.items()):
+        v = r["final_distance_mm_per_goal"]
+        ax.bar(np.arange(len(v)) + i * width, v, width, label=name)
+    ax.axhline(SUCCESS_MM, color="gray", lw=0.8, ls=":")
+    ax.set(yscale="log", xlabel="held-out goal", ylabel="final distance (mm)",
+           title=f"final end-effector distance per held-out goal ({arm.name})")  # fmt: skip
+    ax.legend(fontsize=8)
+    save(fig, ctx.path("final_distance_per_goal.png"))
+
+    fig, axes = new_figure(len(paths), size=(3.6, 3.6))
+    n = arm.n_links
+    for ax, (name, X) in zip(axes[0], paths.items(), strict=True):
+        ee = forward_kinematics(arm, torch.as_tensor(X[..., :n])).numpy()
+        for g in range(ee.shape[0]):
+            (line,) = ax.plot(ee[g, :, 0], ee[g, :, 1], lw=1)
+            ax.plot(*test.goals[g].numpy(), "x", color=line.get_color())
+        ax.plot(0, 0, "ko", ms=3)
+        ax.set(title=name, aspect="equal", xlabel="x (m)", ylabel="z (m)")
+        ax.grid(alpha=0.3)
+    save(fig, ctx.path("ee_paths.png"))
+
+
+def reach_video(
+    ctx: RunContext, sim: ArmSim, X: np.ndarray, test: ReachTask, n: int, stride: int
+) -> str | None:
+    """``meta_test_ml3.gif`` of the first ``n`` rollouts in ``X``; None when no renderer."""
+    frames = []
+    try:
+        for g in range(min(n, test.n)):
+            goal = test.goals[g].numpy()
+            frames.append(render_rollout(sim, X[g], 200, 150, goal=goal, stride=stride))
+    except RenderingUnavailableError as e:
+        log.warning("no video: %s", e)
+        return None
+    fps = max(1, round(1.0 / (sim.dt * stride)))  # real time
+    path = write_video(np.concatenate(frames), ctx.path("meta_test_ml3.gif"), fps=fps)
+    return path.name
+
+
+def eval_config_from(source: Any, **changes: Any) -> ReachEvalConfig:
+    """A :class:`ReachEvalConfig` from the same-named fields of ``source`` (e.g. a reacher
+    config), then ``changes``."""
+    names = {f.name for f in dataclasses.fields(ReachEvalConfig)}
+    values = {k: getattr(source, k) for k in names if hasattr(source, k)}
+    return ReachEvalConfig(**(values | changes))

@@ -1,0 +1,152 @@
+"""``ml3r eval``: a saved 2-link reach loss applied to a 3-link arm end to end, and refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ml3_robotics.cli import main
+from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.mbrl import reach_feature_spec
+from ml3_robotics.reach_eval import METHODS
+from ml3_robotics.serialization import save_learned_loss
+from ml3_robotics.transfer import transfer_grid
+from robots.arm import load_arm_config
+
+
+@pytest.fixture(scope="module")
+def two_link_loss(tmp_path_factory):
+    """A reach loss as the reacher saves it (meta-training itself is the reacher's test)."""
+    loss = LearnedLoss(
+        LossConfig(
+            reach_feature_spec(), hidden=(16, 16), activation="elu", output_activation="softplus"
+        )
+    )
+    loss.reset_parameters(torch.Generator().manual_seed(0))
+    path = tmp_path_factory.mktemp("loss") / "loss"
+    save_learned_loss(
+        loss, path, provenance={"arm": "reacher2", "inner_steps": 2, "inner_lr": 1e-3}
+    )
+    return path
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ml3r: error: ") and "\n" not in err, err
+    return err
+
+
+def test_eval_two_link_loss_on_three_link_arm(two_link_loss, tmp_path):
+    out = tmp_path / "eval"
+    argv = [
+        "eval",
+        "--loss",
+        str(two_link_loss),
+        "--robot",
+        "arm3",
+        "--smoke",
+        "--goals",
+        "3",
+        "--policy-depth",
+        "3",
+        "--policy-width",
+        "4",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["experiment"] == "eval" and doc["seed"] == 1
+    methods = {"ml3": doc["metrics"], **doc["baselines"]}
+    assert set(methods) == set(METHODS)
+    arm = load_arm_config("arm3")
+    goals = np.asarray(doc["extra"]["test_goals"])
+    assert goals.shape == (3, 2)
+    # Goals of the 3-link arm, within its reach (0.24 m) and apart from the tuning goals.
+    assert (np.linalg.norm(goals, axis=1) <= arm.reach + 1e-9).all()
+    tune = np.asarray(doc["extra"]["tune_goals"])
+    assert np.linalg.norm(goals[:, None] - tune[None], axis=-1).min() >= 0.02
+    assert doc["extra"]["robot"]["n_links"] == 3
+    for name, m in methods.items():
+        per_goal = m["final_distance_mm_per_goal"]
+        assert len(per_goal) == 3, name
+        # The arm starts stretched along +x, so no method ends farther than 2 * reach away.
+        assert 0 <= m["mean_final_distance_mm"] <= m["max_final_distance_mm"] <= 2000 * arm.reach
+        assert m["real_env_steps"] >= 3 * doc["config"]["horizon"]
+    # K and the inner lr come from the loss's sidecar; the policy has the asked architecture.
+    assert doc["extra"]["inner_steps"] == 2 and doc["extra"]["inner_lr"] == 1e-3
+    assert doc["extra"]["policy_hidden"] == [4, 4, 4]
+    assert doc["extra"]["loss_provenance"]["arm"] == "reacher2"
+    for name in ("config.yaml", "final_distance_per_goal.png", "ee_paths.png"):
+        assert (out / name).is_file(), name
+
+
+def test_loss_with_other_features_is_refused(capsys, tmp_path):
+    other = LearnedLoss(LossConfig(FeatureSpec(("x", "y_pred", "y_target"))))
+    save_learned_loss(other, tmp_path / "sine_loss")
+    out = tmp_path / "never"
+    err = _error(
+        capsys,
+        [
+            "eval",
+            "--loss",
+            str(tmp_path / "sine_loss"),
+            "--robot",
+            "arm3",
+            "--smoke",
+            "--out",
+            str(out),
+        ],
+    )
+    assert "learned loss does not fit" in err and "'ee_error_x_m'" in err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_unknown_robot_and_missing_loss_are_refused(capsys, two_link_loss, tmp_path):
+    err = _error(
+        capsys,
+        [
+            "eval",
+            "--loss",
+            str(two_link_loss),
+            "--robot",
+            "arm33",
+            "--smoke",
+            "--out",
+            str(tmp_path / "a"),
+        ],
+    )
+    assert "unknown arm configuration 'arm33'" in err and "'arm3'" in err
+    err = _error(
+        capsys, ["eval", "--loss", str(tmp_path / "none"), "--smoke", "--out", str(tmp_path / "b")]
+    )
+    assert "does not exist" in err
+    err = _error(
+        capsys,
+        [
+            "eval",
+            "--loss",
+            str(two_link_loss),
+            "--policy-depth",
+            "0",
+            "--smoke",
+            "--out",
+            str(tmp_path / "c"),
+        ],
+    )
+    assert "policy_depth: expected an integer >= 1, got 0" in err
+
+
+def test_transfer_grid_covers_the_study():
+    grid = transfer_grid()
+    assert len(grid) >= 12
+    links = {arm.n_links for arm in grid.values()}
+    assert {2, 3, 4} <= links
+    base = grid["reacher2"]
+    assert grid["reacher2 length x2"].link_lengths == tuple(2 * v for v in base.link_lengths)
+    assert grid["reacher2 mass x0.5"].link_masses == tuple(0.5 * v for v in base.link_masses)
+    assert grid["reacher2 torque x2"].torque_limits == tuple(2 * v for v in base.torque_limits)

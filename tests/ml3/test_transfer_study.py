@@ -1,0 +1,67 @@
+"""The transfer study (`ml3r run transfer`) end to end at smoke size.
+
+The registry is pointed at ``experiments.transfer`` here, so the tests do not depend on the
+installed entry point (requested in notes/transfer.md).
+"""
+
+import json
+
+import pytest
+import torch
+
+import ml3_robotics.runs as runs
+from experiments.transfer import EXPERIMENT
+from ml3_robotics.cli import run_experiment
+from ml3_robotics.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.mbrl import reach_feature_spec
+from ml3_robotics.reach_eval import METHODS
+from ml3_robotics.runs import ConfigError
+from ml3_robotics.serialization import save_learned_loss
+
+
+@pytest.fixture(autouse=True)
+def _registry(monkeypatch):
+    monkeypatch.setattr(runs, "discover_experiments", lambda: {"transfer": EXPERIMENT})
+
+
+def test_smoke_study_meta_trains_then_transfers(tmp_path):
+    out = tmp_path / "study"
+    run_experiment("transfer", seed=2, out=out, smoke=True)
+    doc = json.loads((out / "results.json").read_text())
+    assert (out / "source" / "loss.safetensors").is_file()  # meta-trained first, kept
+    assert json.loads((out / "source" / "results.json").read_text())["experiment"] == "reacher"
+    table = doc["extra"]["table"]
+    assert [r["label"] for r in table] == doc["config"]["robots"]
+    assert {r["n_links"] for r in table} == {2, 3}
+    for row in table:
+        for method in METHODS:
+            assert 0 <= row[f"{method}_mm"] <= row[f"{method}_max_mm"], (row["label"], method)
+        assert row["ml3_over_task_loss"] == pytest.approx(row["ml3_mm"] / row["task_loss_mm"])
+    # The policy-size sweep: every depth on the depth robots, only policy-based methods rerun.
+    depths = doc["extra"]["policy_depth_table"]
+    assert [len(r["policy_hidden"]) for r in depths] == doc["config"]["policy_depths"]
+    assert depths[0]["ml3_mm"] == table[0]["ml3_mm"]  # depth 2 on reacher2 is the grid's row
+    assert "ilqr_true_model_mm" not in depths[1]
+    assert doc["metrics"]["robots_evaluated"] == len(table)
+    for name in ("transfer_heatmap.png", "policy_depth_heatmap.png", "transfer_bars.png"):
+        assert (out / name).is_file(), name
+
+
+def test_same_loss_twice_gives_the_same_row(tmp_path):
+    loss = LearnedLoss(LossConfig(reach_feature_spec(), hidden=(8,)))
+    loss.reset_parameters(torch.Generator().manual_seed(1))
+    save_learned_loss(loss, tmp_path / "loss", provenance={"inner_steps": 1, "inner_lr": 1e-3})
+    sets = [f"loss_path={tmp_path / 'loss'}", f"other_losses=[copy={tmp_path / 'loss'}]",
+            "robots=[arm3]", "policy_depths=[2]", "baselines=false"]  # fmt: skip
+    run_experiment("transfer", seed=0, out=tmp_path / "study", smoke=True, sets=sets)
+    doc = json.loads((tmp_path / "study" / "results.json").read_text())
+    (row,) = doc["extra"]["table"]
+    # Same loss, same robot model, goals and fresh policies: identical figures.
+    assert row["ml3[copy]_mm"] == row["ml3_mm"]
+    assert "task_loss_mm" not in row and "ilqr_true_model_mm" not in row  # baselines=false
+    assert not (tmp_path / "study" / "source").exists()
+
+
+def test_unknown_robot_label_suggests(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'arm3'"):
+        run_experiment("transfer", out=tmp_path / "x", smoke=True, sets=["robots=[arm33]"])
