@@ -47,7 +47,6 @@ from ml3_robotics.mbrl import (
 )
 from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep, iteration_generator
 from ml3_robotics.reach_eval import (
-    METHODS,
     babble,
     eval_config_from,
     evaluate_reach,
@@ -102,6 +101,9 @@ class ReacherConfig:
     extra: str = "none"
     demo_weight: float = 1.0  # on mean_t ||q_t - q*_t||^2 (rad^2)
     physics_weight: float = 1.0  # on the final 20% of steps' kinetic energy / E_ref
+    curve_steps: int = 10  # meta-test curves: real distance after each of this many inner steps
+    landscape_grid: int = 21  # loss_landscape.png resolution (0: none)
+    bc_epochs: int = 2000  # behaviour-cloning baseline (extra=demos)
     babble_trajectories: int = 100
     babble_hold: int = 8  # babbling torques are held for this many steps (coloured noise)
     collect_every: int = 20
@@ -271,6 +273,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     limits = torch.as_tensor(arm.torque_limits, dtype=torch.float64)
     extras: tuple[ExtraTerm, ...] = ()
     demo_steps = 0
+    demonstrations = None  # (states, actions, goals) for the behaviour-cloning baseline
     if config.extra == "demos" and config.loss_path is None:
         # ML3's extra information at meta-train time only: expert trajectories for the TRAINING
         # goals from iLQR on the true simulator, executed in MuJoCo; meta-test never sees them.
@@ -279,12 +282,13 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             dyn = MujocoDynamics(sim.mj_model)
             planner = ILQR(dyn, train.cost, T, lower=-limits, upper=limits, config=icfg)
             plan = planner.solve(train.x0(torch.float64))
-            Xd, _ = execute_plan(
+            Xd, Ud = execute_plan(
                 sim, plan.states.numpy(), plan.controls.numpy(), plan.K.numpy(),
                 arm.torque_limits,
             )  # fmt: skip
         demo_steps = train.n * T
         demo_q = torch.as_tensor(Xd[..., : arm.n_links], dtype=torch.float32)
+        demonstrations = (Xd, Ud, train_goals)
     elif config.extra == "physics":
         extras = (rest_at_goal_prior(arm, config.physics_weight),)
 
@@ -397,6 +401,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                     "expert_demo_env_steps": demo_steps,
                     **({"arm_distribution_env_steps": distribution_steps}
                        if distribution_steps else {})},
+        demonstrations=demonstrations,
     )  # fmt: skip
     results = evaluation.results
 
@@ -407,7 +412,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
 
     return RunResult(
         metrics=short(results["ml3"]),
-        baselines={name: short(results[name]) for name in METHODS[1:]},
+        baselines={name: short(r) for name, r in results.items() if name != "ml3"},
         extra={
             "train_goals": train_goals.tolist(),
             "test_goals": test_goals.tolist(),
@@ -461,5 +466,8 @@ EXPERIMENT = Experiment(
         "n_holdout_trajectories": 2,
         "video_goals": 1,
         "video_stride": 16,
+        "curve_steps": 2,
+        "landscape_grid": 3,
+        "bc_epochs": 5,
     },
 )

@@ -587,6 +587,22 @@ def loss_landscape(
 # -- the real simulator --------------------------------------------------------------------------
 
 
+def _execute(
+    sim: ArmSim, act: Callable[[Tensor], Tensor], task: ReachTask, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """Closed loop in the real simulator from the zero state: ``u = clip(act(x))`` per step."""
+    x = np.zeros((task.n, sim.nx))
+    xs, us = [x], []
+    limits = np.asarray(task.config.torque_limits)
+    with torch.no_grad():
+        for _ in range(task.horizon):
+            u = np.clip(act(torch.as_tensor(x, dtype=dtype)).double().numpy(), -limits, limits)
+            x = sim.transition(x, u)
+            xs.append(x)
+            us.append(u)
+    return np.stack(xs, 1), np.stack(us, 1)
+
+
 def execute_policies(
     sim: ArmSim, policy: nn.Module, params: Mapping[str, Tensor], task: ReachTask
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -597,18 +613,15 @@ def execute_policies(
     """
     act = batched_policy(policy)
     p = {k: v.detach() for k, v in params.items()}
-    dtype = next(iter(p.values())).dtype
-    x = np.zeros((task.n, sim.nx))
-    xs, us = [x], []
-    limits = np.asarray(task.config.torque_limits)
-    with torch.no_grad():
-        for _ in range(task.horizon):
-            u = act(p, torch.as_tensor(x, dtype=dtype)).double().numpy()
-            u = np.clip(u, -limits, limits)
-            x = sim.transition(x, u)
-            xs.append(x)
-            us.append(u)
-    return np.stack(xs, 1), np.stack(us, 1)
+    return _execute(sim, lambda x: act(p, x), task, next(iter(p.values())).dtype)
+
+
+def execute_goal_policy(
+    sim: ArmSim, policy: GoalConditionedPolicy, task: ReachTask
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run one goal-conditioned policy towards each of the task's goals (as above)."""
+    goals = task.goals.float()
+    return _execute(sim, lambda x: policy(x, goals), task, torch.float32)
 
 
 def execute_plan(
