@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,14 +324,6 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         # until then) and before the checkpoint, which then holds the refitted model.
         if (iteration + 1) % config.refit_every == 0:
             refit(config.refit_epochs, iteration_generator(seed + 1, iteration))
-        # Cosine decay of the meta lr; a function of the iteration only, so a resumed run (whose
-        # Adam param_groups come from the checkpoint) follows the same schedule.
-        progress = min(1.0, (iteration + 1) / max(1, config.outer_steps))
-        lr = config.outer_lr_final + 0.5 * (config.outer_lr - config.outer_lr_final) * (
-            1 + math.cos(math.pi * progress)
-        )
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = lr
 
     distribution_steps = 0
     if config.arm_distribution and config.loss_path is None:
@@ -350,6 +341,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             seed=seed,
             checkpoint_every=config.checkpoint_every,
             grad_clip=config.grad_clip,
+            lr_final=config.outer_lr_final,
         ),
         checkpoint_path=ctx.checkpoint_path,
         callbacks=[lambda i, row: ctx.metrics_log.append(row), after_update],
