@@ -98,7 +98,7 @@ class ReacherConfig:
     # Extra information at meta-train time only (issue 6): "none", "demos" (imitate iLQR expert
     # trajectories on the training goals) or "physics" (arrive at rest: kinetic-energy law).
     extra: str = "none"
-    demo_weight: float = 1.0  # on mean_t ||q_t - q*_t||^2 (rad^2)
+    demo_weight: float = 10.0  # on mean_t ||q_t - q*_t||^2 (rad^2)
     physics_weight: float = 1.0  # on the final 20% of steps' kinetic energy / E_ref
     curve_steps: int = 10  # meta-test curves: real distance after each of this many inner steps
     landscape_grid: int = 21  # loss_landscape.png resolution (0: none)
