@@ -59,10 +59,11 @@ REACH_FEATURES: tuple[str, ...] = (
     "time_fraction",  # (t + 1) / T of the state x_{t+1}
     "mean_sq_joint_velocity",  # mean over joints of qdot^2 ((rad/s)^2)
     "mean_sq_torque_fraction",  # mean over joints of (u / torque limit)^2
+    "terminal_step",  # 1 at the last step, else 0: a terminal cost apart from the running cost
 )
 # Fixed physical scales (not data statistics), so the normalisation is the same for every arm
 # and every run: 0.1 m is the paper's link length, 0.5 m/s and 5 rad/s a brisk reach.
-_FEATURE_SCALE = (0.1, 0.1, 0.1, 0.5, 0.5, 1.0, 25.0, 1.0)
+_FEATURE_SCALE = (0.1, 0.1, 0.1, 0.5, 0.5, 1.0, 25.0, 1.0, 1.0)
 _DIST_EPS = 1e-4  # m; smooths the distance at zero so its gradient stays finite
 
 
@@ -83,7 +84,7 @@ def reach_features(config: ArmConfig, states: Tensor, actions: Tensor, goal: Ten
         goal: ``(B, 2)`` task-space goals ``(x, z)`` in m.
 
     Returns:
-        ``(B, T, 8)`` features named by :data:`REACH_FEATURES` (raw units; the learned loss
+        ``(B, T, 9)`` features named by :data:`REACH_FEATURES` (raw units; the learned loss
         applies the spec's scales).
     """
     n = config.n_links
@@ -112,6 +113,7 @@ def reach_features(config: ArmConfig, states: Tensor, actions: Tensor, goal: Ten
             frac.expand(B, T)[..., None],
             (qd * qd).mean(-1, keepdim=True),
             ((actions.to(x) / limits) ** 2).mean(-1, keepdim=True),
+            (frac == 1.0).to(x.dtype).expand(B, T)[..., None],
         ],
         dim=-1,
     )

@@ -70,6 +70,7 @@ def test_features_have_the_same_size_for_any_joint_count(name):
     torch.testing.assert_close(f[..., 6], (X[:, 1:, n:] ** 2).mean(-1))
     lim = torch.tensor(arm.torque_limits, dtype=f.dtype)
     torch.testing.assert_close(f[..., 7], ((U / lim) ** 2).mean(-1))
+    assert f[:, -1, 8].eq(1).all() and f[:, :-1, 8].eq(0).all()
 
 
 def test_pooled_joint_terms_are_symmetric_in_the_joints():
