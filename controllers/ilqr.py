@@ -304,12 +304,18 @@ class ILQR:
                 snap_hi = 1e-12 * (1.0 + np.abs(hi))
         # Feedforward part for all steps at once (elementwise, so the same numbers as per step).
         Uff = list(np.moveaxis(U if k is None else U + alpha * k, 1, 0))
+        single = x0.shape[0] == 1
         if k is not None:
-            X_t, K_t = list(np.moveaxis(X, 1, 0)), list(np.moveaxis(K, 1, 0))
+            X_t = list(np.moveaxis(X, 1, 0))
+            # One problem: u = uff + (x - x_t) K_t^T as one 2-D matmul (1, nx) @ (nx, nu),
+            # fewer calls per step than the batched (B, nu, nx) @ (B, nx, 1) form.
+            K_t = list(np.swapaxes(K[0], 1, 2)) if single else list(np.moveaxis(K, 1, 0))
         step = self._step_numpy if self._step_numpy is not None else self._step
         for t in range(T):
             if k is None:
                 u = Uff[t]
+            elif single:
+                u = Uff[t] + (x - X_t[t]) @ K_t[t]
             else:
                 u = Uff[t] + (K_t[t] @ (x - X_t[t])[..., None])[..., 0]
             if self.bounded:
@@ -447,6 +453,8 @@ class ILQR:
         ``V = [I 0 ... ; K]^T Q Gaug`` (Tassa et al. 2012, eq. 11 in matrix form).
         """
         nb, T = U.shape[:2]
+        if nb == 1:
+            return self._backward_one(U, Faug, FT, Laug, VT, mu, k_prev, lower, upper)
         nx, nu = self.nx, self.nu
         eye_u = np.eye(nu)
         ok = np.ones(nb, dtype=bool)
@@ -514,6 +522,103 @@ class ILQR:
         dV1 = np.einsum("bti,bti->b", k, Qs[..., 0])
         dV2 = 0.5 * np.einsum("bti,btij,btj->b", k, Qs[..., 1 + nx :], k)
         return ok, np.ascontiguousarray(k), np.ascontiguousarray(K), dV1, dV2
+
+    def _backward_one(
+        self,
+        U: np.ndarray,
+        Faug: np.ndarray,
+        FT: np.ndarray,
+        Laug: np.ndarray,
+        VT: np.ndarray,
+        mu: np.ndarray,
+        k_prev: np.ndarray,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, ...]:
+        """:meth:`_backward` for a single problem (``B == 1``), on 2-D arrays.
+
+        The same recursion with the batch axis dropped: 2-D matmuls and the closed-form 2x2
+        solve on Python floats cost about half the calls of the batched form, which matters
+        because per-call overhead is nearly all of the time for one problem.
+        """
+        T = U.shape[1]
+        nx, nu = self.nx, self.nu
+        V = VT[0]
+        G = np.zeros((1 + nx + nu, 1 + nx))
+        G[0, 0] = 1.0
+        G[1 : 1 + nx, 1:] = np.eye(nx)
+        GT = G[1:, 1:].T  # view: follows G's K block
+        lo = (self.lower if lower is None else lower)[0]
+        hi = (self.upper if upper is None else upper)[0]
+        m = float(mu[0])
+        mu_i = m * np.eye(nu) if m != 0 else None
+        bounded = self.bounded
+        F_t, FT_t, L_t, U_t = Faug[0], FT[0], Laug[0], U[0]
+        sols: list[np.ndarray] = []
+        qrows: list[np.ndarray] = []
+        for t in range(T - 1, -1, -1):
+            Q = FT_t[t] @ (V @ F_t[t])
+            Q += L_t[t]
+            Qu_rows = Q[nx:]  # [Q_u | Q_ux | Q_uu]
+            H = Qu_rows[:, 1 + nx :]
+            if mu_i is not None:
+                H = H + mu_i
+            if nu == 2:
+                # _spd_solve's single-problem closed form, inlined (same operations and
+                # numbers; a function call and two reshapes per step saved).
+                (a, b), (_, d) = H.tolist()
+                det = a * d - b * b
+                if not (a > 0 and det > 0):
+                    return self._failed_one(T)  # the caller raises mu; the rest is moot
+                R = Qu_rows[:, : 1 + nx]
+                sol = (b * R[::-1] - np.array([[d], [a]]) * R) / det
+            else:
+                bad, sol3 = _spd_solve(H[None], Qu_rows[None, :, : 1 + nx])
+                if bad is not None:
+                    return self._failed_one(T)
+                sol = sol3[0]
+            if bounded:
+                ut = U_t[t]
+                un = ut + sol[:, 0]
+                if ((un < lo) | (un > hi)).any():
+                    Qu = Qu_rows[None, :, 0]
+                    res = box_qp(
+                        H[None],
+                        Qu,
+                        (lo - ut)[None],
+                        (hi - ut)[None],
+                        k_prev[:, t],
+                        max_iter=self.config.boxqp_max_iter,
+                    )
+                    Hm = masked_hessian(H[None], res.free)
+                    Ki = np.linalg.solve(
+                        Hm, -np.where(res.free[..., None], Qu_rows[None, :, 1 : 1 + nx], 0.0)
+                    )
+                    sol = sol.copy()
+                    sol[:, 0] = res.x[0]
+                    sol[:, 1:] = Ki[0]
+            sols.append(sol)
+            qrows.append(Qu_rows)
+            G[1 + nx :] = sol
+            V = GT @ (Q @ G)
+            Vxx = V[:, 1:]
+            V[:, 1:] = 0.5 * (Vxx + Vxx.T)
+        S = np.stack(sols[::-1])  # (T, nu, 1+nx) = [k | K]
+        Qs = np.stack(qrows[::-1])  # (T, nu, 1+nx+nu)
+        k = S[:, :, 0]
+        dV1 = np.einsum("ti,ti->", k, Qs[..., 0]).reshape(1)
+        dV2 = 0.5 * np.einsum("ti,tij,tj->", k, Qs[..., 1 + nx :], k).reshape(1)
+        return np.ones(1, dtype=bool), k[None].copy(), S[None, :, :, 1:].copy(), dV1, dV2
+
+    def _failed_one(self, T: int) -> tuple[np.ndarray, ...]:
+        z = np.zeros(1)
+        return (
+            np.zeros(1, dtype=bool),
+            np.zeros((1, T, self.nu)),
+            np.zeros((1, T, self.nu, self.nx)),
+            z,
+            z.copy(),
+        )
 
     def _backward_rows(
         self,
