@@ -52,6 +52,17 @@ class ILQRConfig:
             ``tol_cost * |J|`` (relative cost decrease).
         tol_grad: converged when the feedforward step is small: ``mean_t max_i |k_ti| /
             (|u_ti| + 1) < tol_grad`` (the "gradient norm" of Tassa et al.) while ``mu <= mu_min``.
+        tol_expected: also converged when the backward pass predicts a cost decrease
+            ``-(dV1 + dV2)`` of the full step below this absolute value while ``mu <= mu_min``
+            (Crocoddyl's stopping rule, its ``th_stop``; Crocoddyl still takes that last step,
+            which cannot change the cost by more than this, here it is skipped). 0 (default)
+            disables the test.
+        jacobian_reuse_radius: a time step whose state and control moved by at most this
+            (max-norm, state and control units) since its dynamics Jacobians were evaluated
+            keeps them. None: the dynamics' ``jacobian_reuse_radius`` attribute if it has one
+            (:class:`MujocoDynamics`: 1/100 of its one-sided finite-difference step, so the
+            Jacobians change by far less than their own finite-difference error), else 0
+            (only unchanged steps keep theirs, which gives the same numbers as recomputing).
         mu_init: initial Levenberg-Marquardt regularisation added to ``Quu``.
         mu_min: smallest non-zero ``mu``; decreasing below it sets ``mu = 0``.
         mu_max: a problem whose ``mu`` exceeds this stops, not converged.
@@ -65,6 +76,8 @@ class ILQRConfig:
     max_iters: int = 100
     tol_cost: float = 1e-9
     tol_grad: float = 1e-6
+    tol_expected: float = 0.0
+    jacobian_reuse_radius: float | None = None
     mu_init: float = 0.0
     mu_min: float = 1e-6
     mu_max: float = 1e10
@@ -77,10 +90,15 @@ class ILQRConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.max_iters, int) or self.max_iters < 1:
             raise ValueError(f"max_iters: expected an int >= 1, got {self.max_iters!r}")
-        for name in ("tol_cost", "tol_grad", "mu_init", "mu_min", "accept_ratio"):
+        for name in ("tol_cost", "tol_grad", "tol_expected", "mu_init", "mu_min", "accept_ratio"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}: expected a finite value >= 0, got {v!r}")
+        r = self.jacobian_reuse_radius
+        if r is not None and not (np.isfinite(r) and r >= 0):
+            raise ValueError(
+                f"jacobian_reuse_radius: expected None or a finite value >= 0, got {r!r}"
+            )
         if not self.mu_max > self.mu_min:
             raise ValueError(f"mu_max: expected > mu_min={self.mu_min}, got {self.mu_max!r}")
         if not self.mu_factor > 1:
@@ -232,6 +250,10 @@ class ILQR:
         self.dynamics, self.cost, self.horizon = dynamics, cost, horizon
         self.nx, self.nu = int(dynamics.nx), int(dynamics.nu)
         self.config = config if config is not None else ILQRConfig()
+        r = self.config.jacobian_reuse_radius
+        if r is None:
+            r = float(getattr(dynamics, "jacobian_reuse_radius", 0.0))
+        self._reuse_radius = r
         # Optional fast path for simulators that work in numpy float64 (MujocoDynamics).
         self._step_numpy = getattr(dynamics, "step_numpy", None)
         self.lower = _bounds("lower", lower, self.nu, -np.inf)
@@ -282,6 +304,18 @@ class ILQR:
             hi = self.upper[i] if self.upper.shape[0] > 1 else self.upper
             Xn[i], Un[i] = self._simulate(x0[i], U[i], X[i], k[i], K[i], alpha, lo, hi)
             return Xn, Un
+        if k is None and len(x0) > 1:
+            # Open loop: problems with the same start and controls (a batch of goals solved
+            # from one state with zero controls) share one simulation. U is already inside
+            # every problem's bounds, so clipping cannot tell such rows apart.
+            z = np.concatenate([x0, U.reshape(len(x0), -1)], axis=1)
+            _, first, inv = np.unique(z, axis=0, return_index=True, return_inverse=True)
+            if len(first) < len(x0):
+                lo = self.lower[first] if self.lower.shape[0] > 1 else self.lower
+                hi = self.upper[first] if self.upper.shape[0] > 1 else self.upper
+                Xf, Uf = self._simulate(x0[first], U[first], None, None, None, alpha, lo, hi)
+                inv = inv.reshape(-1)
+                return Xf[inv], Uf[inv]
         return self._simulate(x0, U, X, k, K, alpha, self.lower, self.upper)
 
     def _simulate(
@@ -372,12 +406,18 @@ class ILQR:
         U: np.ndarray,
         rows: np.ndarray | None = None,
         prev_Faug: np.ndarray | None = None,
+        anchor: np.ndarray | None = None,
     ) -> tuple[np.ndarray, ...]:
         """Derivatives packed for the backward pass.
 
         Dynamics Jacobians are evaluated only for ``rows`` (bool ``(B,)``, all when None); the
         other problems get theirs from ``prev_Faug`` (zeros when None). Used for problems that are
         finished, or whose trajectory did not change since ``prev_Faug`` was computed.
+
+        With ``anchor`` (``(B, T, nz)``, the ``(x_t, u_t)`` at which each step's Jacobians in
+        ``prev_Faug`` were evaluated; ``inf`` where never), a step of ``rows`` that moved by at
+        most the reuse radius (max-norm; see :class:`ILQRConfig`) keeps its Jacobians; the
+        anchors of re-evaluated steps are updated in place.
 
         Returns ``Faug (B, T, 1+nx, 1+nz)`` = blockdiag(1, [A B]), ``FT (B, T, nz, nx)`` =
         [A B]^T, ``Laug (B, T, nz, 1+nz)`` = [l_z | l_zz] and the terminal ``V (B, nx, 1+nx)`` =
@@ -397,15 +437,27 @@ class ILQR:
             Faug[..., 0, 0] = 1.0
         if ni == 0:
             return (Faug, *self._finish_derivatives(Faug, X, U))
-        xs = torch.from_numpy(np.ascontiguousarray(X[i, :T]).reshape(ni * T, nx)).to(dt)
-        us = torch.from_numpy(np.ascontiguousarray(U[i]).reshape(ni * T, nu)).to(dt)
+        Z = np.concatenate([X[i, :T], U[i]], axis=-1)  # (ni, T, nz)
+        if anchor is None or prev_Faug is None:
+            bi, ti = np.repeat(np.arange(ni), T), np.tile(np.arange(T), ni)
+        else:
+            r = self._reuse_radius
+            moved = (np.abs(Z - anchor[i]) > r) if r > 0 else (Z != anchor[i])
+            bi, ti = np.nonzero(moved.any(-1))  # row-major: runs along t stay together
+            if len(bi) == 0:
+                return (Faug, *self._finish_derivatives(Faug, X, U))
+        Zs = Z[bi, ti]
+        xs = torch.from_numpy(np.ascontiguousarray(Zs[:, :nx])).to(dt)
+        us = torch.from_numpy(np.ascontiguousarray(Zs[:, nx:])).to(dt)
         A, Bm = dynamics_jacobians(self.dynamics, xs, us)
         A = np.asarray(A.detach().to(torch.float64).cpu().numpy() if isinstance(A, Tensor) else A)
         Bm = np.asarray(
             Bm.detach().to(torch.float64).cpu().numpy() if isinstance(Bm, Tensor) else Bm
         )
-        Faug[i, :, 1:, 1 : 1 + nx] = A.reshape(ni, T, nx, nx)
-        Faug[i, :, 1:, 1 + nx :] = Bm.reshape(ni, T, nx, nu)
+        Faug[i[bi], ti, 1:, 1 : 1 + nx] = A
+        Faug[i[bi], ti, 1:, 1 + nx :] = Bm
+        if anchor is not None:
+            anchor[i[bi], ti] = Zs
         return (Faug, *self._finish_derivatives(Faug, X, U))
 
     def _finish_derivatives(
@@ -702,10 +754,13 @@ class ILQR:
         # search leaves (X, U) as they were, so their Jacobians are reused (bitwise the same).
         stale = np.ones(nb, dtype=bool)
         Faug_prev: np.ndarray | None = None
+        anchor = np.full((nb, T, self.nx + self.nu), np.inf)
         for _ in range(cfg.max_iters):
             active = ~done
             iters[active] += 1
-            derivs = self._derivatives(X, U, rows=active & stale, prev_Faug=Faug_prev)
+            derivs = self._derivatives(
+                X, U, rows=active & stale, prev_Faug=Faug_prev, anchor=anchor
+            )
             Faug_prev = derivs[0]
             stale[active] = False
             # Backward pass; problems whose Quu + mu I is not positive definite get more mu.
@@ -724,7 +779,13 @@ class ILQR:
             k_out = np.where(upd, k, k_out)
             K_out = np.where(upd[..., None], K, K_out)
             gnorm = (np.abs(k) / (np.abs(U) + 1.0)).max(-1).mean(-1)
-            small = active & (gnorm < cfg.tol_grad) & (mu <= cfg.mu_min)
+            small = gnorm < cfg.tol_grad
+            if cfg.tol_expected > 0:
+                # Crocoddyl's rule: the model predicts almost nothing left to gain. Crocoddyl
+                # still takes that last step; it cannot change the cost by more than the
+                # tolerance, so here it is skipped (one rollout saved).
+                small |= -(dV1 + dV2) < cfg.tol_expected
+            small &= active & (mu <= cfg.mu_min)
             converged |= small
             done |= small
             decrease(small)

@@ -137,6 +137,11 @@ class MujocoDynamics:
         self.nx, self.nu = model.nq + model.nv, model.nu
         self.dt = float(model.opt.timestep)
         self.eps, self.centered, self.n_threads = float(eps), bool(centered), n_threads
+        # One-sided differences have a truncation error of about eps/2 * |f''|; moving (x, u) by
+        # eps/100 changes the Jacobians by about eps/100 * |f''| per coordinate, well below it,
+        # so the iLQR may keep Jacobians of steps that moved less. Centered differences are
+        # accurate to O(eps^2): no reuse radius.
+        self.jacobian_reuse_radius = 0.0 if self.centered else 0.01 * self.eps
         self._datas = [mujoco.MjData(model) for _ in range(n_threads)]
         self._pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
         # Every per-row input (qpos, qvel, ctrl, time = 0, qacc_warmstart = 0, and the rest of the
@@ -165,6 +170,7 @@ class MujocoDynamics:
         mujoco.mj_getState(self.model, d0, self._in_template[0], self._spec_in)
         self._in_small = np.repeat(self._in_template, _ROLLOUT_MIN_BATCH, axis=0)
         self._in_one = self._in_template[0].copy()
+        self._rollout_rows: dict[int, tuple[np.ndarray, list[mujoco.MjModel]]] = {}
         # Batched stepping through mujoco.rollout (FULLPHYSICS state, reset values elsewhere).
         self._roller = rollout.Rollout(nthread=n_threads if n_threads > 1 else 0)
         self._roll_datas = [mujoco.MjData(self.model) for _ in range(n_threads)]
@@ -257,6 +263,10 @@ class MujocoDynamics:
             # below would pass. Numpy reductions cost several times more on these tiny arrays.
             flat = S.reshape(-1)
             fine = bool(np.dot(flat, flat) <= _MAXVAL2)
+        else:
+            # As above, on x and u (a stricter test than the exact one below, which decides).
+            xf, uf = x.reshape(-1), u.reshape(-1)
+            fine = bool(xf @ xf <= _MAXVAL2 and uf @ uf <= _MAXVAL2)
         # Whole-batch checks first: per-row masks only when something is wrong (the common case
         # costs two reductions instead of eight array operations per call).
         if fine or (np.isfinite(x).all() and np.abs(u).max(initial=0.0) <= _MAXVAL):
@@ -283,12 +293,20 @@ class MujocoDynamics:
             if bad is None and np.dot(flat, flat) <= _MAXVAL2:  # as above: all |out| <= mjMAXVAL
                 return out
         else:
-            state0 = np.repeat(self._state_template, n, axis=0)
+            rows = self._rollout_rows.get(n)
+            if rows is None:
+                # Per batch size: initial-state rows (reset values; only x is written per call)
+                # and the model list mujoco.rollout takes. Few distinct sizes occur per solve.
+                if len(self._rollout_rows) > 64:
+                    self._rollout_rows.clear()
+                rows = (np.repeat(self._state_template, n, axis=0), [self.model] * n)
+                self._rollout_rows[n] = rows
+            state0, models = rows
             state0[:, self._x_full] = x
             st = np.empty((n, 1, state0.shape[1]))
             # The wrapper's shape checks cost ~0.2 ms per call; shapes are ours and known.
             self._roller.rollout(
-                [self.model] * n,
+                models,
                 self._roll_datas,
                 state0,
                 np.ascontiguousarray(u[:, None, :]),
@@ -297,6 +315,9 @@ class MujocoDynamics:
                 skip_checks=True,
             )
             out = st[:, 0, self._x_full]
+            flat = st.reshape(-1)
+            if bad is None and flat @ flat <= _MAXVAL2:  # all |out| <= mjMAXVAL, as above
+                return out
         if bad is None and np.abs(out).max(initial=0.0) <= _MAXVAL:
             return out
         diverged = ~(np.abs(out) <= _MAXVAL).all(1)
