@@ -338,22 +338,15 @@ class ILQR:
                 snap_hi = 1e-12 * (1.0 + np.abs(hi))
         # Feedforward part for all steps at once (elementwise, so the same numbers as per step).
         Uff = list(np.moveaxis(U if k is None else U + alpha * k, 1, 0))
-        single = x0.shape[0] == 1
         if k is not None:
-            X_t = list(np.moveaxis(X, 1, 0))
-            # One problem: u = uff + (x - x_t) K_t^T as one 2-D matmul (1, nx) @ (nx, nu),
-            # fewer calls per step than the batched (B, nu, nx) @ (B, nx, 1) form.
-            K_t = (
-                list(np.ascontiguousarray(np.swapaxes(K[0], 1, 2)))
-                if single
-                else list(np.moveaxis(K, 1, 0))
-            )
+            # One expression for any batch size: a problem solved alone then gets exactly the
+            # numbers it gets in a batch (a 2-D dot rounds differently, and active-set
+            # decisions of the box QP can amplify a rounding difference).
+            X_t, K_t = list(np.moveaxis(X, 1, 0)), list(np.moveaxis(K, 1, 0))
         step = self._step_numpy if self._step_numpy is not None else self._step
         for t in range(T):
             if k is None:
                 u = Uff[t]
-            elif single:
-                u = Uff[t] + (x - X_t[t]).dot(K_t[t])  # 2-D dot: BLAS, cheaper call than @
             else:
                 u = Uff[t] + (K_t[t] @ (x - X_t[t])[..., None])[..., 0]
             if self.bounded:
