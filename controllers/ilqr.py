@@ -410,6 +410,7 @@ class ILQR:
         rows: np.ndarray | None = None,
         prev_Faug: np.ndarray | None = None,
         anchor: np.ndarray | None = None,
+        inplace: bool = False,
     ) -> tuple[np.ndarray, ...]:
         """Derivatives packed for the backward pass.
 
@@ -420,7 +421,8 @@ class ILQR:
         With ``anchor`` (``(B, T, nz)``, the ``(x_t, u_t)`` at which each step's Jacobians in
         ``prev_Faug`` were evaluated; ``inf`` where never), a step of ``rows`` that moved by at
         most the reuse radius (max-norm; see :class:`ILQRConfig`) keeps its Jacobians; the
-        anchors of re-evaluated steps are updated in place.
+        anchors of re-evaluated steps are updated in place. With ``inplace``, ``prev_Faug``
+        itself is updated and returned instead of a copy.
 
         Returns ``Faug (B, T, 1+nx, 1+nz)`` = blockdiag(1, [A B]), ``FT (B, T, nz, nx)`` =
         [A B]^T, ``Laug (B, T, nz, 1+nz)`` = [l_z | l_zz] and the terminal ``V (B, nx, 1+nx)`` =
@@ -434,7 +436,7 @@ class ILQR:
         i = np.arange(nb) if rows is None else np.nonzero(rows)[0]
         ni = len(i)
         if prev_Faug is not None:
-            Faug = prev_Faug.copy()
+            Faug = prev_Faug if inplace else prev_Faug.copy()
         else:
             Faug = np.zeros((nb, T, 1 + nx, 1 + nz))
             Faug[..., 0, 0] = 1.0
@@ -767,7 +769,7 @@ class ILQR:
             active = ~done
             iters[active] += 1
             derivs = self._derivatives(
-                X, U, rows=active & stale, prev_Faug=Faug_prev, anchor=anchor
+                X, U, rows=active & stale, prev_Faug=Faug_prev, anchor=anchor, inplace=True
             )
             Faug_prev = derivs[0]
             stale[active] = False
