@@ -211,6 +211,38 @@ def _spd_solve(H: np.ndarray, R: np.ndarray) -> tuple[np.ndarray | None, np.ndar
     return bad, -np.linalg.solve(H, R)
 
 
+def _run_sources(bi: np.ndarray, ti: np.ndarray, Z: np.ndarray, r: float) -> np.ndarray:
+    """For steps ``(bi, ti)`` (row-major, problem then time) at points ``Z (m, nz)``: the index
+    of the step whose Jacobians each one uses, itself or an earlier step of the same problem
+    within max-norm distance ``r`` of it (through consecutive steps, each within ``r``).
+
+    A run of consecutive steps starts anew wherever a step is farther than ``r`` from the
+    previous one or from the run's first step, so every step is within ``r`` of its source.
+    """
+    m = len(bi)
+    idx = np.arange(m)
+    if m < 2:
+        return idx
+    start = np.ones(m, dtype=bool)
+    start[1:] = ~(
+        (bi[1:] == bi[:-1]) & (ti[1:] == ti[:-1] + 1) & (np.abs(Z[1:] - Z[:-1]) <= r).all(-1)
+    )
+    if start.all():
+        return idx
+    for round_ in itertools.count():
+        src = np.maximum.accumulate(np.where(start, idx, 0))
+        far = ~(np.abs(Z - Z[src]) <= r).all(-1)
+        if not far.any():
+            return src
+        f = np.nonzero(far)[0]
+        if round_ < 4:
+            # The first step of each run that drifted out becomes a start (runs stay long).
+            s = src[f]
+            f = f[np.concatenate([[True], s[1:] != s[:-1]])]
+        start[f] = True  # later rounds: every step still out; terminates, starts only grow
+    raise AssertionError("unreachable")
+
+
 class ILQR:
     """Batched box-constrained iLQR planner.
 
@@ -447,22 +479,31 @@ class ILQR:
             bi, ti = np.repeat(np.arange(ni), T), np.tile(np.arange(T), ni)
         else:
             r = self._reuse_radius
-            moved = (np.abs(Z - anchor[i]) > r) if r > 0 else (Z != anchor[i])
+            moved = ~(np.abs(Z - anchor[i]) <= r)  # NaN counts as moved
             bi, ti = np.nonzero(moved.any(-1))  # row-major: runs along t stay together
             if len(bi) == 0:
                 return (Faug, *self._finish_derivatives(Faug, X, U))
         Zs = Z[bi, ti]
-        xs = torch.from_numpy(np.ascontiguousarray(Zs[:, :nx])).to(dt)
-        us = torch.from_numpy(np.ascontiguousarray(Zs[:, nx:])).to(dt)
+        # Steps of a problem that follow each other within the radius (a system at rest, or
+        # settled at its goal) share the Jacobians of the first: the dynamics do not depend
+        # on t, so this is the same reuse as across iterations.
+        src = _run_sources(bi, ti, Zs, self._reuse_radius)
+        first = src == np.arange(len(src))
+        Ze = Zs[first]
+        xs = torch.from_numpy(np.ascontiguousarray(Ze[:, :nx])).to(dt)
+        us = torch.from_numpy(np.ascontiguousarray(Ze[:, nx:])).to(dt)
         A, Bm = dynamics_jacobians(self.dynamics, xs, us)
         A = np.asarray(A.detach().to(torch.float64).cpu().numpy() if isinstance(A, Tensor) else A)
         Bm = np.asarray(
             Bm.detach().to(torch.float64).cpu().numpy() if isinstance(Bm, Tensor) else Bm
         )
+        if not first.all():
+            at = (np.cumsum(first) - 1)[src]  # row of A/Bm evaluated for each step
+            A, Bm = A[at], Bm[at]
         Faug[i[bi], ti, 1:, 1 : 1 + nx] = A
         Faug[i[bi], ti, 1:, 1 + nx :] = Bm
         if anchor is not None:
-            anchor[i[bi], ti] = Zs
+            anchor[i[bi], ti] = Zs[src]  # where each step's Jacobians were evaluated
         return (Faug, *self._finish_derivatives(Faug, X, U))
 
     def _finish_derivatives(

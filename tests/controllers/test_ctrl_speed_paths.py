@@ -9,7 +9,7 @@ import torch
 from ctrl_models import TWO_LINK_MJCF
 
 from controllers import ILQR, ILQRConfig, MujocoDynamics, ReachCost
-from controllers.ilqr import _spd_solve
+from controllers.ilqr import _run_sources, _spd_solve
 
 # Joint limits (constraint solver, so the warm start matters) and control limits (mjd_transitionFD
 # differences one-sided at a bound): the cases where per-row state setting could go wrong.
@@ -318,3 +318,41 @@ def test_crocoddyl_stopping_rule_stops_no_later_at_the_same_cost() -> None:
     assert (rule.iterations < default.iterations).any()  # the rule did trigger
     # Stopped when the model predicted < 1e-9 left to gain: the cost is that close.
     np.testing.assert_allclose(rule.cost.numpy(), default.cost.numpy(), rtol=0, atol=1e-8)
+
+
+def test_run_sources_share_jacobians_only_within_the_radius() -> None:
+    r = 1e-8
+    rng = np.random.default_rng(13)
+    T = 30
+    Z = np.zeros((3, T, 6))
+    Z[0] = rng.uniform(-1, 1, (T, 6))  # moving: every step its own source
+    Z[1, 10:] = 0.5  # at rest from t = 10: one source for the rest
+    Z[1, :10] = rng.uniform(-1, 1, (10, 6))
+    Z[2] = 0.25 + 0.4 * r * np.arange(T)[:, None]  # slow drift: runs must split
+    bi, ti = np.repeat(np.arange(3), T), np.tile(np.arange(T), 3)
+    src = _run_sources(bi, ti, Z.reshape(-1, 6), r)
+    flat = Z.reshape(-1, 6)
+    assert (np.abs(flat - flat[src]) <= r).all()  # every step within r of its source
+    assert (bi[src] == bi).all() and (ti[src] <= ti).all()
+    n_src = [len(np.unique(src[bi == b])) for b in range(3)]
+    assert n_src[0] == T
+    assert n_src[1] == 11
+    assert 1 < n_src[2] < T  # 0.4 r per step: a new source at least every 3 steps
+    assert n_src[2] >= np.ceil(0.4 * (T - 1))  # total drift 11.6 r, no run spans more than r
+    # Radius 0: only identical consecutive steps share.
+    src0 = _run_sources(bi, ti, flat, 0.0)
+    assert len(np.unique(src0)) == T + 11 + T
+
+
+def test_derivatives_of_trajectories_at_rest_evaluate_one_step_per_problem() -> None:
+    T = 20
+    dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF))
+    solver = ILQR(dyn, ReachCost(np.zeros((2, 2)), T), T)
+    X = np.zeros((2, T + 1, 4))
+    X[1] = np.array([0.3, -0.2, 0.0, 0.0])
+    U = np.zeros((2, T, 2))
+    counter = _RowCounter(dyn)
+    anchor = np.full((2, T, 6), np.inf)
+    d = solver._derivatives(X, U, prev_Faug=None, anchor=anchor)
+    assert counter.rows == 2
+    np.testing.assert_array_equal(d[0], solver._derivatives(X, U)[0])
