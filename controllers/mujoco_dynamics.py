@@ -28,9 +28,10 @@ _MAXVAL = 1e10
 _MAXVAL2 = _MAXVAL * _MAXVAL
 
 log = logging.getLogger(__name__)
-# mujoco.rollout costs ~250 us per call in Python overhead and ~5 us per row; a Python loop of
-# mj_step costs ~10-16 us per row. Below this batch size the loop is faster (measured, 2-link arm).
-_ROLLOUT_MIN_BATCH = 16
+# With skip_checks and cached inputs, one mujoco.rollout call costs ~10 us plus ~2.5 us per row;
+# a Python loop of mj_setState/mj_step/mj_getState ~5-7 us per row. Below this batch size the
+# loop is as fast (measured, 2-link arm); one row has its own path (_step_one).
+_ROLLOUT_MIN_BATCH = 4
 
 
 _quiet_lock = threading.Lock()
