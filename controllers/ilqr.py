@@ -231,7 +231,8 @@ def _run_sources(bi: np.ndarray, ti: np.ndarray, Z: np.ndarray, r: float) -> np.
         return idx
     for round_ in itertools.count():
         src = np.maximum.accumulate(np.where(start, idx, 0))
-        far = ~(np.abs(Z - Z[src]) <= r).all(-1)
+        # A start is its own source (also when it holds NaN, which is never near anything).
+        far = ~(np.abs(Z - Z[src]) <= r).all(-1) & ~start
         if not far.any():
             return src
         f = np.nonzero(far)[0]

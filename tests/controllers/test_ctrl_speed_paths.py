@@ -342,6 +342,12 @@ def test_run_sources_share_jacobians_only_within_the_radius() -> None:
     # Radius 0: only identical consecutive steps share.
     src0 = _run_sources(bi, ti, flat, 0.0)
     assert len(np.unique(src0)) == T + 11 + T
+    # NaN is near nothing, not even itself: such steps are evaluated on their own.
+    nan = flat.copy()
+    nan[T + 15] = np.nan
+    src_nan = _run_sources(bi, ti, nan, r)
+    assert src_nan[T + 15] == T + 15 and src_nan[T + 16] == T + 16
+    assert (src_nan[T + 11 : T + 15] == T + 10).all()
 
 
 def test_derivatives_of_trajectories_at_rest_evaluate_one_step_per_problem() -> None:
