@@ -2,8 +2,9 @@
 
 Run: ``make bench`` or ``PYTHONPATH=. python benchmarks/bench_ilqr.py``. Crocoddyl is optional
 (``pip install crocoddyl==3.2.1 pin==4.0.0 libpinocchio==4.0.0``); without it only our columns
-are printed. Timings are wall-clock medians on whatever the machine gives us; ratios are measured
-side by side in this process.
+are printed. Ours and Crocoddyl's 2-link solves are timed round-robin in this process
+(``ILQR_BENCH_ROUNDS``, default 5) and reported as medians of wall and CPU time: the machine is
+shared, and ratios of blocks timed one after the other swung 2x with the load.
 """
 
 from __future__ import annotations
