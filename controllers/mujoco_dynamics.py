@@ -100,6 +100,9 @@ class MujocoDynamics:
         nx: ``nq + nv``.
         nu: ``model.nu``.
         dt: ``model.opt.timestep`` in seconds.
+        jacobian_reuse_radius: how far (max-norm, state and control units) a point may move
+            before the iLQR re-evaluates its Jacobians: ``eps / 100`` for one-sided differences
+            (far below their truncation error), 0 for centered ones.
     """
 
     def __init__(
