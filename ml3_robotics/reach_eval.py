@@ -608,9 +608,18 @@ def reach_video(
     return path.name
 
 
+def _config_from(kind: Any, source: Any, changes: Mapping[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(kind)}
+    values = {k: getattr(source, k) for k in names if hasattr(source, k)}
+    return kind(**(values | dict(changes)))
+
+
 def eval_config_from(source: Any, **changes: Any) -> ReachEvalConfig:
     """A :class:`ReachEvalConfig` from the same-named fields of ``source`` (e.g. a reacher
     config), then ``changes``."""
-    names = {f.name for f in dataclasses.fields(ReachEvalConfig)}
-    values = {k: getattr(source, k) for k in names if hasattr(source, k)}
-    return ReachEvalConfig(**(values | changes))
+    return _config_from(ReachEvalConfig, source, changes)
+
+
+def model_config_from(source: Any, **changes: Any) -> ReachModelConfig:
+    """A :class:`ReachModelConfig` from the same-named fields of ``source``, then ``changes``."""
+    return _config_from(ReachModelConfig, source, changes)
