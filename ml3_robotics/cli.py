@@ -44,7 +44,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "n_train_goals": 256,
     "goals_per_iteration": 16,
     "n_test_goals": 10,
-    "inner_steps": 3,
+    "inner_steps": 1,
     "fit_epochs": 30,
     "refit_epochs": 10,
     "eval_every": 25,
