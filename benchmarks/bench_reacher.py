@@ -9,7 +9,7 @@ Both compute the same meta-gradient (checked below) for G training goals, K inne
   loop rollout of a single-goal policy module through the model, torch.autograd.grad with
   create_graph, functional parameter updates (what `higher` does), no vmap, no batching.
 
-Usage: ``python benchmarks/bench_reacher.py [--goals 16] [--inner-steps 3] [--reps 3]``.
+Usage: ``python benchmarks/bench_reacher.py [--goals 16] [--inner-steps 1] [--reps 3]``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def reference_meta_gradient(policy, params, model, task, loss, lr, K):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--goals", type=int, default=16)
-    ap.add_argument("--inner-steps", type=int, default=3)
+    ap.add_argument("--inner-steps", type=int, default=1)  # the reacher's K
     ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -91,7 +91,9 @@ def main() -> None:
         p.requires_grad_(False)
     task = ReachTask(arm, sample_goals(arm, args.goals, 0, min_radius=0.3), 65)
     policy = ReachPolicy(arm)
-    loss = LearnedLoss(LossConfig(reach_feature_spec(), hidden=(400, 400), activation="elu"))
+    loss = LearnedLoss(
+        LossConfig(reach_feature_spec(), hidden=(400, 400), activation="elu", learn_scale=True)
+    )
     params = init_policy_params(policy, task.n, torch.Generator().manual_seed(0))
     lr, K = 1e-3, args.inner_steps
     opt = InnerOptimizer("sgd", lr=lr, steps=K)
