@@ -1,11 +1,14 @@
 """A/B of the iLQR between a git revision and this checkout, side by side in one process.
 
 Run: ``PYTHONPATH=. python benchmarks/ab_ilqr_versions.py [REV] [ROUNDS]`` (REV defaults to
-d9b9d76, the controllers before the speed work). The ``controllers`` package of REV is exported
+0f73c9b, the controllers before the second speed round; d9b9d76 is before the first). The
+``controllers`` package of REV is exported
 with ``git archive`` into a temporary directory and imported as ``controllers_ab``; the solves of
 both versions (and Crocoddyl's, if installed) run round-robin so that a noisy, shared machine
 affects them alike. Prints median wall and CPU times, ratios to Crocoddyl, and whether both
-versions return bitwise identical plans. Not part of ``make bench`` (needs git history).
+versions return bitwise identical plans (Jacobian reuse within a radius, added in the second
+round, changes the last digits; the largest relative cost difference is printed too). Not part
+of ``make bench`` (needs git history).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def load_revision(rev: str, into: pathlib.Path):
 
 
 def main() -> None:
-    rev = sys.argv[1] if len(sys.argv) > 1 else "d9b9d76"
+    rev = sys.argv[1] if len(sys.argv) > 1 else "0f73c9b"
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     torch.set_num_threads(1)
     tmp = tempfile.TemporaryDirectory()
@@ -111,7 +114,12 @@ def main() -> None:
     for kind, i, x in (("single", 0, x1), ("batch", 1, xb)):
         a, b = solvers[rev][i].solve(x), solvers["this"][i].solve(x)
         same = all(torch.equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
-        print(f"  {kind}: plans of both versions bitwise identical: {same}")
+        rel = ((a.cost - b.cost).abs() / a.cost.abs()).max().item()
+        print(
+            f"  {kind}: plans of both versions bitwise identical: {same}; max relative cost "
+            f"difference {rel:.1e}; iterations {int(a.iterations.sum())} vs "
+            f"{int(b.iterations.sum())}"
+        )
     tmp.cleanup()
 
 

@@ -52,6 +52,17 @@ class ILQRConfig:
             ``tol_cost * |J|`` (relative cost decrease).
         tol_grad: converged when the feedforward step is small: ``mean_t max_i |k_ti| /
             (|u_ti| + 1) < tol_grad`` (the "gradient norm" of Tassa et al.) while ``mu <= mu_min``.
+        tol_expected: also converged when the backward pass predicts a cost decrease
+            ``-(dV1 + dV2)`` of the full step below this absolute value while ``mu <= mu_min``
+            (Crocoddyl's stopping rule, its ``th_stop``; Crocoddyl still takes that last step,
+            which cannot change the cost by more than this, here it is skipped). 0 (default)
+            disables the test.
+        jacobian_reuse_radius: a time step whose state and control moved by at most this
+            (max-norm, state and control units) since its dynamics Jacobians were evaluated
+            keeps them. None: the dynamics' ``jacobian_reuse_radius`` attribute if it has one
+            (:class:`MujocoDynamics`: 1/100 of its one-sided finite-difference step, so the
+            Jacobians change by far less than their own finite-difference error), else 0
+            (only unchanged steps keep theirs, which gives the same numbers as recomputing).
         mu_init: initial Levenberg-Marquardt regularisation added to ``Quu``.
         mu_min: smallest non-zero ``mu``; decreasing below it sets ``mu = 0``.
         mu_max: a problem whose ``mu`` exceeds this stops, not converged.
@@ -65,6 +76,8 @@ class ILQRConfig:
     max_iters: int = 100
     tol_cost: float = 1e-9
     tol_grad: float = 1e-6
+    tol_expected: float = 0.0
+    jacobian_reuse_radius: float | None = None
     mu_init: float = 0.0
     mu_min: float = 1e-6
     mu_max: float = 1e10
@@ -77,10 +90,15 @@ class ILQRConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.max_iters, int) or self.max_iters < 1:
             raise ValueError(f"max_iters: expected an int >= 1, got {self.max_iters!r}")
-        for name in ("tol_cost", "tol_grad", "mu_init", "mu_min", "accept_ratio"):
+        for name in ("tol_cost", "tol_grad", "tol_expected", "mu_init", "mu_min", "accept_ratio"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}: expected a finite value >= 0, got {v!r}")
+        r = self.jacobian_reuse_radius
+        if r is not None and not (np.isfinite(r) and r >= 0):
+            raise ValueError(
+                f"jacobian_reuse_radius: expected None or a finite value >= 0, got {r!r}"
+            )
         if not self.mu_max > self.mu_min:
             raise ValueError(f"mu_max: expected > mu_min={self.mu_min}, got {self.mu_max!r}")
         if not self.mu_factor > 1:
@@ -193,6 +211,39 @@ def _spd_solve(H: np.ndarray, R: np.ndarray) -> tuple[np.ndarray | None, np.ndar
     return bad, -np.linalg.solve(H, R)
 
 
+def _run_sources(bi: np.ndarray, ti: np.ndarray, Z: np.ndarray, r: float) -> np.ndarray:
+    """For steps ``(bi, ti)`` (row-major, problem then time) at points ``Z (m, nz)``: the index
+    of the step whose Jacobians each one uses, itself or an earlier step of the same problem
+    within max-norm distance ``r`` of it (through consecutive steps, each within ``r``).
+
+    A run of consecutive steps starts anew wherever a step is farther than ``r`` from the
+    previous one or from the run's first step, so every step is within ``r`` of its source.
+    """
+    m = len(bi)
+    idx = np.arange(m)
+    if m < 2:
+        return idx
+    start = np.ones(m, dtype=bool)
+    start[1:] = ~(
+        (bi[1:] == bi[:-1]) & (ti[1:] == ti[:-1] + 1) & (np.abs(Z[1:] - Z[:-1]) <= r).all(-1)
+    )
+    if start.all():
+        return idx
+    for round_ in itertools.count():
+        src = np.maximum.accumulate(np.where(start, idx, 0))
+        # A start is its own source (also when it holds NaN, which is never near anything).
+        far = ~(np.abs(Z - Z[src]) <= r).all(-1) & ~start
+        if not far.any():
+            return src
+        f = np.nonzero(far)[0]
+        if round_ < 4:
+            # The first step of each run that drifted out becomes a start (runs stay long).
+            s = src[f]
+            f = f[np.concatenate([[True], s[1:] != s[:-1]])]
+        start[f] = True  # later rounds: every step still out; terminates, starts only grow
+    raise AssertionError("unreachable")
+
+
 class ILQR:
     """Batched box-constrained iLQR planner.
 
@@ -232,6 +283,10 @@ class ILQR:
         self.dynamics, self.cost, self.horizon = dynamics, cost, horizon
         self.nx, self.nu = int(dynamics.nx), int(dynamics.nu)
         self.config = config if config is not None else ILQRConfig()
+        r = self.config.jacobian_reuse_radius
+        if r is None:
+            r = float(getattr(dynamics, "jacobian_reuse_radius", 0.0))
+        self._reuse_radius = r
         # Optional fast path for simulators that work in numpy float64 (MujocoDynamics).
         self._step_numpy = getattr(dynamics, "step_numpy", None)
         self.lower = _bounds("lower", lower, self.nu, -np.inf)
@@ -282,6 +337,18 @@ class ILQR:
             hi = self.upper[i] if self.upper.shape[0] > 1 else self.upper
             Xn[i], Un[i] = self._simulate(x0[i], U[i], X[i], k[i], K[i], alpha, lo, hi)
             return Xn, Un
+        if k is None and len(x0) > 1:
+            # Open loop: problems with the same start and controls (a batch of goals solved
+            # from one state with zero controls) share one simulation. U is already inside
+            # every problem's bounds, so clipping cannot tell such rows apart.
+            z = np.concatenate([x0, U.reshape(len(x0), -1)], axis=1)
+            _, first, inv = np.unique(z, axis=0, return_index=True, return_inverse=True)
+            if len(first) < len(x0):
+                lo = self.lower[first] if self.lower.shape[0] > 1 else self.lower
+                hi = self.upper[first] if self.upper.shape[0] > 1 else self.upper
+                Xf, Uf = self._simulate(x0[first], U[first], None, None, None, alpha, lo, hi)
+                inv = inv.reshape(-1)
+                return Xf[inv], Uf[inv]
         return self._simulate(x0, U, X, k, K, alpha, self.lower, self.upper)
 
     def _simulate(
@@ -305,6 +372,9 @@ class ILQR:
         # Feedforward part for all steps at once (elementwise, so the same numbers as per step).
         Uff = list(np.moveaxis(U if k is None else U + alpha * k, 1, 0))
         if k is not None:
+            # One expression for any batch size: a problem solved alone then gets exactly the
+            # numbers it gets in a batch (a 2-D dot rounds differently, and active-set
+            # decisions of the box QP can amplify a rounding difference).
             X_t, K_t = list(np.moveaxis(X, 1, 0)), list(np.moveaxis(K, 1, 0))
         step = self._step_numpy if self._step_numpy is not None else self._step
         for t in range(T):
@@ -320,6 +390,12 @@ class ILQR:
                     u = np.where(np.abs(u - lo) <= snap_lo, lo, u)
                     u = np.where(np.abs(u - hi) <= snap_hi, hi, u)
             us.append(u)
+            if k is None and t > 0 and (x == xs[-2]).all() and (u == us[-2]).all():
+                # Open loop at a fixed point (a system at rest under constant controls, as at
+                # the start from zero controls): the step is a function of (x, u) alone, so
+                # the same input gives the same next state. Not simulated again.
+                xs.append(x)
+                continue
             x = step(x, u)
             xs.append(x)
         # Stacking copies, so views into the inputs or the simulator's buffers are not kept.
@@ -366,12 +442,20 @@ class ILQR:
         U: np.ndarray,
         rows: np.ndarray | None = None,
         prev_Faug: np.ndarray | None = None,
+        anchor: np.ndarray | None = None,
+        inplace: bool = False,
     ) -> tuple[np.ndarray, ...]:
         """Derivatives packed for the backward pass.
 
         Dynamics Jacobians are evaluated only for ``rows`` (bool ``(B,)``, all when None); the
         other problems get theirs from ``prev_Faug`` (zeros when None). Used for problems that are
         finished, or whose trajectory did not change since ``prev_Faug`` was computed.
+
+        With ``anchor`` (``(B, T, nz)``, the ``(x_t, u_t)`` at which each step's Jacobians in
+        ``prev_Faug`` were evaluated; ``inf`` where never), a step of ``rows`` that moved by at
+        most the reuse radius (max-norm; see :class:`ILQRConfig`) keeps its Jacobians; the
+        anchors of re-evaluated steps are updated in place. With ``inplace``, ``prev_Faug``
+        itself is updated and returned instead of a copy.
 
         Returns ``Faug (B, T, 1+nx, 1+nz)`` = blockdiag(1, [A B]), ``FT (B, T, nz, nx)`` =
         [A B]^T, ``Laug (B, T, nz, 1+nz)`` = [l_z | l_zz] and the terminal ``V (B, nx, 1+nx)`` =
@@ -385,21 +469,42 @@ class ILQR:
         i = np.arange(nb) if rows is None else np.nonzero(rows)[0]
         ni = len(i)
         if prev_Faug is not None:
-            Faug = prev_Faug.copy()
+            Faug = prev_Faug if inplace else prev_Faug.copy()
         else:
             Faug = np.zeros((nb, T, 1 + nx, 1 + nz))
             Faug[..., 0, 0] = 1.0
         if ni == 0:
             return (Faug, *self._finish_derivatives(Faug, X, U))
-        xs = torch.from_numpy(np.ascontiguousarray(X[i, :T]).reshape(ni * T, nx)).to(dt)
-        us = torch.from_numpy(np.ascontiguousarray(U[i]).reshape(ni * T, nu)).to(dt)
+        Z = np.concatenate([X[i, :T], U[i]], axis=-1)  # (ni, T, nz)
+        if anchor is None or prev_Faug is None:
+            bi, ti = np.repeat(np.arange(ni), T), np.tile(np.arange(T), ni)
+        else:
+            r = self._reuse_radius
+            moved = ~(np.abs(Z - anchor[i]) <= r)  # NaN counts as moved
+            bi, ti = np.nonzero(moved.any(-1))  # row-major: runs along t stay together
+            if len(bi) == 0:
+                return (Faug, *self._finish_derivatives(Faug, X, U))
+        Zs = Z[bi, ti]
+        # Steps of a problem that follow each other within the radius (a system at rest, or
+        # settled at its goal) share the Jacobians of the first: the dynamics do not depend
+        # on t, so this is the same reuse as across iterations.
+        src = _run_sources(bi, ti, Zs, self._reuse_radius)
+        first = src == np.arange(len(src))
+        Ze = Zs[first]
+        xs = torch.from_numpy(np.ascontiguousarray(Ze[:, :nx])).to(dt)
+        us = torch.from_numpy(np.ascontiguousarray(Ze[:, nx:])).to(dt)
         A, Bm = dynamics_jacobians(self.dynamics, xs, us)
         A = np.asarray(A.detach().to(torch.float64).cpu().numpy() if isinstance(A, Tensor) else A)
         Bm = np.asarray(
             Bm.detach().to(torch.float64).cpu().numpy() if isinstance(Bm, Tensor) else Bm
         )
-        Faug[i, :, 1:, 1 : 1 + nx] = A.reshape(ni, T, nx, nx)
-        Faug[i, :, 1:, 1 + nx :] = Bm.reshape(ni, T, nx, nu)
+        if not first.all():
+            at = (np.cumsum(first) - 1)[src]  # row of A/Bm evaluated for each step
+            A, Bm = A[at], Bm[at]
+        Faug[i[bi], ti, 1:, 1 : 1 + nx] = A
+        Faug[i[bi], ti, 1:, 1 + nx :] = Bm
+        if anchor is not None:
+            anchor[i[bi], ti] = Zs[src]  # where each step's Jacobians were evaluated
         return (Faug, *self._finish_derivatives(Faug, X, U))
 
     def _finish_derivatives(
@@ -447,6 +552,8 @@ class ILQR:
         ``V = [I 0 ... ; K]^T Q Gaug`` (Tassa et al. 2012, eq. 11 in matrix form).
         """
         nb, T = U.shape[:2]
+        if nb == 1:
+            return self._backward_one(U, Faug, FT, Laug, VT, mu, k_prev, lower, upper)
         nx, nu = self.nx, self.nu
         eye_u = np.eye(nu)
         ok = np.ones(nb, dtype=bool)
@@ -514,6 +621,108 @@ class ILQR:
         dV1 = np.einsum("bti,bti->b", k, Qs[..., 0])
         dV2 = 0.5 * np.einsum("bti,btij,btj->b", k, Qs[..., 1 + nx :], k)
         return ok, np.ascontiguousarray(k), np.ascontiguousarray(K), dV1, dV2
+
+    def _backward_one(
+        self,
+        U: np.ndarray,
+        Faug: np.ndarray,
+        FT: np.ndarray,
+        Laug: np.ndarray,
+        VT: np.ndarray,
+        mu: np.ndarray,
+        k_prev: np.ndarray,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, ...]:
+        """:meth:`_backward` for a single problem (``B == 1``), on 2-D arrays.
+
+        The same recursion with the batch axis dropped: 2-D matmuls and the closed-form 2x2
+        solve on Python floats cost about half the calls of the batched form, which matters
+        because per-call overhead is nearly all of the time for one problem.
+        """
+        T = U.shape[1]
+        nx, nu = self.nx, self.nu
+        V = VT[0]
+        G = np.zeros((1 + nx + nu, 1 + nx))
+        G[0, 0] = 1.0
+        G[1 : 1 + nx, 1:] = np.eye(nx)
+        GT = G[1:, 1:].T  # view: follows G's K block
+        lo = (self.lower if lower is None else lower)[0]
+        hi = (self.upper if upper is None else upper)[0]
+        m = float(mu[0])
+        mu_i = m * np.eye(nu) if m != 0 else None
+        bounded = self.bounded
+        F_t, FT_t, L_t, U_t = Faug[0], FT[0], Laug[0], U[0]
+        sols: list[np.ndarray] = []
+        qrows: list[np.ndarray] = []
+        da = np.empty((2, 1))
+        iu, ju = nx, 1 + nx  # Q_uu's first entry in Q
+        for t in range(T - 1, -1, -1):
+            # ndarray.dot on 2-D arrays goes straight to BLAS, at half the call cost of `@`.
+            Q = FT_t[t].dot(V.dot(F_t[t]))
+            Q += L_t[t]
+            Qu_rows = Q[nx:]  # [Q_u | Q_ux | Q_uu]
+            H = Qu_rows[:, 1 + nx :]
+            if mu_i is not None:
+                H = H + mu_i
+            if nu == 2:
+                # _spd_solve's single-problem closed form, inlined (same operations and
+                # numbers; a function call and two reshapes per step saved).
+                a, b, d = Q.item(iu, ju) + m, Q.item(iu, ju + 1), Q.item(iu + 1, ju + 1) + m
+                det = a * d - b * b
+                if not (a > 0 and det > 0):
+                    return self._failed_one(T)  # the caller raises mu; the rest is moot
+                R = Qu_rows[:, : 1 + nx]
+                da[0, 0], da[1, 0] = d, a
+                sol = (b * R[::-1] - da * R) / det
+            else:
+                bad, sol3 = _spd_solve(H[None], Qu_rows[None, :, : 1 + nx])
+                if bad is not None:
+                    return self._failed_one(T)
+                sol = sol3[0]
+            if bounded:
+                ut = U_t[t]
+                un = ut + sol[:, 0]
+                if ((un < lo) | (un > hi)).any():
+                    Qu = Qu_rows[None, :, 0]
+                    res = box_qp(
+                        H[None],
+                        Qu,
+                        (lo - ut)[None],
+                        (hi - ut)[None],
+                        k_prev[:, t],
+                        max_iter=self.config.boxqp_max_iter,
+                    )
+                    Hm = masked_hessian(H[None], res.free)
+                    Ki = np.linalg.solve(
+                        Hm, -np.where(res.free[..., None], Qu_rows[None, :, 1 : 1 + nx], 0.0)
+                    )
+                    sol = sol.copy()
+                    sol[:, 0] = res.x[0]
+                    sol[:, 1:] = Ki[0]
+            sols.append(sol)
+            qrows.append(Qu_rows)
+            G[1 + nx :] = sol
+            V = GT.dot(Q.dot(G))
+            Vxx = V[:, 1:]
+            Vxx += Vxx.T  # numpy buffers the overlapping operand: V_xx + V_xx^T
+            Vxx *= 0.5
+        S = np.stack(sols[::-1])  # (T, nu, 1+nx) = [k | K]
+        Qs = np.stack(qrows[::-1])  # (T, nu, 1+nx+nu)
+        k = S[:, :, 0]
+        dV1 = np.einsum("ti,ti->", k, Qs[..., 0]).reshape(1)
+        dV2 = 0.5 * np.einsum("ti,tij,tj->", k, Qs[..., 1 + nx :], k).reshape(1)
+        return np.ones(1, dtype=bool), k[None].copy(), S[None, :, :, 1:].copy(), dV1, dV2
+
+    def _failed_one(self, T: int) -> tuple[np.ndarray, ...]:
+        z = np.zeros(1)
+        return (
+            np.zeros(1, dtype=bool),
+            np.zeros((1, T, self.nu)),
+            np.zeros((1, T, self.nu, self.nx)),
+            z,
+            z.copy(),
+        )
 
     def _backward_rows(
         self,
@@ -597,10 +806,13 @@ class ILQR:
         # search leaves (X, U) as they were, so their Jacobians are reused (bitwise the same).
         stale = np.ones(nb, dtype=bool)
         Faug_prev: np.ndarray | None = None
+        anchor = np.full((nb, T, self.nx + self.nu), np.inf)
         for _ in range(cfg.max_iters):
             active = ~done
             iters[active] += 1
-            derivs = self._derivatives(X, U, rows=active & stale, prev_Faug=Faug_prev)
+            derivs = self._derivatives(
+                X, U, rows=active & stale, prev_Faug=Faug_prev, anchor=anchor, inplace=True
+            )
             Faug_prev = derivs[0]
             stale[active] = False
             # Backward pass; problems whose Quu + mu I is not positive definite get more mu.
@@ -619,7 +831,13 @@ class ILQR:
             k_out = np.where(upd, k, k_out)
             K_out = np.where(upd[..., None], K, K_out)
             gnorm = (np.abs(k) / (np.abs(U) + 1.0)).max(-1).mean(-1)
-            small = active & (gnorm < cfg.tol_grad) & (mu <= cfg.mu_min)
+            small = gnorm < cfg.tol_grad
+            if cfg.tol_expected > 0:
+                # Crocoddyl's rule: the model predicts almost nothing left to gain. Crocoddyl
+                # still takes that last step; it cannot change the cost by more than the
+                # tolerance, so here it is skipped (one rollout saved).
+                small |= -(dV1 + dV2) < cfg.tol_expected
+            small &= active & (mu <= cfg.mu_min)
             converged |= small
             done |= small
             decrease(small)

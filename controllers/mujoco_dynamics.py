@@ -28,9 +28,10 @@ _MAXVAL = 1e10
 _MAXVAL2 = _MAXVAL * _MAXVAL
 
 log = logging.getLogger(__name__)
-# mujoco.rollout costs ~250 us per call in Python overhead and ~5 us per row; a Python loop of
-# mj_step costs ~10-16 us per row. Below this batch size the loop is faster (measured, 2-link arm).
-_ROLLOUT_MIN_BATCH = 16
+# With skip_checks and cached inputs, one mujoco.rollout call costs ~10 us plus ~2.5 us per row;
+# a Python loop of mj_setState/mj_step/mj_getState ~5-7 us per row. Below this batch size the
+# loop is as fast (measured, 2-link arm); one row has its own path (_step_one).
+_ROLLOUT_MIN_BATCH = 4
 
 
 _quiet_lock = threading.Lock()
@@ -99,6 +100,9 @@ class MujocoDynamics:
         nx: ``nq + nv``.
         nu: ``model.nu``.
         dt: ``model.opt.timestep`` in seconds.
+        jacobian_reuse_radius: how far (max-norm, state and control units) a point may move
+            before the iLQR re-evaluates its Jacobians: ``eps / 100`` for one-sided differences
+            (far below their truncation error), 0 for centered ones.
     """
 
     def __init__(
@@ -137,6 +141,11 @@ class MujocoDynamics:
         self.nx, self.nu = model.nq + model.nv, model.nu
         self.dt = float(model.opt.timestep)
         self.eps, self.centered, self.n_threads = float(eps), bool(centered), n_threads
+        # One-sided differences have a truncation error of about eps/2 * |f''|; moving (x, u) by
+        # eps/100 changes the Jacobians by about eps/100 * |f''| per coordinate, well below it,
+        # so the iLQR may keep Jacobians of steps that moved less. Centered differences are
+        # accurate to O(eps^2): no reuse radius.
+        self.jacobian_reuse_radius = 0.0 if self.centered else 0.01 * self.eps
         self._datas = [mujoco.MjData(model) for _ in range(n_threads)]
         self._pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
         # Every per-row input (qpos, qvel, ctrl, time = 0, qacc_warmstart = 0, and the rest of the
@@ -164,6 +173,8 @@ class MujocoDynamics:
         self._in_template = np.empty((1, mujoco.mj_stateSize(self.model, self._spec_in)))
         mujoco.mj_getState(self.model, d0, self._in_template[0], self._spec_in)
         self._in_small = np.repeat(self._in_template, _ROLLOUT_MIN_BATCH, axis=0)
+        self._in_one = self._in_template[0].copy()
+        self._rollout_rows: dict[int, tuple[np.ndarray, list[mujoco.MjModel]]] = {}
         # Batched stepping through mujoco.rollout (FULLPHYSICS state, reset values elsewhere).
         self._roller = rollout.Rollout(nthread=n_threads if n_threads > 1 else 0)
         self._roll_datas = [mujoco.MjData(self.model) for _ in range(n_threads)]
@@ -240,6 +251,10 @@ class MujocoDynamics:
         (``|x| > mjMAXVAL``) are returned as NaN.
         """
         n = len(x)
+        if n == 1:
+            out = self._step_one(x, u)
+            if out is not None:
+                return out
         small = n < _ROLLOUT_MIN_BATCH
         fine = False
         if small:
@@ -252,6 +267,10 @@ class MujocoDynamics:
             # below would pass. Numpy reductions cost several times more on these tiny arrays.
             flat = S.reshape(-1)
             fine = bool(np.dot(flat, flat) <= _MAXVAL2)
+        else:
+            # As above, on x and u (a stricter test than the exact one below, which decides).
+            xf, uf = x.reshape(-1), u.reshape(-1)
+            fine = bool(xf @ xf <= _MAXVAL2 and uf @ uf <= _MAXVAL2)
         # Whole-batch checks first: per-row masks only when something is wrong (the common case
         # costs two reductions instead of eight array operations per call).
         if fine or (np.isfinite(x).all() and np.abs(u).max(initial=0.0) <= _MAXVAL):
@@ -278,12 +297,20 @@ class MujocoDynamics:
             if bad is None and np.dot(flat, flat) <= _MAXVAL2:  # as above: all |out| <= mjMAXVAL
                 return out
         else:
-            state0 = np.repeat(self._state_template, n, axis=0)
+            rows = self._rollout_rows.get(n)
+            if rows is None:
+                # Per batch size: initial-state rows (reset values; only x is written per call)
+                # and the model list mujoco.rollout takes. Few distinct sizes occur per solve.
+                if len(self._rollout_rows) > 64:
+                    self._rollout_rows.clear()
+                rows = (np.repeat(self._state_template, n, axis=0), [self.model] * n)
+                self._rollout_rows[n] = rows
+            state0, models = rows
             state0[:, self._x_full] = x
             st = np.empty((n, 1, state0.shape[1]))
             # The wrapper's shape checks cost ~0.2 ms per call; shapes are ours and known.
             self._roller.rollout(
-                [self.model] * n,
+                models,
                 self._roll_datas,
                 state0,
                 np.ascontiguousarray(u[:, None, :]),
@@ -292,6 +319,9 @@ class MujocoDynamics:
                 skip_checks=True,
             )
             out = st[:, 0, self._x_full]
+            flat = st.reshape(-1)
+            if bad is None and flat @ flat <= _MAXVAL2:  # all |out| <= mjMAXVAL, as above
+                return out
         if bad is None and np.abs(out).max(initial=0.0) <= _MAXVAL:
             return out
         diverged = ~(np.abs(out) <= _MAXVAL).all(1)
@@ -299,6 +329,26 @@ class MujocoDynamics:
         log.debug("MujocoDynamics: %d of %d rows diverged or had invalid input", bad.sum(), n)
         out[bad] = np.nan
         return out
+
+    def _step_one(self, x: np.ndarray, u: np.ndarray) -> np.ndarray | None:
+        """One row (the single-problem iLQR rollout) with the fewest calls; None when the row
+        needs the checks of the general path (non-finite or huge input or output)."""
+        s = self._in_one
+        s[self._x_in] = x[0]
+        s[self._u_in] = u[0]
+        # A sum of squares <= mjMAXVAL^2 (False for NaN/inf/overflow) implies every entry is
+        # finite and <= mjMAXVAL: the general path's checks would pass.
+        if not s @ s <= _MAXVAL2:
+            return None
+        m, d = self.model, self._datas[0]
+        full = np.empty((1, self._state_template.shape[1]))
+        mujoco.mj_setState(m, d, s, self._spec_in)
+        mujoco.mj_step(m, d)
+        mujoco.mj_getState(m, d, full[0], self._spec_full)
+        f = full[0]
+        if not f @ f <= _MAXVAL2:
+            return None  # the general path re-runs the row and marks it diverged
+        return full[:, self._x_full]
 
     def step(self, x: Tensor, u: Tensor) -> Tensor:
         """One ``mj_step`` per row: ``x (B, nq+nv)``, ``u (B, nu)`` -> ``(B, nq+nv)``.
@@ -328,6 +378,22 @@ class MujocoDynamics:
             ``A (N, nx, nx)`` and ``B (N, nx, nu)``, float64.
         """
         xn, un = self._inputs(x, u)
+        # A row equal to the one before it (a trajectory at rest, e.g. every step of the first
+        # iLQR iteration from rest with zero controls, and across problems with the same start)
+        # has the same Jacobians: evaluate each run of identical rows once. The comparison
+        # costs ~0.1 us per row, mjd_transitionFD ~11 us.
+        z = np.concatenate([xn, un], axis=1)
+        repeat = (z[1:] == z[:-1]).all(1)
+        if repeat.any():
+            first = np.concatenate([[True], ~repeat])
+            A1, B1 = self._transition_fd(xn[first], un[first])
+            run = np.cumsum(first) - 1  # index of each row's run among the evaluated rows
+            return torch.from_numpy(A1[run]), torch.from_numpy(B1[run])
+        A, B = self._transition_fd(xn, un)
+        return torch.from_numpy(A), torch.from_numpy(B)
+
+    def _transition_fd(self, xn: np.ndarray, un: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``mjd_transitionFD`` per row of float64 ``xn (N, nx)``, ``un (N, nu)``."""
         n = len(xn)
         A = np.empty((n, self.nx, self.nx))
         B = np.empty((n, self.nx, self.nu))
@@ -345,4 +411,4 @@ class MujocoDynamics:
 
         with _quiet_mujoco():
             self._run(work, n)
-        return torch.from_numpy(A), torch.from_numpy(B)
+        return A, B

@@ -30,6 +30,7 @@ from ml3_robotics.reach_eval import (
     ReachEvalConfig,
     ReachModelConfig,
     fit_reach_model,
+    model_config_from,
 )
 from ml3_robotics.runs import (
     Experiment,
@@ -121,14 +122,7 @@ class TransferConfig:
         self.eval_config(3, 1e-3, 2)
 
     def model_config(self) -> ReachModelConfig:
-        return ReachModelConfig(
-            babble_trajectories=self.babble_trajectories,
-            babble_hold=self.babble_hold,
-            horizon=self.horizon,
-            ensemble_members=self.ensemble_members,
-            ensemble_hidden=tuple(self.ensemble_hidden),
-            fit_epochs=self.fit_epochs,
-        )
+        return model_config_from(self)
 
     def eval_config(self, steps: int, lr: float, depth: int) -> ReachEvalConfig:
         return ReachEvalConfig(

@@ -25,7 +25,7 @@ from torch import Tensor
 from ml3_robotics.inner import InnerOptimizer
 from ml3_robotics.mbrl import LossFn, ReachPolicy, ReachTask, init_policy_params, meta_loss
 from ml3_robotics.meta_trainer import OuterStep
-from ml3_robotics.reach_eval import ReachModelConfig, fit_reach_model
+from ml3_robotics.reach_eval import ReachModelConfig, fit_reach_model, model_config_from
 from robots.arm import ArmConfig, ArmSim, load_arm_config, sample_goals
 
 log = logging.getLogger(__name__)
@@ -238,12 +238,5 @@ def arm_cycle_from(config: Any, seed: int) -> ArmCycle:
         goal_separation=config.goal_separation,
         policy_hidden=config.policy_hidden,
         zero_output_layer=config.policy_zero_output,
-        model_config=ReachModelConfig(
-            babble_trajectories=config.babble_trajectories,
-            babble_hold=config.babble_hold,
-            horizon=config.horizon,
-            ensemble_members=config.ensemble_members,
-            ensemble_hidden=tuple(config.ensemble_hidden),
-            fit_epochs=config.fit_epochs,
-        ),
+        model_config=model_config_from(config),
     )

@@ -41,7 +41,8 @@ log = logging.getLogger("ml3r")
 DEMO_EXPERIMENT = "reacher"
 DEMO_SETTINGS: dict[str, Any] = {
     "outer_steps": 200,
-    "n_train_goals": 16,
+    "n_train_goals": 256,
+    "goals_per_iteration": 16,
     "n_test_goals": 10,
     "inner_steps": 3,
     "fit_epochs": 30,

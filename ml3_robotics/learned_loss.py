@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -102,6 +103,11 @@ class LossConfig:
         output_activation: ``"softplus"`` (non-negative loss) or ``"none"``.
         bias: whether the linear layers carry biases.
         bias_init: constant the biases start at (the paper's shaped-sine loss uses 0.01).
+        learn_scale: multiply the output by a meta-learned positive scale ``exp(log_scale)``.
+            The inner loop takes plain gradient steps of a fixed size on the loss, so the size
+            of its gradients is the effective step size; a single scalar lets meta-training
+            set it directly instead of growing every weight of the network.
+        init_scale: the scale's starting value (``learn_scale`` only).
     """
 
     features: FeatureSpec
@@ -110,6 +116,8 @@ class LossConfig:
     output_activation: str = "softplus"
     bias: bool = True
     bias_init: float = 0.0
+    learn_scale: bool = False
+    init_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.features, FeatureSpec):
@@ -120,6 +128,8 @@ class LossConfig:
             raise ValueError(f"hidden: expected a non-empty tuple of positive ints, got {hidden!r}")
         check_choice("activation", self.activation, list(ACTIVATIONS))
         check_choice("output_activation", self.output_activation, list(OUTPUT_ACTIVATIONS))
+        if not (math.isfinite(self.init_scale) and self.init_scale > 0):
+            raise ValueError(f"init_scale: expected a finite number > 0, got {self.init_scale!r}")
 
 
 class LearnedLoss(nn.Module):
@@ -141,6 +151,8 @@ class LearnedLoss(nn.Module):
             OUTPUT_ACTIVATIONS[config.output_activation](),
         ]
         self.net = nn.Sequential(*layers)
+        if config.learn_scale:
+            self.log_scale = nn.Parameter(torch.zeros(()))
         shift = torch.tensor(spec.shift if spec.shift else [0.0] * spec.size)
         scale = torch.tensor(spec.scale if spec.scale else [1.0] * spec.size)
         # Non-persistent: the normalisation lives in the feature spec (the JSON sidecar).
@@ -153,7 +165,10 @@ class LearnedLoss(nn.Module):
         return self.config.features
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Xavier-uniform weights (as in the paper's code) and constant biases."""
+        """Xavier-uniform weights (as in the paper's code), constant biases, the initial scale."""
+        if self.config.learn_scale:
+            with torch.no_grad():
+                self.log_scale.fill_(math.log(self.config.init_scale))
         for module in self.net:
             if isinstance(module, nn.Linear):
                 bound = (6.0 / (module.in_features + module.out_features)) ** 0.5
@@ -177,4 +192,5 @@ class LearnedLoss(nn.Module):
                 f"({list(self.features.names)}), got shape {tuple(features.shape)}"
             )
         z = (features - self.shift.to(features.dtype)) / self.scale.to(features.dtype)
-        return self.net(z).squeeze(-1)
+        out = self.net(z).squeeze(-1)
+        return out * self.log_scale.exp() if self.config.learn_scale else out

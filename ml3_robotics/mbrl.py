@@ -11,7 +11,9 @@ The pieces the reacher experiment composes:
   model in one batch (the policy is vmapped over goals, the model steps the whole batch).
 * :class:`ReachTask`: goals, the joint-space goals from IK and the task loss (the paper's,
   through :class:`controllers.ReachCost` so that iLQR minimises exactly the same cost).
-* :func:`adapt_policies`: K inner steps on a loss; :func:`meta_loss`: the ML3 meta-objective.
+* :func:`adapt_policies`: K inner steps on a loss; :func:`meta_loss`: the ML3 meta-objective,
+  which alone accepts extra-information terms (:func:`rest_at_goal_prior`, demonstrations);
+  :func:`meta_test`: K steps on a learned loss, with no way to receive them.
 * :func:`execute_policies` and :func:`execute_plan`: run policies or iLQR plans in the real
   simulator (batched over goals).
 
@@ -34,9 +36,18 @@ from controllers import MLPPolicy, ReachCost
 from controllers.policies import rollout
 from ml3_robotics.inner import InnerOptimizer, Params, adapt
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss
-from robots.arm import ArmConfig, ArmSim, ee_velocity, forward_kinematics, inverse_kinematics
+from ml3_robotics.task_losses import ExtraTerm, PhysicsPrior, Rollout
+from robots.arm import (
+    ArmConfig,
+    ArmSim,
+    ee_velocity,
+    forward_kinematics,
+    inverse_kinematics,
+    kinetic_energy,
+)
 
 StepFn = Callable[[Tensor, Tensor], Tensor]
+OnStep = Callable[[int, Params, Tensor], None]  # (k, params before step k, loss before step k)
 
 #: Names of the learned-loss input features, in input order (recorded in the loss sidecar).
 REACH_FEATURES: tuple[str, ...] = (
@@ -48,10 +59,11 @@ REACH_FEATURES: tuple[str, ...] = (
     "time_fraction",  # (t + 1) / T of the state x_{t+1}
     "mean_sq_joint_velocity",  # mean over joints of qdot^2 ((rad/s)^2)
     "mean_sq_torque_fraction",  # mean over joints of (u / torque limit)^2
+    "terminal_step",  # 1 at the last step, else 0: a terminal cost apart from the running cost
 )
 # Fixed physical scales (not data statistics), so the normalisation is the same for every arm
 # and every run: 0.1 m is the paper's link length, 0.5 m/s and 5 rad/s a brisk reach.
-_FEATURE_SCALE = (0.1, 0.1, 0.1, 0.5, 0.5, 1.0, 25.0, 1.0)
+_FEATURE_SCALE = (0.1, 0.1, 0.1, 0.5, 0.5, 1.0, 25.0, 1.0, 1.0)
 _DIST_EPS = 1e-4  # m; smooths the distance at zero so its gradient stays finite
 
 
@@ -72,7 +84,7 @@ def reach_features(config: ArmConfig, states: Tensor, actions: Tensor, goal: Ten
         goal: ``(B, 2)`` task-space goals ``(x, z)`` in m.
 
     Returns:
-        ``(B, T, 8)`` features named by :data:`REACH_FEATURES` (raw units; the learned loss
+        ``(B, T, 9)`` features named by :data:`REACH_FEATURES` (raw units; the learned loss
         applies the spec's scales).
     """
     n = config.n_links
@@ -101,6 +113,7 @@ def reach_features(config: ArmConfig, states: Tensor, actions: Tensor, goal: Ten
             frac.expand(B, T)[..., None],
             (qd * qd).mean(-1, keepdim=True),
             ((actions.to(x) / limits) ** 2).mean(-1, keepdim=True),
+            (frac == 1.0).to(x.dtype).expand(B, T)[..., None],
         ],
         dim=-1,
     )
@@ -341,6 +354,23 @@ def adapt_policies(
     )
 
 
+def reach_rollout(X: Tensor, U: Tensor, task: ReachTask) -> Rollout:
+    """A :class:`Rollout` of reach trajectories with their measurements as outputs.
+
+    Outputs: ``"q"`` joint angles ``(G, T+1, n)`` (rad), ``"ee"`` end-effector positions
+    ``(G, T+1, 2)`` (m) and ``"kinetic_energy"`` ``(G, T+1, 1)`` (J), so that extra-information
+    terms can read them by name.
+    """
+    n = task.config.n_links
+    q, qd = X[..., :n], X[..., n:]
+    outputs = {
+        "q": q,
+        "ee": forward_kinematics(task.config, q),
+        "kinetic_energy": kinetic_energy(task.config, q, qd)[..., None],
+    }
+    return Rollout(X, U, outputs)
+
+
 def meta_loss(
     policy: nn.Module,
     params: Params,
@@ -348,44 +378,231 @@ def meta_loss(
     task: ReachTask,
     learned: LossFn,
     optimizer: InnerOptimizer,
-    extra: LossFn | None = None,
+    extras: Sequence[ExtraTerm] = (),
 ) -> tuple[Tensor, Params]:
     """ML3's meta-objective: mean task loss of the K-step adapted policies' model rollouts.
 
     Args:
-        extra: optional per-goal extra-information term added to the task loss at meta-train
-            time only (e.g. :func:`demo_tracking_loss`); meta-test never sees it.
+        extras: extra-information terms (:class:`ml3_robotics.task_losses.ExtraTerm`, e.g.
+            :class:`~ml3_robotics.task_losses.Demonstrations` or :func:`rest_at_goal_prior`)
+            added to the task loss at meta-train time; :func:`meta_test` has no way to take them.
 
     Returns the meta-loss (differentiable w.r.t. the learned loss's parameters) and the adapted
     per-goal parameters.
     """
+    for e in extras:
+        if not isinstance(e, ExtraTerm):
+            raise TypeError(f"extras: expected ExtraTerm instances, got {type(e).__name__}")
     adapted = adapt_policies(policy, params, step, task, learned, optimizer)
     dtype = next(iter(adapted.values())).dtype
     X, U = model_rollout(policy, adapted, step, task.x0(dtype), task.horizon)
     per_goal = task.task_loss(X, U)
-    if extra is not None:
-        per_goal = per_goal + extra(X, U, task)
+    if extras:
+        rollout = reach_rollout(X, U, task)
+        per_goal = per_goal + sum(e(rollout) for e in extras)
     return per_goal.mean(), adapted
 
 
-def demo_tracking_loss(demo_states: Tensor, weight: float, eps: float = 1e-3) -> LossFn:
-    """Extra information from expert demonstrations: ``weight * mean_t rho(q_t - q*_t)``.
+def meta_test(
+    loss: LearnedLoss,
+    policy: nn.Module,
+    init: Params,
+    step: StepFn,
+    task: ReachTask,
+    optimizer: InnerOptimizer,
+    on_step: OnStep | None = None,
+) -> Params:
+    """Meta-test: fresh per-goal policies take K plain steps on the learned loss alone.
+
+    There is no parameter through which extra information could arrive: the loss reads only
+    :data:`REACH_FEATURES` of the policies' own rollouts (its feature spec is checked), and a
+    :class:`ReachTask` holds only the arm, the goals, the horizon and the task loss.
+    """
+    loss.features.require(REACH_FEATURES)
+    return adapt_policies(
+        policy, init, step, task, learned_loss_fn(loss), optimizer, differentiable=False,
+        on_step=on_step,
+    )  # fmt: skip
+
+
+def rest_at_goal_prior(config: ArmConfig, weight: float = 1.0, final_fraction: float = 0.2):
+    """Physics prior: the arm arrives at rest, its kinetic energy vanishing at the end.
+
+    ``weight * mean over the last final_fraction of the steps of E_k(t) / E_ref`` with
+    ``E_k = 0.5 qdot^T M(q) qdot`` from the arm's analytic mass matrix and ``E_ref`` the energy
+    of every joint turning at 1 rad/s in the stretched posture (so the term is unit-free and
+    comparable across arms).
+    """
+    if not 0 < final_fraction <= 1:
+        raise ValueError(f"final_fraction: expected a fraction in (0, 1], got {final_fraction}")
+    n = config.n_links
+    e_ref = float(kinetic_energy(config, torch.zeros(n, dtype=torch.float64),
+                                 torch.ones(n, dtype=torch.float64)))  # fmt: skip
+
+    def energy(rollout: Rollout) -> Tensor:
+        e = rollout.outputs["kinetic_energy"][:, 1:, 0]
+        k = max(1, round(final_fraction * e.shape[1]))
+        return e[:, -k:].mean(-1) / e_ref
+
+    return PhysicsPrior(weight=weight, fn=energy, label="rest_at_goal")
+
+
+def trace_inner_steps(run: Callable[[OnStep], Params]) -> list[Params]:
+    """The parameters after 0, 1, ..., K inner steps of ``run(on_step) -> final params``.
+
+    ``run`` is an adaptation (``meta_test`` or ``adapt_policies``) with its ``on_step`` bound
+    to the recorder.
+    """
+    snapshots: list[Params] = []
+
+    def record(_k: int, params: Params, _loss: Tensor) -> None:
+        snapshots.append({n: t.detach() for n, t in params.items()})
+
+    final = run(record)
+    return [*snapshots, {n: t.detach() for n, t in final.items()}]
+
+
+def steps_to_reach(distances: np.ndarray, threshold: float) -> list[int | None]:
+    """Per goal, the first inner step whose real final distance is below ``threshold``.
 
     Args:
-        demo_states: ``(G, T+1, nx)`` expert trajectories for the task's goals (same order).
-        weight: multiplier.
-        eps: smoothing of the norm ``rho(r) = sqrt(||r||^2 + eps^2) - eps`` (rad).
+        distances: ``(K+1, G)`` distances after 0..K steps.
+        threshold: in the distances' unit.
+
+    Returns:
+        ``G`` entries: the step index, or None when no step up to K got there.
+    """
+    below = np.asarray(distances) < threshold
+    return [int(np.argmax(col)) if col.any() else None for col in below.T]
+
+
+class GoalConditionedPolicy(nn.Module):
+    """Behaviour-cloning policy ``u = limit * tanh(MLP([x / scale, goal / reach]))``.
+
+    Unlike :class:`ReachPolicy` (one parameter set per goal) it takes the goal as input, so
+    demonstrations of training goals can teach it held-out goals.
     """
 
-    def fn(X: Tensor, U: Tensor, task: ReachTask) -> Tensor:
-        n = task.config.n_links
-        r = X[:, 1:, :n] - demo_states[:, 1:, :n].to(X)
-        return weight * (torch.sqrt((r * r).sum(-1) + eps**2) - eps).mean(-1)
+    def __init__(self, config: ArmConfig, hidden: Sequence[int] = (64, 64)) -> None:
+        super().__init__()
+        hidden = tuple(hidden)
+        if not hidden or len(set(hidden)) != 1:
+            raise ValueError(f"hidden: expected equal widths like (64, 64), got {hidden!r}")
+        n = config.n_links
+        self.config = config
+        self.mlp = MLPPolicy(
+            2 * n + 2, n, depth=len(hidden), width=hidden[0], activation="tanh",
+            action_bound=torch.as_tensor(config.torque_limits, dtype=torch.float32),
+        )  # fmt: skip
+        scale = [math.pi] * n + [10.0] * n + [config.reach] * 2
+        self.register_buffer("input_scale", torch.tensor(scale))
 
-    return fn
+    def forward(self, x: Tensor, goal: Tensor) -> Tensor:
+        """Torques ``(B, n)`` for states ``x (B, 2n)`` and goals ``(B, 2)``."""
+        return self.mlp(torch.cat([x, goal.to(x)], -1) / self.input_scale.to(x))
+
+
+def behaviour_cloning(
+    config: ArmConfig,
+    states: Tensor,
+    actions: Tensor,
+    goals: Tensor,
+    *,
+    hidden: Sequence[int] = (64, 64),
+    epochs: int = 2000,
+    lr: float = 3e-3,
+    generator: torch.Generator | None = None,
+) -> GoalConditionedPolicy:
+    """Fit a :class:`GoalConditionedPolicy` to expert (state, goal) -> torque pairs.
+
+    Full-batch Adam on the mean squared torque error in units of the torque limits.
+
+    Args:
+        states: ``(G, T+1, nx)`` expert states (the last one has no action and is dropped).
+        actions: ``(G, T, nu)`` expert torques.
+        goals: ``(G, 2)`` the goals the demonstrations reach.
+    """
+    if states.ndim != 3 or actions.ndim != 3 or states.shape[1] != actions.shape[1] + 1:
+        raise ValueError(f"states/actions: expected (G, T+1, nx) and (G, T, nu), got "
+                         f"{tuple(states.shape)} and {tuple(actions.shape)}")  # fmt: skip
+    if epochs < 1:
+        raise ValueError(f"epochs: expected >= 1, got {epochs}")
+    policy = GoalConditionedPolicy(config, hidden)
+    if generator is not None:
+        for p in policy.parameters():  # nn.Linear's default distribution, from the generator
+            bound = 1.0 / math.sqrt(p.shape[-1] if p.ndim == 2 else p.shape[0])
+            with torch.no_grad():
+                p.uniform_(-bound, bound, generator=generator)
+    T = actions.shape[1]
+    x = states[:, :-1].reshape(-1, states.shape[-1]).float()
+    g = goals.float()[:, None].expand(-1, T, -1).reshape(-1, 2)
+    limits = torch.as_tensor(config.torque_limits, dtype=torch.float32)
+    target = (actions.reshape(-1, actions.shape[-1]).float() / limits).clamp(-1, 1)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss = ((policy(x, g) / limits - target) ** 2).mean()
+        loss.backward()
+        opt.step()
+    return policy.requires_grad_(False)
+
+
+def loss_landscape(
+    policy: nn.Module,
+    center: Params,
+    directions: tuple[Params, Params],
+    alphas: Tensor,
+    betas: Tensor,
+    step: StepFn,
+    task: ReachTask,
+    losses: Mapping[str, LossFn],
+) -> dict[str, Tensor]:
+    """Per-goal losses on a plane of policy parameters ``center + a d1 + b d2``.
+
+    Args:
+        center, directions: parameters of ONE goal's policy (no leading goal axis).
+        alphas, betas: ``(A,)``, ``(B,)`` grid coordinates.
+        task: a one-goal :class:`ReachTask`.
+        losses: name -> per-goal loss function (e.g. the learned and the task loss).
+
+    Returns:
+        name -> ``(A, B)`` values.
+    """
+    if task.n != 1:
+        raise ValueError(f"task: expected one goal, got {task.n}")
+    d1, d2 = directions
+    a, b = torch.meshgrid(alphas, betas, indexing="ij")
+    a, b = a.reshape(-1), b.reshape(-1)
+    grid: Params = {}
+    for n, c in center.items():
+        view = (-1,) + (1,) * c.ndim
+        grid[n] = c + a.view(view).to(c) * d1[n] + b.view(view).to(c) * d2[n]
+    many = task.subset([0] * a.numel())
+    out: dict[str, Tensor] = {}
+    with torch.no_grad():
+        X, U = model_rollout(policy, grid, step, many.x0(a.dtype), many.horizon)
+        for name, fn in losses.items():
+            out[name] = fn(X, U, many).reshape(len(alphas), len(betas))
+    return out
 
 
 # -- the real simulator --------------------------------------------------------------------------
+
+
+def _execute(
+    sim: ArmSim, act: Callable[[Tensor], Tensor], task: ReachTask, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """Closed loop in the real simulator from the zero state: ``u = clip(act(x))`` per step."""
+    x = np.zeros((task.n, sim.nx))
+    xs, us = [x], []
+    limits = np.asarray(task.config.torque_limits)
+    with torch.no_grad():
+        for _ in range(task.horizon):
+            u = np.clip(act(torch.as_tensor(x, dtype=dtype)).double().numpy(), -limits, limits)
+            x = sim.transition(x, u)
+            xs.append(x)
+            us.append(u)
+    return np.stack(xs, 1), np.stack(us, 1)
 
 
 def execute_policies(
@@ -398,18 +615,15 @@ def execute_policies(
     """
     act = batched_policy(policy)
     p = {k: v.detach() for k, v in params.items()}
-    dtype = next(iter(p.values())).dtype
-    x = np.zeros((task.n, sim.nx))
-    xs, us = [x], []
-    limits = np.asarray(task.config.torque_limits)
-    with torch.no_grad():
-        for _ in range(task.horizon):
-            u = act(p, torch.as_tensor(x, dtype=dtype)).double().numpy()
-            u = np.clip(u, -limits, limits)
-            x = sim.transition(x, u)
-            xs.append(x)
-            us.append(u)
-    return np.stack(xs, 1), np.stack(us, 1)
+    return _execute(sim, lambda x: act(p, x), task, next(iter(p.values())).dtype)
+
+
+def execute_goal_policy(
+    sim: ArmSim, policy: GoalConditionedPolicy, task: ReachTask
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run one goal-conditioned policy towards each of the task's goals (as above)."""
+    goals = task.goals.float()
+    return _execute(sim, lambda x: policy(x, goals), task, torch.float32)
 
 
 def execute_plan(

@@ -47,6 +47,9 @@ class MetaTrainConfig:
         seed: base seed; iteration ``i`` uses a generator seeded from ``(seed, i)``.
         checkpoint_every: write a checkpoint every this many iterations (and at the end).
         grad_clip: optional max-norm clip of the meta-gradient.
+        lr_final: if given, the step size follows a cosine from ``lr`` at the first iteration
+            to ``lr_final`` at ``outer_steps``; a function of the iteration alone, so a resumed
+            run follows the same schedule.
     """
 
     outer_steps: int
@@ -54,6 +57,14 @@ class MetaTrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     grad_clip: float | None = None
+    lr_final: float | None = None
+
+    def lr_at(self, iteration: int) -> float:
+        """The step size of outer iteration ``iteration``."""
+        if self.lr_final is None:
+            return self.lr
+        progress = min(1.0, iteration / max(1, self.outer_steps))
+        return self.lr_final + 0.5 * (self.lr - self.lr_final) * (1 + math.cos(math.pi * progress))
 
     def __post_init__(self) -> None:
         if not isinstance(self.outer_steps, int) or self.outer_steps < 0:
@@ -66,6 +77,8 @@ class MetaTrainConfig:
             )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip: expected a positive number or None, got {self.grad_clip}")
+        if self.lr_final is not None and not self.lr_final > 0:
+            raise ValueError(f"lr_final: expected a positive number or None, got {self.lr_final}")
 
 
 @dataclass
@@ -206,6 +219,8 @@ class MetaTrainer:
             )
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.loss.parameters(), self.config.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(i)
         self.optimizer.step()
         self.iteration = i + 1
         row = {

@@ -35,15 +35,21 @@ from ml3_robotics.learned_dynamics import (
 )
 from ml3_robotics.learned_loss import LearnedLoss, check_choice
 from ml3_robotics.mbrl import (
-    LossFn,
     ReachPolicy,
     ReachTask,
+    StepFn,
     adapt_policies,
+    behaviour_cloning,
+    execute_goal_policy,
     execute_plan,
     execute_policies,
     init_policy_params,
     learned_loss_fn,
+    loss_landscape,
+    meta_test,
+    steps_to_reach,
     task_loss_fn,
+    trace_inner_steps,
 )
 from ml3_robotics.plotting import new_figure, save
 from ml3_robotics.replay_buffer import ReplayBuffer
@@ -192,6 +198,10 @@ class ReachEvalConfig:
         babble_hold: torque hold of that babbling.
         video_goals: goals rendered in the ML3 video (0: no video).
         video_stride: render every n-th state.
+        curve_steps: ML3 and the task loss go on to this many inner steps (at least K), executed
+            in MuJoCo after every step: the distance-by-step curves and the steps to 10 mm.
+        landscape_grid: points per axis of the loss-landscape plot (0: no plot).
+        bc_epochs: epochs of the behaviour-cloning baseline (run when demonstrations are given).
     """
 
     horizon: int = 65
@@ -206,16 +216,21 @@ class ReachEvalConfig:
     babble_hold: int = 8
     video_goals: int = 4
     video_stride: int = 3
+    curve_steps: int = 10
+    landscape_grid: int = 21
+    bc_epochs: int = 2000
 
     def __post_init__(self) -> None:
         positive = ("horizon", "inner_steps", "ilqr_iters", "n_holdout_trajectories",
-                    "babble_hold", "video_stride")  # fmt: skip
+                    "babble_hold", "video_stride", "curve_steps", "bc_epochs")  # fmt: skip
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-        if not isinstance(self.video_goals, int) or self.video_goals < 0:
-            raise ValueError(f"video_goals: expected an integer >= 0, got {self.video_goals!r}")
+        for name in ("video_goals", "landscape_grid"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
         if not self.inner_lr > 0:
             raise ValueError(f"inner_lr: expected a positive number, got {self.inner_lr}")
         check_choice("inner_method", self.inner_method, INNER_METHODS)
@@ -299,6 +314,7 @@ def evaluate_reach(
     ml3_extra_seconds: float = 0.0,
     ml3_fields: Mapping[str, Any] | None = None,
     methods: Sequence[str] = METHODS,
+    demonstrations: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> ReachEvaluation:
     """Meta-test ``loss`` on ``arm`` against the task loss and iLQR, all executed in MuJoCo.
 
@@ -325,6 +341,9 @@ def evaluate_reach(
         ml3_fields: more entries for ML3's summary.
         methods: the subset of :data:`METHODS` to run ("ml3" is always run: the model-error
             figures and the video use its rollouts).
+        demonstrations: optional expert ``(states (G', T+1, nx), actions (G', T, nu), goals
+            (G', 2))`` of OTHER goals (the meta-training goals): adds the ``behaviour_cloning``
+            baseline, a goal-conditioned policy fitted to them. ML3 never sees them here.
 
     Returns:
         The :class:`ReachEvaluation`.
@@ -345,22 +364,43 @@ def evaluate_reach(
     def model_step(x: Tensor, u: Tensor) -> Tensor:
         return model.step(x, u)
 
-    def real_distance(loss_fn: LossFn, task: ReachTask, init: Params, opt: InnerOptimizer) -> tuple:
-        adapted = adapt_policies(policy, init, model_step, task, loss_fn, opt, differentiable=False)
-        X, U = execute_policies(sim, policy, adapted, task)
+    curve = max(config.curve_steps, config.inner_steps)
+
+    def execute(params: Params, task: ReachTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        X, U = execute_policies(sim, policy, params, task)
         return task.final_distance(X), X, U
+
+    def by_step(run: Any, task: ReachTask) -> tuple[list[Params], np.ndarray]:
+        """Parameters after 0..curve steps and their real final distances ``(curve+1, G)``."""
+        trace = trace_inner_steps(run)
+        return trace, np.stack([execute(p, task)[0] for p in trace])
+
+    def curve_fields(dist: np.ndarray) -> dict[str, Any]:
+        return {
+            "distance_by_inner_step_mm": [float(v) for v in 1000 * dist.mean(1)],
+            "steps_to_10mm_per_goal": steps_to_reach(1000 * dist, SUCCESS_MM),
+        }
 
     paths: dict[str, np.ndarray] = {}
     results: dict[str, dict[str, Any]] = {}
+    adapted: dict[str, Params] = {}
+    K = config.inner_steps
 
-    # -- ML3: K steps on the learned loss only -------------------------------------------------
+    # -- ML3: K steps on the learned loss only (mbrl.meta_test: no way to pass extra information)
     t0 = time.perf_counter()
     with ctx.phase("meta_test"):
-        d, X, U_ml3 = real_distance(learned_loss_fn(loss), test, test_init, inner)
+        long = dataclasses.replace(inner, steps=curve)
+        trace, dist = by_step(
+            lambda on_step: meta_test(loss, policy, test_init, model_step, test, long, on_step),
+            test,
+        )
+        d, X, U_ml3 = execute(trace[K], test)
+    adapted["ml3"] = trace[K]
     paths["ml3"] = X
     results["ml3"] = summarize(
         d, model_env_steps + ml3_extra_env_steps + test.n * T,
         ml3_extra_seconds + time.perf_counter() - t0, **dict(ml3_fields or {}),
+        **curve_fields(dist),
     )  # fmt: skip
     results["ml3"].setdefault("inner_lr", config.inner_lr)
 
@@ -370,21 +410,48 @@ def evaluate_reach(
         with ctx.phase("baseline_task_loss"):
             tuned: dict[float, float] = {}
             for lr in config.lr_grid:
-                opt = InnerOptimizer(config.inner_method, lr=lr, steps=config.inner_steps)
+                opt = InnerOptimizer(config.inner_method, lr=lr, steps=K)
                 try:
-                    dist, _, _ = real_distance(task_loss_fn, tune, tune_init, opt)
-                    tuned[lr] = float(dist.mean())
+                    p = adapt_policies(policy, tune_init, model_step, tune, task_loss_fn, opt,
+                                       differentiable=False)  # fmt: skip
+                    tuned[lr] = float(execute(p, tune)[0].mean())
                 except (ValueError, RuntimeError) as e:  # a step size that blows the rollout up
                     log.info("task-loss lr %g failed on the tuning goals: %s", lr, e)
                     tuned[lr] = float("inf")
             best_lr = min(tuned, key=lambda lr: tuned[lr])
-            opt = InnerOptimizer(config.inner_method, lr=best_lr, steps=config.inner_steps)
-            d, X, _ = real_distance(task_loss_fn, test, test_init, opt)
+            opt = InnerOptimizer(config.inner_method, lr=best_lr, steps=curve)
+            trace, dist = by_step(
+                lambda on_step: adapt_policies(
+                    policy, test_init, model_step, test, task_loss_fn, opt,
+                    differentiable=False, on_step=on_step,
+                ),
+                test,
+            )  # fmt: skip
+            d, X, _ = execute(trace[K], test)
+        adapted["task_loss"] = trace[K]
         paths["task_loss"] = X
         results["task_loss"] = summarize(
             d, model_env_steps + (len(config.lr_grid) * tune.n + test.n) * T,
             time.perf_counter() - t0, lr=best_lr,
             lr_grid_train_distance_mm={str(k): 1000 * v for k, v in tuned.items()},
+            **curve_fields(dist),
+        )  # fmt: skip
+
+    # -- behaviour cloning of the expert demonstrations of other goals -------------------------
+    if demonstrations is not None:
+        t0 = time.perf_counter()
+        with ctx.phase("baseline_behaviour_cloning"):
+            demo_x, demo_u, demo_goals = (torch.as_tensor(np.asarray(a)) for a in demonstrations)
+            bc = behaviour_cloning(
+                arm, demo_x, demo_u, demo_goals, hidden=config.policy_hidden,
+                epochs=config.bc_epochs, generator=torch.Generator().manual_seed(seed),
+            )  # fmt: skip
+            X, _ = execute_goal_policy(sim, bc, test)
+        paths["behaviour_cloning"] = X
+        results["behaviour_cloning"] = summarize(
+            test.final_distance(X), demo_u.shape[0] * demo_u.shape[1] + test.n * T,
+            time.perf_counter() - t0, demonstrations=int(demo_u.shape[0]),
+            epochs=config.bc_epochs,
         )  # fmt: skip
 
     # -- (b, c) iLQR on the learned and on the true model ---------------------------------------
@@ -429,6 +496,9 @@ def evaluate_reach(
     if plots:
         with ctx.phase("plots"):
             plot_reach(ctx, results, paths, test, arm, history or [])
+            if config.landscape_grid > 0 and "task_loss" in adapted:
+                plot_landscape(ctx, loss, policy, model_step, test, test_init, adapted,
+                               config.landscape_grid)  # fmt: skip
     video = None
     if config.video_goals > 0:
         with ctx.phase("video"):
@@ -481,6 +551,24 @@ def plot_reach(
     ax.legend(fontsize=8)
     save(fig, ctx.path("final_distance_per_goal.png"))
 
+    curves = {k: r["distance_by_inner_step_mm"] for k, r in results.items()
+              if "distance_by_inner_step_mm" in r}  # fmt: skip
+    if curves:
+        fig, axes = new_figure(1, size=(5.0, 3.6))
+        ax = axes[0, 0]
+        for name, v in curves.items():
+            ax.plot(range(len(v)), v, "o-", ms=3, label=name)
+        for name, r in results.items():
+            if name not in curves:
+                ax.axhline(r["mean_final_distance_mm"], ls="--", lw=1, label=name,
+                           color=f"C{list(results).index(name)}")  # fmt: skip
+        ax.axhline(SUCCESS_MM, color="gray", lw=0.8, ls=":")
+        ax.set(yscale="log", xlabel="inner steps", ylabel="mean final distance (mm)",
+               title="held-out goals, executed in MuJoCo after each step")  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, ctx.path("distance_by_inner_step.png"))
+
     fig, axes = new_figure(len(paths), size=(3.6, 3.6))
     n = arm.n_links
     for ax, (name, X) in zip(axes[0], paths.items(), strict=True):
@@ -492,6 +580,43 @@ def plot_reach(
         ax.set(title=name, aspect="equal", xlabel="x (m)", ylabel="z (m)")
         ax.grid(alpha=0.3)
     save(fig, ctx.path("ee_paths.png"))
+
+
+def plot_landscape(
+    ctx: RunContext,
+    loss: LearnedLoss,
+    policy: ReachPolicy,
+    step: StepFn,
+    test: ReachTask,
+    init: Params,
+    adapted: Mapping[str, Params],
+    points: int,
+) -> None:
+    """``loss_landscape.png``: the learned and the task loss of held-out goal 0's policy on the
+    plane through its fresh parameters spanned by ML3's and the task loss's K-step updates.
+
+    ``(0, 0)`` is the fresh policy, ``(1, 0)`` where K steps on the learned loss took it, ``(0, 1)``
+    where K steps on the task loss took it; both losses are evaluated on model rollouts.
+    """
+    center = {k: v[0] for k, v in init.items()}
+    d_ml3 = {k: adapted["ml3"][k][0] - center[k] for k in center}
+    d_task = {k: adapted["task_loss"][k][0] - center[k] for k in center}
+    axis = torch.linspace(-0.5, 1.5, points, dtype=next(iter(center.values())).dtype)
+    grids = loss_landscape(policy, center, (d_ml3, d_task), axis, axis, step, test.subset([0]),
+                           {"learned loss M_phi": learned_loss_fn(loss),
+                            "task loss": task_loss_fn})  # fmt: skip
+    fig, axes = new_figure(len(grids), size=(4.2, 3.6))
+    for ax, (name, values) in zip(axes[0], grids.items(), strict=True):
+        v = values.numpy()
+        # Log of the shifted loss: both losses span orders of magnitude over the plane.
+        c = ax.contourf(axis, axis, np.log10(v - v.min() + 1e-3 * np.ptp(v) + 1e-12).T, 20)
+        fig.colorbar(c, ax=ax, label="log10(loss - min)")
+        ax.plot(0, 0, "wo", ms=6, label="fresh policy")
+        ax.plot(1, 0, "r*", ms=10, label="K steps on M_phi")
+        ax.plot(0, 1, "c^", ms=7, label="K steps on the task loss")
+        ax.set(title=name, xlabel="along the ML3 update", ylabel="along the task-loss update")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    save(fig, ctx.path("loss_landscape.png"))
 
 
 def reach_video(
@@ -511,9 +636,18 @@ def reach_video(
     return path.name
 
 
+def _config_from(kind: Any, source: Any, changes: Mapping[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(kind)}
+    values = {k: getattr(source, k) for k in names if hasattr(source, k)}
+    return kind(**(values | dict(changes)))
+
+
 def eval_config_from(source: Any, **changes: Any) -> ReachEvalConfig:
     """A :class:`ReachEvalConfig` from the same-named fields of ``source`` (e.g. a reacher
     config), then ``changes``."""
-    names = {f.name for f in dataclasses.fields(ReachEvalConfig)}
-    values = {k: getattr(source, k) for k in names if hasattr(source, k)}
-    return ReachEvalConfig(**(values | changes))
+    return _config_from(ReachEvalConfig, source, changes)
+
+
+def model_config_from(source: Any, **changes: Any) -> ReachModelConfig:
+    """A :class:`ReachModelConfig` from the same-named fields of ``source``, then ``changes``."""
+    return _config_from(ReachModelConfig, source, changes)

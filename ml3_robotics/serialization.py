@@ -75,6 +75,8 @@ def _config_to_json(config: LossConfig) -> dict[str, Any]:
         "output_activation": config.output_activation,
         "bias": config.bias,
         "bias_init": config.bias_init,
+        "learn_scale": config.learn_scale,
+        "init_scale": config.init_scale,
     }
 
 
@@ -92,6 +94,8 @@ def _config_from_json(data: Mapping[str, Any]) -> LossConfig:
         output_activation=str(data["output_activation"]),
         bias=bool(data["bias"]),
         bias_init=float(data.get("bias_init", 0.0)),
+        learn_scale=bool(data.get("learn_scale", False)),
+        init_scale=float(data.get("init_scale", 1.0)),
     )
 
 

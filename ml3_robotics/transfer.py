@@ -31,6 +31,7 @@ from ml3_robotics.reach_eval import (
     ReachModelConfig,
     evaluate_reach,
     fit_reach_model,
+    model_config_from,
     round_figures,
 )
 from ml3_robotics.replay_buffer import ReplayBuffer
@@ -138,14 +139,7 @@ class ReachEvalRunConfig:
         self.eval_config(DEFAULT_INNER_STEPS, DEFAULT_INNER_LR)
 
     def model_config(self) -> ReachModelConfig:
-        return ReachModelConfig(
-            babble_trajectories=self.babble_trajectories,
-            babble_hold=self.babble_hold,
-            horizon=self.horizon,
-            ensemble_members=self.ensemble_members,
-            ensemble_hidden=tuple(self.ensemble_hidden),
-            fit_epochs=self.fit_epochs,
-        )
+        return model_config_from(self)
 
     def eval_config(self, steps: int, lr: float) -> ReachEvalConfig:
         """The evaluation settings, with K and the inner lr resolved (``steps``, ``lr`` are the

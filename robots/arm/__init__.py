@@ -13,6 +13,8 @@ from robots.arm.kinematics import (
     inverse_kinematics,
     jacobian,
     joint_positions,
+    kinetic_energy,
+    mass_matrix,
 )
 from robots.arm.render import render_rollout
 from robots.arm.sim import (
@@ -43,7 +45,9 @@ __all__ = [
     "inverse_kinematics",
     "jacobian",
     "joint_positions",
+    "kinetic_energy",
     "load_arm_config",
+    "mass_matrix",
     "render_rollout",
     "sample_goals",
     "start_state",

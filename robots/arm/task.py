@@ -23,6 +23,7 @@ def sample_goals(
     *,
     exclude: Any = None,
     min_distance: float = 0.0,
+    min_spacing: float | None = None,
     min_radius: float = 0.0,
     max_radius: float = 1.0,
     max_tries: int = 100,
@@ -39,7 +40,9 @@ def sample_goals(
         seed: an int seed or a numpy ``Generator`` (consumed).
         exclude: ``(m, 2)`` goals to stay away from (e.g. the meta-training goals when sampling a
             held-out set).
-        min_distance: minimum distance in m from every goal in ``exclude`` and from each other.
+        min_distance: minimum distance in m from every goal in ``exclude``.
+        min_spacing: minimum distance in m between the sampled goals themselves (default:
+            ``min_distance``); e.g. 0 for a dense training pool kept away from held-out goals.
         min_radius, max_radius: keep goals whose distance from the base lies in
             ``[min_radius, max_radius] * reach``.
         max_tries: rounds of ``n`` candidates before giving up.
@@ -60,6 +63,9 @@ def sample_goals(
         )
     if min_distance < 0:
         raise ValueError(f"min_distance: expected >= 0 m, got {min_distance}")
+    spacing = min_distance if min_spacing is None else min_spacing
+    if spacing < 0:
+        raise ValueError(f"min_spacing: expected >= 0 m, got {min_spacing}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     taken = np.zeros((0, 2)) if exclude is None else np.asarray(exclude, dtype=np.float64)
     if taken.ndim != 2 or taken.shape[1] != 2:
@@ -76,14 +82,17 @@ def sample_goals(
         for g in cand[(r >= min_radius) & (r <= max_radius)]:
             if len(goals) == n:
                 break
-            if min_distance > 0:
-                pool = np.concatenate([taken, np.asarray(goals).reshape(-1, 2)])
-                if len(pool) and np.linalg.norm(pool - g, axis=1).min() < min_distance:
+            if min_distance > 0 and len(taken):
+                if np.linalg.norm(taken - g, axis=1).min() < min_distance:
+                    continue
+            if spacing > 0 and goals:
+                if np.linalg.norm(np.asarray(goals) - g, axis=1).min() < spacing:
                     continue
             goals.append(g)
     if len(goals) < n:
         raise ValueError(
-            f"n: found only {len(goals)} of {n} goals with min_distance={min_distance}, radius "
+            f"n: found only {len(goals)} of {n} goals with min_distance={min_distance}, "
+            f"min_spacing={spacing}, radius "
             f"in [{min_radius}, {max_radius}] * reach ({config.reach} m) after {max_tries} rounds"
         )
     return np.asarray(goals, dtype=np.float64).reshape(n, 2)

@@ -78,6 +78,9 @@ def test_protocol_checks() -> None:
         ({"alphas": (0.5, 1.0)}, "alphas"),
         ({"mu_factor": 1.0}, "mu_factor"),
         ({"tol_cost": -1.0}, "tol_cost"),
+        ({"tol_expected": float("nan")}, "tol_expected"),
+        ({"jacobian_reuse_radius": -1e-9}, "jacobian_reuse_radius"),
+        ({"jacobian_reuse_radius": float("inf")}, "jacobian_reuse_radius"),
         ({"dtype": torch.int64}, "dtype"),
     ],
 )

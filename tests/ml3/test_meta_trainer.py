@@ -46,6 +46,44 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
         assert torch.equal(a, c), name
 
 
+def test_cosine_meta_lr_schedule_is_a_function_of_the_iteration(tmp_path):
+    import math
+
+    config = MetaTrainConfig(10, lr=1e-2, seed=5, lr_final=1e-3, checkpoint_every=4)
+    loss, objective = _quadratic_problem()
+    used = []
+    trainer = MetaTrainer(loss, objective, config, callbacks=[
+        lambda i, row: used.append(trainer.optimizer.param_groups[0]["lr"])])  # fmt: skip
+    trainer.run()
+    expected = [1e-3 + 0.5 * 9e-3 * (1 + math.cos(math.pi * i / 10)) for i in range(10)]
+    assert used == pytest.approx(expected, rel=1e-12)
+    assert used[0] == pytest.approx(1e-2) and used[-1] > 1e-3
+    # A run killed after iteration 5 and resumed from its checkpoint at 4 ends at the same phi.
+    ckpt = tmp_path / "ckpt.safetensors"
+
+    class Killed(Exception):
+        pass
+
+    def kill(i, row):
+        if i == 5:
+            raise Killed
+
+    loss_b, obj_b = _quadratic_problem()
+    killed = MetaTrainer(loss_b, obj_b, config, checkpoint_path=ckpt, callbacks=[kill])
+    with pytest.raises(Killed):
+        killed.run()
+    loss_c, obj_c = _quadratic_problem()
+    resumed = MetaTrainer(loss_c, obj_c, config, checkpoint_path=ckpt)
+    resumed.run(resume=True)
+    # Iterations 0..3 come from the checkpoint (their wall times are the killed run's own).
+    assert [r["seconds"] for r in resumed.history[:4]] == [r["seconds"] for r in killed.history[:4]]
+    for (name, a), (_, c) in zip(loss.state_dict().items(), loss_c.state_dict().items(),
+                                 strict=True):  # fmt: skip
+        assert torch.equal(a, c), name
+    with pytest.raises(ValueError, match="lr_final"):
+        MetaTrainConfig(3, lr_final=0.0)
+
+
 def test_non_finite_stops_and_keeps_last_checkpoint(tmp_path):
     loss, objective = _quadratic_problem()
 

@@ -1,25 +1,38 @@
 """MBRL reacher pieces: joint-count-independent features, gradient paths, float64 meta-gradient."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
+from ml3_robotics.errors import FeatureSpecError
 from ml3_robotics.inner import InnerOptimizer
 from ml3_robotics.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.mbrl import (
     REACH_FEATURES,
+    GoalConditionedPolicy,
     ReachPolicy,
     ReachTask,
     adapt_policies,
     batched_policy,
-    demo_tracking_loss,
+    behaviour_cloning,
     init_policy_params,
     learned_loss_fn,
+    loss_landscape,
     meta_loss,
+    meta_test,
     model_rollout,
     reach_feature_spec,
     reach_features,
+    reach_rollout,
+    rest_at_goal_prior,
+    steps_to_reach,
+    task_loss_fn,
+    trace_inner_steps,
 )
+from ml3_robotics.task_losses import Demonstrations
 from robots.arm import forward_kinematics, load_arm_config, sample_goals
 
 
@@ -57,6 +70,7 @@ def test_features_have_the_same_size_for_any_joint_count(name):
     torch.testing.assert_close(f[..., 6], (X[:, 1:, n:] ** 2).mean(-1))
     lim = torch.tensor(arm.torque_limits, dtype=f.dtype)
     torch.testing.assert_close(f[..., 7], ((U / lim) ** 2).mean(-1))
+    assert f[:, -1, 8].eq(1).all() and f[:, :-1, 8].eq(0).all()
 
 
 def test_pooled_joint_terms_are_symmetric_in_the_joints():
@@ -189,17 +203,120 @@ def test_task_loss_is_the_papers_loss():
     torch.testing.assert_close(forward_kinematics(arm, task.q_goal), task.goals)
 
 
-def test_demo_tracking_term_is_zero_on_the_demo_and_adds_to_the_meta_loss():
-    _, model, policy, task, params, loss = _tiny_problem()
+def test_extra_terms_read_the_reach_rollout_and_add_exactly_to_the_meta_loss():
+    arm, model, policy, task, params, loss = _tiny_problem()
     X, U = model_rollout(policy, params, model.step, task.x0(torch.float64), task.horizon)
-    extra = demo_tracking_loss(X.detach(), weight=2.0)
-    torch.testing.assert_close(extra(X, U, task), torch.zeros(task.n, dtype=X.dtype))
+    rollout = reach_rollout(X, U, task)
+    torch.testing.assert_close(rollout.outputs["ee"], forward_kinematics(arm, X[..., :2]))
+    demos = Demonstrations(weight=2.0, states=X[..., :2].detach(), output="q")
+    torch.testing.assert_close(demos(rollout), torch.zeros(task.n, dtype=X.dtype))
     shifted = X.clone()
-    shifted[:, 1:, 0] += 0.5
-    expected = torch.full((task.n,), 2.0 * (0.25 + 1e-6) ** 0.5 - 2e-3, dtype=X.dtype)
-    torch.testing.assert_close(extra(shifted, U, task), expected)
+    shifted[:, 1:, 0] += 0.5  # 0.25 rad^2 on T of the T+1 states
+    expected = torch.full((task.n,), 2.0 * 0.25 * task.horizon / (task.horizon + 1), dtype=X.dtype)
+    torch.testing.assert_close(demos(reach_rollout(shifted, U, task)), expected)
+
+    # The extra terms change the meta-loss by their value on the adapted rollouts, nothing else.
     opt = InnerOptimizer("sgd", lr=0.1, steps=1)
-    plain, _ = meta_loss(policy, params, model.step, task, learned_loss_fn(loss), opt)
-    far = demo_tracking_loss(X.detach() + 1.0, weight=1.0)
-    with_demo, _ = meta_loss(policy, params, model.step, task, learned_loss_fn(loss), opt, far)
-    assert float(with_demo.detach()) > float(plain.detach())
+    prior = rest_at_goal_prior(arm, weight=3.0)
+    plain, adapted = meta_loss(policy, params, model.step, task, learned_loss_fn(loss), opt)
+    both, adapted2 = meta_loss(
+        policy, params, model.step, task, learned_loss_fn(loss), opt, (demos, prior)
+    )
+    for k in adapted:
+        torch.testing.assert_close(adapted2[k], adapted[k], rtol=0, atol=0)
+    Xa, Ua = model_rollout(policy, adapted, model.step, task.x0(torch.float64), task.horizon)
+    ra = reach_rollout(Xa, Ua, task)
+    torch.testing.assert_close(both - plain, (demos(ra) + prior(ra)).mean())
+    with pytest.raises(TypeError, match="ExtraTerm"):
+        meta_loss(policy, params, model.step, task, learned_loss_fn(loss), opt, (task_loss_fn,))
+
+
+def test_rest_at_goal_prior_is_the_normalised_final_kinetic_energy():
+    arm = load_arm_config("reacher2")
+    task = ReachTask(arm, sample_goals(arm, 2, 0, min_radius=0.3), 10)
+    X = torch.zeros(2, 11, 4, dtype=torch.float64)
+    U = torch.zeros(2, 10, 2, dtype=torch.float64)
+    X[0, -2:, 2:] = 1.0  # goal 0 still turns at 1 rad/s in the last two steps; goal 1 rests
+    value = rest_at_goal_prior(arm, weight=1.0, final_fraction=0.2)(reach_rollout(X, U, task))
+    # The last 2 of 10 steps at exactly the reference energy (stretched posture, 1 rad/s).
+    torch.testing.assert_close(value, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="final_fraction"):
+        rest_at_goal_prior(arm, final_fraction=0.0)
+
+
+def test_meta_test_cannot_receive_extra_information():
+    import inspect
+
+    # The meta-test API: a learned loss, a policy, its initialisation, a system, the task and
+    # the inner optimizer (plus a progress callback). No parameter can carry an extra term.
+    params = list(inspect.signature(meta_test).parameters)
+    assert params == ["loss", "policy", "init", "step", "task", "optimizer", "on_step"]
+    # The task carries only what any user knows: arm, goals, horizon, joint goals, task loss.
+    fields = [f.name for f in dataclasses.fields(ReachTask)]
+    assert fields == ["config", "goals", "horizon", "q_goal", "cost"]
+    # A loss trained on anything but the rollout's own features is refused.
+    _, model, policy, task, init, loss = _tiny_problem()
+    cheat = LearnedLoss(LossConfig(FeatureSpec((*REACH_FEATURES, "demo_q_error_rad")), hidden=(4,)))
+    with pytest.raises(FeatureSpecError, match="demo_q_error_rad"):
+        meta_test(cheat, policy, init, model.step, task, InnerOptimizer("sgd", lr=0.1, steps=1))
+    # And it is the plain K-step adaptation on the learned loss.
+    opt = InnerOptimizer("sgd", lr=0.1, steps=2)
+    ours = meta_test(loss, policy, init, model.step, task, opt)
+    ref = adapt_policies(policy, init, model.step, task, learned_loss_fn(loss), opt,
+                         differentiable=False)  # fmt: skip
+    for k in ref:
+        torch.testing.assert_close(ours[k], ref[k], rtol=0, atol=0)
+
+
+def test_trace_inner_steps_gives_the_parameters_after_each_step():
+    _, model, policy, task, init, loss = _tiny_problem()
+    opt = InnerOptimizer("sgd", lr=0.1, steps=3)
+    trace = trace_inner_steps(
+        lambda on_step: meta_test(loss, policy, init, model.step, task, opt, on_step)
+    )
+    assert len(trace) == 4
+    for k in (1, 2, 3):
+        ref = adapt_policies(policy, init, model.step, task, learned_loss_fn(loss), opt,
+                             differentiable=False, steps=k)  # fmt: skip
+        for n in ref:
+            torch.testing.assert_close(trace[k][n], ref[n], rtol=0, atol=0)
+    for n in init:
+        torch.testing.assert_close(trace[0][n], init[n], rtol=0, atol=0)
+    d = np.array([[0.05, 0.02, 0.3], [0.009, 0.02, 0.2], [0.001, 0.005, 0.2]])
+    assert steps_to_reach(d, 0.01) == [1, 2, None]
+
+
+def test_behaviour_cloning_recovers_a_teacher_policy():
+    arm = load_arm_config("reacher2")
+    gen = torch.Generator().manual_seed(5)
+    teacher = GoalConditionedPolicy(arm, (16, 16))
+    goals = torch.as_tensor(sample_goals(arm, 6, 0, min_radius=0.3), dtype=torch.float32)
+    X = torch.randn(6, 9, 4, generator=gen)
+    with torch.no_grad():
+        U = torch.stack([teacher(X[:, t], goals) for t in range(8)], 1)
+    student = behaviour_cloning(arm, X, U, goals, hidden=(32, 32), epochs=400, generator=gen)
+    lim = torch.tensor(arm.torque_limits)
+    fit = torch.stack([student(X[:, t], goals) for t in range(8)], 1)
+    before = (U / lim).pow(2).mean()
+    assert ((fit - U) / lim).pow(2).mean() < 0.01 * before  # 99% of the variance explained
+    with pytest.raises(ValueError, match="states/actions"):
+        behaviour_cloning(arm, X[:, :-1], U, goals)
+
+
+def test_loss_landscape_is_the_loss_at_each_grid_point():
+    _, model, policy, task, init, loss = _tiny_problem()
+    one = task.subset([1])
+    center = {k: v[1] for k, v in init.items()}
+    d1 = {k: torch.ones_like(v) * 0.1 for k, v in center.items()}
+    d2 = {k: -torch.ones_like(v) * 0.05 for k, v in center.items()}
+    alphas = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    betas = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    fns = {"learned": learned_loss_fn(loss), "task": task_loss_fn}
+    grid = loss_landscape(policy, center, (d1, d2), alphas, betas, model.step, one, fns)
+    assert grid["task"].shape == (2, 2)
+    for i, a in enumerate(alphas):
+        for j, b in enumerate(betas):
+            p = {k: (center[k] + a * d1[k] + b * d2[k])[None] for k in center}
+            X, U = model_rollout(policy, p, model.step, one.x0(torch.float64), one.horizon)
+            for name, fn in fns.items():
+                torch.testing.assert_close(grid[name][i, j], fn(X, U, one)[0])

@@ -18,8 +18,9 @@ import torch
 from safetensors.torch import load_file
 
 import ml3_robotics.runs as runs
-from experiments.reacher import EXPERIMENT, METHODS
+from experiments.reacher import EXPERIMENT
 from ml3_robotics.cli import run_experiment
+from ml3_robotics.reach_eval import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = (
@@ -60,7 +61,15 @@ def test_smoke_run_writes_every_artefact(tmp_path, monkeypatch):
     for key in ("prediction_error_babble_holdout", "prediction_error_ml3_test_rollouts"):
         err = doc["extra"][key]
         assert err["horizon"] == 65 and err["one_step_rmse"] > 0 and err["open_loop_rmse"] > 0
+    # ML3 and the task loss go on for curve_steps inner steps; step K is the reported result.
+    K, curve = doc["config"]["inner_steps"], doc["config"]["curve_steps"]
+    for name in ("ml3", "task_loss"):
+        by_step = methods[name]["distance_by_inner_step_mm"]
+        assert len(by_step) == max(K, curve) + 1
+        assert by_step[K] == pytest.approx(methods[name]["mean_final_distance_mm"], rel=1e-12)
+        assert len(methods[name]["steps_to_10mm_per_goal"]) == doc["config"]["n_test_goals"]
     for name in ("meta_training.png", "final_distance_per_goal.png", "ee_paths.png",
+                 "distance_by_inner_step.png", "loss_landscape.png",
                  "loss.safetensors", "loss.json", "metrics.csv", "config.yaml"):  # fmt: skip
         assert (out / name).is_file(), name
     if os.environ.get("MUJOCO_GL"):
@@ -68,6 +77,21 @@ def test_smoke_run_writes_every_artefact(tmp_path, monkeypatch):
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + doc["config"]["outer_steps"]
     assert "heldout_real_distance_mm" in rows[0]
+
+
+@pytest.mark.parametrize("extra", ["demos", "physics"])
+def test_smoke_run_with_extra_information(tmp_path, monkeypatch, extra):
+    monkeypatch.setattr(runs, "discover_experiments", lambda: {"reacher": EXPERIMENT})
+    out = tmp_path / "run"
+    run_experiment("reacher", seed=3, out=out, smoke=True, sets=[f"extra={extra}"])
+    doc = json.loads((out / "results.json").read_text())
+    sidecar = json.loads((out / "loss.json").read_text())
+    assert sidecar["provenance"]["extra_information"] == extra
+    # Demonstrations add the behaviour-cloning baseline (and cost real steps); physics does not.
+    assert ("behaviour_cloning" in doc["baselines"]) == (extra == "demos")
+    demo_steps = doc["metrics"]["expert_demo_env_steps"]
+    T = doc["config"]["horizon"]
+    assert demo_steps == (doc["config"]["n_train_goals"] * T if extra == "demos" else 0)
 
 
 def _sets(*items):

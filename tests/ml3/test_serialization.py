@@ -80,3 +80,23 @@ def test_bad_loss_config():
     loss = _loss()
     with pytest.raises(ValueError, match=r"expected last dimension 3"):
         loss(torch.zeros(4, 2))
+
+
+def test_learned_scale_multiplies_output_and_round_trips(tmp_path):
+    spec = FeatureSpec(("a", "b", "c"))
+    plain = LearnedLoss(LossConfig(spec, hidden=(7,), activation="elu"))
+    scaled = LearnedLoss(LossConfig(spec, hidden=(7,), activation="elu", learn_scale=True,
+                                    init_scale=4.0))  # fmt: skip
+    scaled.net.load_state_dict(plain.net.state_dict())
+    x = torch.randn(9, 3)
+    torch.testing.assert_close(scaled(x), 4.0 * plain(x))
+    assert "log_scale" in dict(scaled.named_parameters())  # meta-learned with the weights
+    with torch.no_grad():
+        scaled.log_scale.fill_(-1.5)
+    save_learned_loss(scaled, tmp_path / "loss")
+    loaded, _ = load_learned_loss(tmp_path / "loss.safetensors")
+    assert loaded.config == scaled.config
+    torch.testing.assert_close(loaded(x), scaled(x), rtol=0, atol=0)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="init_scale"):
+            LossConfig(spec, learn_scale=True, init_scale=bad)

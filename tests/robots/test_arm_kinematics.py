@@ -13,7 +13,9 @@ from robots.arm import (
     inverse_kinematics,
     jacobian,
     joint_positions,
+    kinetic_energy,
     load_arm_config,
+    mass_matrix,
     sample_goals,
 )
 
@@ -146,3 +148,39 @@ def test_ee_velocity_matches_mujoco_site_velocity() -> None:
             v = ee_velocity(cfg, torch.as_tensor(x[:4]), torch.as_tensor(x[4:])).numpy()
             np.testing.assert_allclose(v, vel[[3, 5]], atol=1e-12)
             assert abs(vel[4]) < 1e-12  # no motion out of the plane
+
+
+@pytest.mark.parametrize("name", ["reacher2", "reacher2_heavy", "arm3", "arm4", "arm7_planar"])
+def test_mass_matrix_matches_mujoco(name: str) -> None:
+    import mujoco
+
+    cfg = load_arm_config(name)
+    rng = np.random.default_rng(3)
+    with ArmSim(cfg) as sim:
+        m, d = sim.mj_model, sim.mj_data
+        q = rng.uniform(-3.0, 3.0, (6, cfg.n_links))
+        ours = mass_matrix(cfg, torch.as_tensor(q)).numpy()  # batched in one call
+        for qi, mi in zip(q, ours, strict=True):
+            d.qpos[:] = qi
+            mujoco.mj_forward(m, d)
+            full = np.zeros((m.nv, m.nv))
+            mujoco.mj_fullM(m, d, full)
+            np.testing.assert_allclose(mi, full, rtol=1e-12, atol=1e-15)
+        qd = rng.normal(size=(6, cfg.n_links))
+        energy = kinetic_energy(cfg, torch.as_tensor(q), torch.as_tensor(qd)).numpy()
+        np.testing.assert_allclose(energy, 0.5 * np.einsum("bj,bjl,bl->b", qd, ours, qd))
+        assert (energy > 0).all()
+
+
+def test_sample_goals_dense_pool_kept_away_from_held_out_goals() -> None:
+    cfg = load_arm_config("reacher2")
+    held_out = sample_goals(cfg, 10, 1, min_distance=0.02, min_radius=0.3)
+    pool = sample_goals(cfg, 256, 2, exclude=held_out, min_distance=0.02, min_spacing=0.0,
+                        min_radius=0.3)  # fmt: skip
+    gaps = np.linalg.norm(pool[:, None] - held_out[None], axis=-1)
+    assert gaps.min() >= 0.02
+    # 256 goals do not fit with 2 cm between each other too (found ~200).
+    with pytest.raises(ValueError, match=r"min_spacing=0\.02"):
+        sample_goals(cfg, 256, 2, exclude=held_out, min_distance=0.02, min_radius=0.3)
+    with pytest.raises(ValueError, match="min_spacing"):
+        sample_goals(cfg, 3, 2, min_spacing=-1.0)
