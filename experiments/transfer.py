@@ -102,6 +102,7 @@ class TransferConfig:
     lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     ilqr_iters: int = 30
     n_holdout_trajectories: int = 20
+    curve_steps: int = 10  # ML3 and task loss go on to this many steps (curves; table at K)
     baselines: bool = True  # False: only the learned losses run (e.g. to add a loss to a study)
 
     def __post_init__(self) -> None:
@@ -136,6 +137,7 @@ class TransferConfig:
             n_holdout_trajectories=self.n_holdout_trajectories,
             babble_hold=self.babble_hold,
             video_goals=0,
+            curve_steps=self.curve_steps,
         )
 
 
@@ -311,5 +313,6 @@ EXPERIMENT = Experiment(
         "lr_grid": [1e-3, 1e-2],
         "ilqr_iters": 2,
         "n_holdout_trajectories": 2,
+        "curve_steps": 1,
     },
 )

@@ -146,8 +146,10 @@ class ArmCycle:
         arms: the sampled arms.
         seed: the run's seed (models, babbling and goals are drawn from it).
         horizon: steps per rollout.
-        n_goals: training goals per arm.
+        n_goals: training goals per arm (a pool, sampled densely: no spacing between them).
         goal_min_radius, goal_separation: goal sampling (as the reacher's).
+        goals_per_iteration: goals of the pool one meta-step uses (drawn afresh each time);
+            None: all of them.
         policy_hidden: hidden widths of the per-goal policies.
         zero_output_layer: fresh policies start at zero torque.
         model_config: babbling and ensemble sizes per arm.
@@ -165,9 +167,11 @@ class ArmCycle:
         policy_hidden: Sequence[int],
         zero_output_layer: bool,
         model_config: ReachModelConfig,
+        goals_per_iteration: int | None = None,
     ) -> None:
         self.arms = list(arms)
         self.zero_output_layer = zero_output_layer
+        self.goals_per_iteration = goals_per_iteration
         self.models = []
         self.tasks = []
         self.policies = []
@@ -178,7 +182,7 @@ class ArmCycle:
             self.models.append(model)
             self.env_steps += buffer.n_transitions_added
             goals = sample_goals(arm, n_goals, seed + GOAL_SEED + i, min_radius=goal_min_radius,
-                                 min_distance=goal_separation)  # fmt: skip
+                                 min_distance=goal_separation, min_spacing=0.0)  # fmt: skip
             self.tasks.append(ReachTask(arm, goals, horizon))
             self.policies.append(ReachPolicy(arm, policy_hidden))
         log.info("arm distribution: %s", [a.name for a in self.arms])
@@ -188,6 +192,9 @@ class ArmCycle:
     ) -> OuterStep:
         """ML3's meta-loss on sampled arm ``index`` (fresh policies from ``generator``)."""
         model, task, policy = self.models[index], self.tasks[index], self.policies[index]
+        if self.goals_per_iteration is not None and self.goals_per_iteration < task.n:
+            task = task.subset(torch.randperm(task.n, generator=generator)[
+                : self.goals_per_iteration])  # fmt: skip
 
         def step(x: Tensor, u: Tensor) -> Tensor:
             return model.step(x, u)
@@ -226,9 +233,9 @@ class ArmCycle:
 
 def arm_cycle_from(config: Any, seed: int) -> ArmCycle:
     """The :class:`ArmCycle` of a reacher-like config (fields read by name: ``arm_distribution``,
-    ``horizon``, ``n_train_goals``, ``goal_min_radius``, ``goal_separation``, ``policy_hidden``,
-    ``policy_zero_output``, ``babble_trajectories``, ``babble_hold``, ``ensemble_members``,
-    ``ensemble_hidden``, ``fit_epochs``)."""
+    ``horizon``, ``n_train_goals``, ``goals_per_iteration`` (optional), ``goal_min_radius``,
+    ``goal_separation``, ``policy_hidden``, ``policy_zero_output``, ``babble_trajectories``,
+    ``babble_hold``, ``ensemble_members``, ``ensemble_hidden``, ``fit_epochs``)."""
     return ArmCycle(
         sample_arm_configs(ArmDistribution.parse(config.arm_distribution), seed),
         seed,
@@ -239,4 +246,5 @@ def arm_cycle_from(config: Any, seed: int) -> ArmCycle:
         policy_hidden=config.policy_hidden,
         zero_output_layer=config.policy_zero_output,
         model_config=model_config_from(config),
+        goals_per_iteration=getattr(config, "goals_per_iteration", None),
     )

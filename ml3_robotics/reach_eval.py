@@ -58,6 +58,7 @@ from robots.arm import (
     ArmConfig,
     ArmSim,
     RenderingUnavailableError,
+    SimulationError,
     forward_kinematics,
     render_rollout,
 )
@@ -73,6 +74,7 @@ SUCCESS_MM = 10.0
 TEST_INIT_SEED = 10_000
 TUNE_INIT_SEED = 20_000
 HOLDOUT_BABBLE_SEED = 30_000
+MAX_BABBLE_REDRAWS = 10
 
 
 def babble(
@@ -81,17 +83,43 @@ def babble(
     """Random babbling from the zero state: uniform torques held for ``hold`` steps.
 
     Held torques (rather than white noise, which barely moves the arm at dt = 0.01 s) spread the
-    data over the speeds and angles that reaching visits.
+    data over the speeds and angles that reaching visits. Trajectories that blow up are redrawn
+    (up to :data:`MAX_BABBLE_REDRAWS` times).
 
     Returns:
         ``X (n, horizon+1, nx)`` and ``U (n, horizon, nu)``, float64.
     """
     limits = np.asarray(sim.config.torque_limits)
     n_seg = -(-horizon // hold)
-    seg = rng.uniform(-1, 1, size=(n, n_seg, sim.nu)) * limits
-    U = np.repeat(seg, hold, axis=1)[:, :horizon]
-    X = sim.rollout(np.zeros((n, sim.nx)), U)
-    return X, U
+
+    def draw(k: int) -> np.ndarray:
+        seg = rng.uniform(-1, 1, size=(k, n_seg, sim.nu)) * limits
+        return np.repeat(seg, hold, axis=1)[:, :horizon]
+
+    U = draw(n)
+    try:
+        return sim.rollout(np.zeros((n, sim.nx)), U), U
+    except SimulationError as e:
+        # Long chains with light tip links (arm7_planar) can blow up under some random torque
+        # sequences: keep the trajectories that stay finite and redraw the others.
+        log.warning("babbling: %s; redrawing those trajectories", e)
+    X = np.empty((n, horizon + 1, sim.nx))
+    todo = list(range(n))
+    for _ in range(MAX_BABBLE_REDRAWS):
+        failed = []
+        for i in todo:
+            try:
+                X[i] = sim.rollout(np.zeros((1, sim.nx)), U[i : i + 1])[0]
+            except SimulationError:
+                failed.append(i)
+        if not failed:
+            return X, U
+        U[failed] = draw(len(failed))
+        todo = failed
+    raise SimulationError(
+        f"babbling: {len(todo)} of {n} random-torque rollouts of {sim.config.name!r} still blew up "
+        f"after {MAX_BABBLE_REDRAWS} redraws"
+    )
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,9 @@ class ReachEvalRunConfig:
         ilqr_iters: iLQR iterations.
         n_holdout_trajectories: held-out babbling for the model-error figures.
         video_goals, video_stride: the ML3 video (0 goals: none).
+        curve_steps: ML3 and the task loss go on to this many steps, executed after every step
+            (the distance-by-step curves; the table is at K).
+        landscape_grid: points per axis of the loss-landscape plot (0: none).
     """
 
     loss: str = ""
@@ -114,6 +117,8 @@ class ReachEvalRunConfig:
     n_holdout_trajectories: int = 20
     video_goals: int = 4
     video_stride: int = 3
+    curve_steps: int = 10
+    landscape_grid: int = 21
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, str) or not self.loss:
@@ -156,6 +161,8 @@ class ReachEvalRunConfig:
             babble_hold=self.babble_hold,
             video_goals=self.video_goals,
             video_stride=self.video_stride,
+            curve_steps=self.curve_steps,
+            landscape_grid=self.landscape_grid,
         )
 
 
@@ -173,6 +180,8 @@ EVAL_SMOKE: dict[str, Any] = {
     "video_goals": 1,
     "video_stride": 16,
     "policy_width": 8,
+    "curve_steps": 1,
+    "landscape_grid": 3,
 }
 
 

@@ -9,10 +9,10 @@ import torch
 from ml3_robotics.cli import main
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.mbrl import reach_feature_spec
-from ml3_robotics.reach_eval import METHODS
+from ml3_robotics.reach_eval import METHODS, babble
 from ml3_robotics.serialization import save_learned_loss
 from ml3_robotics.transfer import transfer_grid
-from robots.arm import load_arm_config
+from robots.arm import SimulationError, load_arm_config
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +150,26 @@ def test_transfer_grid_covers_the_study():
     assert grid["reacher2 length x2"].link_lengths == tuple(2 * v for v in base.link_lengths)
     assert grid["reacher2 mass x0.5"].link_masses == tuple(0.5 * v for v in base.link_masses)
     assert grid["reacher2 torque x2"].torque_limits == tuple(2 * v for v in base.torque_limits)
+
+
+class _FragileSim:
+    """A stand-in simulator whose rollouts blow up when the first torque exceeds 0.1 N*m."""
+
+    def __init__(self, threshold=0.1):
+        self.config = load_arm_config("reacher2")
+        self.nu, self.nx, self.threshold = 2, 4, threshold
+
+    def rollout(self, x0, U):
+        bad = U[:, 0, 0] > self.threshold
+        if bad.any():
+            raise SimulationError(f"blew up in batch entries {np.flatnonzero(bad).tolist()}")
+        return np.zeros((U.shape[0], U.shape[1] + 1, self.nx))
+
+
+def test_babbling_redraws_trajectories_that_blow_up():
+    X, U = babble(_FragileSim(), 6, 10, 4, np.random.default_rng(0))
+    assert X.shape == (6, 11, 4) and U.shape == (6, 10, 2)
+    assert (U[:, 0, 0] <= 0.1).all()  # every kept trajectory is one that stayed finite
+    assert np.abs(U).max() <= 0.2  # still within the torque limits
+    with pytest.raises(SimulationError, match="still blew up"):
+        babble(_FragileSim(threshold=-1.0), 3, 10, 4, np.random.default_rng(0))
