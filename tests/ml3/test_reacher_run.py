@@ -1,6 +1,6 @@
 """The reacher experiment end to end at smoke size, and exact resume after SIGKILL.
 
-The experiment registers through the ``ml3r.experiments`` entry point (see notes/mbrl.md); these
+The experiment registers through the ``ml3r.experiments`` entry point (pyproject.toml); these
 tests do not depend on the installed entry point: they run the real CLI code path with the
 registry pointed at ``experiments.reacher``.
 """

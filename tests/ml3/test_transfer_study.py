@@ -1,7 +1,7 @@
 """The transfer study (`ml3r run transfer`) end to end at smoke size.
 
 The registry is pointed at ``experiments.transfer`` here, so the tests do not depend on the
-installed entry point (requested in notes/transfer.md).
+installed entry point (pyproject.toml).
 """
 
 import json
