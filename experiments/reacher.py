@@ -49,6 +49,7 @@ from ml3_robotics.reach_eval import (
     babble,
     eval_config_from,
     evaluate_reach,
+    mujoco_model,
     round_figures,
 )
 from ml3_robotics.replay_buffer import ReplayBuffer
@@ -56,6 +57,7 @@ from ml3_robotics.runs import Experiment, RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss, save_learned_loss
 from ml3_robotics.task_losses import Demonstrations, ExtraTerm
 from robots.arm import (
+    BACKENDS,
     ArmSim,
     load_arm_config,
     sample_goals,
@@ -75,6 +77,7 @@ class ReacherConfig:
     """
 
     arm: str = "reacher2"
+    backend: str = "mujoco"  # the real system: "mujoco" or "pybullet" (iLQR plans on MuJoCo)
     horizon: int = 65
     # Meta-training draws goals_per_iteration goals from a pool of n_train_goals each outer
     # iteration: a fixed set of 16 was learned by heart (48 mm on it, 116 mm held out; measured).
@@ -144,6 +147,7 @@ class ReacherConfig:
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
         check_choice("extra", self.extra, EXTRAS)
+        check_choice("backend", self.backend, BACKENDS)
         if self.goals_per_iteration > self.n_train_goals:
             raise ValueError(
                 f"goals_per_iteration: expected at most n_train_goals={self.n_train_goals}, got "
@@ -204,7 +208,7 @@ def run(config: ReacherConfig, ctx: RunContext) -> RunResult:
 def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     seed = ctx.seed
     arm = load_arm_config(config.arm)
-    sim = ArmSim(arm, "mujoco")
+    sim = ArmSim(arm, config.backend)
     T = config.horizon
     reach_kw = {"min_radius": config.goal_min_radius, "min_distance": config.goal_separation}
     # Held-out goals first, then a dense training pool kept goal_separation away from them.
@@ -281,7 +285,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         # goals from iLQR on the true simulator, executed in MuJoCo; meta-test never sees them.
         with ctx.phase("expert_demos"):
             icfg = ILQRConfig(max_iters=config.ilqr_iters)
-            dyn = MujocoDynamics(sim.mj_model)
+            dyn = MujocoDynamics(mujoco_model(sim, arm))
             planner = ILQR(dyn, train.cost, T, lower=-limits, upper=limits, config=icfg)
             plan = planner.solve(train.x0(torch.float64))
             Xd, Ud = execute_plan(

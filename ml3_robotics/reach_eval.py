@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import mujoco
 import numpy as np
 import torch
 from torch import Tensor
@@ -261,6 +262,15 @@ class ReachEvaluation:
     video: str | None = None
 
 
+def mujoco_model(sim: ArmSim, arm: ArmConfig) -> mujoco.MjModel:
+    """The MuJoCo model that iLQR on the true dynamics plans with: the simulator's own, or, when
+    the real system is PyBullet, MuJoCo's model of the same arm (the backends agree to 1e-12 rad
+    off the joint limits, docs/arms.md)."""
+    return (
+        sim.mj_model if sim.backend == "mujoco" else mujoco.MjModel.from_xml_string(arm.to_mjcf())
+    )
+
+
 def summarize(dist_m: np.ndarray, steps: int, seconds: float, **extra: Any) -> dict[str, Any]:
     """The per-method figures of results.json from final distances ``dist_m (G,)`` in m."""
     mm = 1000.0 * np.asarray(dist_m)
@@ -458,7 +468,7 @@ def evaluate_reach(
     limits = torch.as_tensor(arm.torque_limits, dtype=torch.float64)
     ilqr_runs = (
         ("ilqr_learned_model", model, ILQRConfig(max_iters=config.ilqr_iters, dtype=torch.float32)),
-        ("ilqr_true_model", MujocoDynamics(sim.mj_model),
+        ("ilqr_true_model", MujocoDynamics(mujoco_model(sim, arm)),
          ILQRConfig(max_iters=config.ilqr_iters)),
     )  # fmt: skip
     for name, dyn, icfg in ilqr_runs:

@@ -94,6 +94,21 @@ def test_smoke_run_with_extra_information(tmp_path, monkeypatch, extra):
     assert demo_steps == (doc["config"]["n_train_goals"] * T if extra == "demos" else 0)
 
 
+def test_pybullet_as_the_real_system(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "discover_experiments", lambda: {"reacher": EXPERIMENT})
+    docs = {}
+    for backend in ("mujoco", "pybullet"):
+        out = tmp_path / backend
+        run_experiment("reacher", seed=3, out=out, smoke=True, sets=[f"backend={backend}"])
+        docs[backend] = json.loads((out / "results.json").read_text())
+    assert docs["pybullet"]["config"]["backend"] == "pybullet"
+    # The same iLQR plan (on MuJoCo's model) executed in either simulator ends at the same place:
+    # the backends agree to ~1e-12 rad off the joint limits.
+    mj, pb = (docs[b]["baselines"]["ilqr_true_model"]["final_distance_mm_per_goal"]
+              for b in ("mujoco", "pybullet"))  # fmt: skip
+    assert pb == pytest.approx(mj, rel=1e-6, abs=1e-6)
+
+
 def _sets(*items):
     return [a for item in items for a in ("--set", item)]
 
