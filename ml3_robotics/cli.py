@@ -209,12 +209,13 @@ def _table(result: RunResult) -> str:
     methods = {"ml3": result.metrics, **result.baselines}
     keys = [k for k, v in result.metrics.items() if isinstance(v, int | float)]
     width = max(len(m) for m in methods) + 2
-    lines = ["method".ljust(width) + "".join(k[:18].rjust(20) for k in keys)]
+    cols = [max(len(k), 9) + 2 for k in keys]  # whole names: they are results.json's keys
+    lines = ["method".ljust(width) + "".join(k.rjust(c) for k, c in zip(keys, cols, strict=True))]
     for method, values in methods.items():
         cells = []
-        for k in keys:
+        for k, c in zip(keys, cols, strict=True):
             v = values.get(k)
-            cells.append((f"{v:.4g}" if isinstance(v, int | float) else "-").rjust(20))
+            cells.append((f"{v:.4g}" if isinstance(v, int | float) else "-").rjust(c))
         lines.append(method.ljust(width) + "".join(cells))
     return "\n".join(lines)
 
