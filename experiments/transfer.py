@@ -29,6 +29,7 @@ from ml3_robotics.reach_eval import (
     SUCCESS_MM,
     ReachEvalConfig,
     ReachModelConfig,
+    eval_config_from,
     fit_reach_model,
     model_config_from,
 )
@@ -42,6 +43,8 @@ from ml3_robotics.runs import (
     write_results,
 )
 from ml3_robotics.transfer import (
+    DEFAULT_INNER_LR,
+    DEFAULT_INNER_STEPS,
     evaluate_on_robot,
     grid_configs,
     inner_settings,
@@ -120,24 +123,18 @@ class TransferConfig:
                 raise ValueError(f"other_losses: expected 'label=path' entries, got {item!r}")
         parse_set_options(list(self.source_set))
         self.model_config()
-        self.eval_config(3, 1e-3, 2)
+        self.eval_config(DEFAULT_INNER_STEPS, DEFAULT_INNER_LR, 2)
 
     def model_config(self) -> ReachModelConfig:
         return model_config_from(self)
 
     def eval_config(self, steps: int, lr: float, depth: int) -> ReachEvalConfig:
-        return ReachEvalConfig(
-            horizon=self.horizon,
+        return eval_config_from(
+            self,
             inner_steps=self.inner_steps if self.inner_steps is not None else steps,
             inner_lr=self.inner_lr if self.inner_lr is not None else lr,
-            inner_method=self.inner_method,
             policy_hidden=(self.policy_width,) * depth,
-            lr_grid=tuple(self.lr_grid),
-            ilqr_iters=self.ilqr_iters,
-            n_holdout_trajectories=self.n_holdout_trajectories,
-            babble_hold=self.babble_hold,
             video_goals=0,
-            curve_steps=self.curve_steps,
         )
 
 

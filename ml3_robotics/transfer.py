@@ -29,6 +29,7 @@ from ml3_robotics.reach_eval import (
     SUCCESS_MM,
     ReachEvalConfig,
     ReachModelConfig,
+    eval_config_from,
     evaluate_reach,
     fit_reach_model,
     model_config_from,
@@ -149,20 +150,11 @@ class ReachEvalRunConfig:
     def eval_config(self, steps: int, lr: float) -> ReachEvalConfig:
         """The evaluation settings, with K and the inner lr resolved (``steps``, ``lr`` are the
         fallbacks when this config leaves them None)."""
-        return ReachEvalConfig(
-            horizon=self.horizon,
+        return eval_config_from(
+            self,
             inner_steps=self.inner_steps if self.inner_steps is not None else steps,
             inner_lr=self.inner_lr if self.inner_lr is not None else lr,
-            inner_method=self.inner_method,
             policy_hidden=(self.policy_width,) * self.policy_depth,
-            lr_grid=tuple(self.lr_grid),
-            ilqr_iters=self.ilqr_iters,
-            n_holdout_trajectories=self.n_holdout_trajectories,
-            babble_hold=self.babble_hold,
-            video_goals=self.video_goals,
-            video_stride=self.video_stride,
-            curve_steps=self.curve_steps,
-            landscape_grid=self.landscape_grid,
         )
 
 
