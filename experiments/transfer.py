@@ -38,9 +38,8 @@ from ml3_robotics.runs import (
     RunContext,
     RunResult,
     build_config,
+    execute_run,
     parse_set_options,
-    write_config,
-    write_results,
 )
 from ml3_robotics.transfer import (
     DEFAULT_INNER_LR,
@@ -146,10 +145,8 @@ def _source_loss(config: TransferConfig, ctx: RunContext) -> tuple[str, dict[str
     sub = RunContext(ctx.out / "source", ctx.seed, smoke=config.source_size == "smoke",
                      progress=ctx.progress)  # fmt: skip
     sub.out.mkdir(parents=True, exist_ok=True)
-    write_config(sub, "reacher", rconfig, sub.smoke)
-    with ctx.phase("source_meta_train"), sub.phase("total"):
-        result = reacher.run(rconfig, sub)
-    write_results(sub, "reacher", rconfig, result)
+    with ctx.phase("source_meta_train"):
+        result = execute_run(sub, "reacher", rconfig, reacher.run)
     summary = {
         name: r["mean_final_distance_mm"]
         for name, r in {"ml3": result.metrics, **result.baselines}.items()

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,12 @@ from ml3_robotics.runs import (
     RunResult,
     build_config,
     discover_experiments,
+    execute_run,
     get_experiment,
     parse_set_options,
     prepare_out_dir,
     read_config_file,
     read_run_config,
-    write_config,
-    write_results,
 )
 from ml3_robotics.transfer import EVAL_SMOKE, ReachEvalRunConfig, load_reach_loss, run_reach_eval
 from robots.arm import load_arm_config
@@ -117,6 +116,17 @@ def _run_options(run: argparse.ArgumentParser, *, resume: bool = True) -> None:
     run.add_argument("--overwrite", action="store_true", help="replace a run in --out")
 
 
+def _config_layers(
+    smoke_settings: Mapping[str, Any], config_file: Path | None, sets: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Config layers, later ones winning: smoke sizes, then ``--config FILE``, then ``--set``."""
+    layers = [dict(smoke_settings)]
+    if config_file is not None:
+        layers.append(read_config_file(config_file))
+    layers.append(parse_set_options(list(sets)))
+    return layers
+
+
 def run_experiment(
     name: str,
     *,
@@ -147,20 +157,13 @@ def run_experiment(
         config = build_config(experiment.config_type, saved["config"])
         seed, smoke = int(saved["seed"]), bool(saved.get("smoke", False))
     else:
-        layers = [dict(experiment.smoke) if smoke else {}]
-        if config_file is not None:
-            layers.append(read_config_file(config_file))
-        layers.append(parse_set_options(list(sets)))
+        layers = _config_layers(experiment.smoke if smoke else {}, config_file, sets)
         config = build_config(experiment.config_type, *layers)
         if out is None:
             out = Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
         prepare_out_dir(out, resume=False, overwrite=overwrite)
     ctx = RunContext(out, seed, resume=resume, smoke=smoke, progress=progress)
-    write_config(ctx, name, config, smoke)
-    with ctx.phase("total"):
-        result = experiment.run(config, ctx)
-    write_results(ctx, name, config, result)
-    return ctx, result
+    return ctx, execute_run(ctx, name, config, experiment.run)
 
 
 def eval_loss(
@@ -183,10 +186,7 @@ def eval_loss(
     touching ``out``, run :func:`ml3_robotics.transfer.run_reach_eval`, write the artefacts."""
     options = {"loss": str(loss), "robot": robot, "n_goals": goals, "inner_steps": steps,
                "policy_depth": policy_depth, "policy_width": policy_width}  # fmt: skip
-    layers = [dict(EVAL_SMOKE) if smoke else {}]
-    if config_file is not None:
-        layers.append(read_config_file(config_file))
-    layers.append(parse_set_options(list(sets)))
+    layers = _config_layers(EVAL_SMOKE if smoke else {}, config_file, sets)
     layers.append({k: v for k, v in options.items() if v is not None})
     config = build_config(ReachEvalRunConfig, *layers)
     load_reach_loss(config.loss)  # FeatureSpecError / LossFileError before anything is written
@@ -198,11 +198,7 @@ def eval_loss(
         out = Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S")
     prepare_out_dir(out, resume=False, overwrite=overwrite)
     ctx = RunContext(out, seed, smoke=smoke, progress=progress)
-    write_config(ctx, "eval", config, smoke)
-    with ctx.phase("total"):
-        result = run_reach_eval(config, ctx)
-    write_results(ctx, "eval", config, result)
-    return ctx, result
+    return ctx, execute_run(ctx, "eval", config, run_reach_eval)
 
 
 def _table(result: RunResult) -> str:

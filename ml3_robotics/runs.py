@@ -373,6 +373,18 @@ def write_config(ctx: RunContext, experiment: str, config: Any, smoke: bool) -> 
     atomic_write_bytes(ctx.out / "config.yaml", yaml.safe_dump(doc, sort_keys=False).encode())
 
 
+def execute_run(
+    ctx: RunContext, experiment: str, config: Any, run: Callable[[Any, RunContext], RunResult]
+) -> RunResult:
+    """``config.yaml``, then ``run(config, ctx)`` timed as the ``total`` phase, then
+    ``results.json``: what every run through the CLI leaves."""
+    write_config(ctx, experiment, config, ctx.smoke)
+    with ctx.phase("total"):
+        result = run(config, ctx)
+    write_results(ctx, experiment, config, result)
+    return result
+
+
 def read_run_config(out: Path) -> dict[str, Any]:
     """The ``config.yaml`` of an existing run (for ``--resume``)."""
     data = yaml.safe_load((out / "config.yaml").read_text())
