@@ -24,7 +24,7 @@ from torch import Tensor
 
 from controllers import ILQR, ILQRConfig, MujocoDynamics
 from ml3_robotics.arm_distribution import ArmDistribution, arm_cycle_from
-from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, Params
+from ml3_robotics.inner import INNER_METHODS, InnerOptimizer
 from ml3_robotics.learned_dynamics import (
     EnsembleConfig,
     ProbabilisticEnsemble,
@@ -35,20 +35,22 @@ from ml3_robotics.mbrl import (
     REACH_FEATURES,
     ReachPolicy,
     ReachTask,
-    adapt_policies,
     execute_plan,
     execute_policies,
     init_policy_params,
     learned_loss_fn,
     meta_loss,
+    meta_test,
     reach_feature_spec,
     rest_at_goal_prior,
 )
 from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep, iteration_generator
 from ml3_robotics.reach_eval import (
+    TEST_INIT_SEED,
     babble,
     eval_config_from,
     evaluate_reach,
+    fresh_policy_params,
     mujoco_model,
     round_figures,
 )
@@ -222,8 +224,8 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     inner = InnerOptimizer(config.inner_method, lr=config.inner_lr, steps=config.inner_steps)
     # Fresh policies for the held-out goals: one draw shared by every policy-based method.
     zero = {"zero_output_layer": config.policy_zero_output}
-    test_init = init_policy_params(
-        policy, test.n, torch.Generator().manual_seed(10_000 + seed), **zero
+    test_init = fresh_policy_params(
+        policy, test.n, TEST_INIT_SEED + seed, zero_output_layer=config.policy_zero_output
     )
 
     buffer = ReplayBuffer(arm.nx, arm.nu, capacity=1_000_000)
@@ -253,11 +255,6 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                 p.requires_grad_(False)  # the meta-gradient never needs the model's weights
             state.refits += 1
 
-    def real_distance(loss_fn: Any, task: ReachTask, init: Params, opt: InnerOptimizer) -> tuple:
-        adapted = adapt_policies(policy, init, model_step, task, loss_fn, opt, differentiable=False)
-        X, U = execute_policies(sim, policy, adapted, task)
-        return task.final_distance(X), X, U
-
     # -- the learned loss: meta-train, or load ------------------------------------------------
     history: list[dict[str, float]] = []
     if config.loss_path is not None:
@@ -275,7 +272,6 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         )
         loss.reset_parameters(torch.Generator().manual_seed(seed))
     learned = learned_loss_fn(loss)
-    eval_init = test_init
     limits = torch.as_tensor(arm.torque_limits, dtype=torch.float64)
     extras: tuple[ExtraTerm, ...] = ()
     demo_steps = 0
@@ -308,9 +304,11 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         if iteration % config.eval_every == 0:
             # Visible progress in the real simulator: fresh policies on the held-out goals, K
             # steps on the current M_phi, executed in MuJoCo (monitoring only, never selection).
-            d, _, _ = real_distance(learned, test, eval_init, inner)
+            X, _ = execute_policies(
+                sim, policy, meta_test(loss, policy, test_init, model_step, test, inner), test
+            )
             state.monitor_steps += test.n * T
-            metrics["heldout_real_distance_mm"] = float(1000 * d.mean())
+            metrics["heldout_real_distance_mm"] = float(1000 * test.final_distance(X).mean())
         index = torch.randperm(train.n, generator=g)[: config.goals_per_iteration]
         batch = train.subset(index)
         params = init_policy_params(policy, batch.n, g, **zero)
