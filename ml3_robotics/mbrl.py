@@ -529,7 +529,9 @@ def behaviour_cloning(
         raise ValueError(f"epochs: expected >= 1, got {epochs}")
     policy = GoalConditionedPolicy(config, hidden)
     if generator is not None:
-        for p in policy.parameters():  # nn.Linear's default distribution, from the generator
+        # Seeded uniform draws: weights as nn.Linear's default (1/sqrt(fan_in)); biases within
+        # 1/sqrt(fan_out) (nn.Linear uses fan_in; kept so that measured BC figures reproduce).
+        for p in policy.parameters():
             bound = 1.0 / math.sqrt(p.shape[-1] if p.ndim == 2 else p.shape[0])
             with torch.no_grad():
                 p.uniform_(-bound, bound, generator=generator)
