@@ -8,6 +8,7 @@ from controllers.costs import MountainCarCost, QuadraticCost, ReachCost, TaskSpa
 from controllers.ilqr import ILQR, ILQRConfig, ILQRResult
 from controllers.mpc import MPC, MPCRollout, Planner
 from controllers.mujoco_dynamics import MujocoDynamics, SimulationDiverged
+from controllers.planar_chain import PlanarChainDynamics
 from controllers.policies import MLPPolicy, OpenLoopPolicy, rollout
 from controllers.protocols import Cost, Dynamics
 
@@ -23,6 +24,7 @@ __all__ = [
     "MountainCarCost",
     "MujocoDynamics",
     "OpenLoopPolicy",
+    "PlanarChainDynamics",
     "Planner",
     "QuadraticCost",
     "ReachCost",

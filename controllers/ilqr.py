@@ -35,10 +35,6 @@ from controllers.derivatives import cost_derivatives, dynamics_jacobians, trajec
 
 log = logging.getLogger(__name__)
 
-# Entries of the adjugate of a symmetric 2x2 matrix (row-major [a, b, b, d] -> [d, b, b, a]) and
-# the signs of -adj, for the closed-form solve in _spd_solve.
-_ADJ2 = np.array([3, 1, 1, 0])
-_NEG2 = np.array([-1.0, 1.0, 1.0, -1.0])
 _DEFAULT_ALPHAS = tuple(float(a) for a in 10.0 ** np.linspace(0.0, -3.0, 11))
 
 
@@ -187,18 +183,17 @@ def _spd_solve(H: np.ndarray, R: np.ndarray) -> tuple[np.ndarray | None, np.ndar
         X = (b * R[:, ::-1] - np.array([[[d], [a]]]) * R) / det
         return (np.ones(1, dtype=bool) if bad1 else None), X
     if n == 2:
-        nb = H.shape[0]
-        h = H.reshape(nb, 4)
-        a, b, d = h[:, 0], h[:, 1], h[:, 3]
+        a, b, d = H[:, 0, 0], H[:, 0, 1], H[:, 1, 1]
         det = a * d - b * b
         good = (a > 0) & (det > 0)
         # .tolist() + all(): a numpy reduction costs ~10x more on a handful of elements.
         bad = None if all(good.tolist()) else ~good
         if bad is not None:
             det = np.where(bad, 1.0, det)
-        # -H^{-1} = [[-d, b], [b, -a]] / det, applied entrywise (no matmul, so no FMA).
-        M = (h[:, _ADJ2] * _NEG2).reshape(nb, 2, 2, 1)
-        X = (M[:, :, 0] * R[:, None, 0] + M[:, :, 1] * R[:, None, 1]) / det[:, None, None]
+        # -H^{-1} R = [b r1 - d r0, b r0 - a r1] / det: the single-problem branch's operations
+        # (R[:, ::-1] swaps r0 and r1), elementwise, so the same numbers (no matmul, no FMA).
+        da = H.diagonal(axis1=1, axis2=2)[:, ::-1, None]  # (d, a): a view
+        X = (b[:, None, None] * R[:, ::-1] - da * R) / det[:, None, None]
         return bad, X
     try:
         np.linalg.cholesky(H)
@@ -613,7 +608,8 @@ class ILQR:
             Gaug[:, 1 + nx :] = sol
             V = GT @ (Q @ Gaug)
             Vxx = V[:, :, 1:]
-            V[:, :, 1:] = 0.5 * (Vxx + Vxx.transpose(0, 2, 1))
+            Vxx += Vxx.transpose(0, 2, 1)  # numpy buffers the overlapping operand
+            Vxx *= 0.5
         S = np.stack(sols[::-1], axis=1)  # (B, T, nu, 1+nx) = [k | K]
         Qs = np.stack(qrows[::-1], axis=1)  # (B, T, nu, 1+nx+nu) = [Q_u | Q_ux | Q_uu]
         k = S[..., 0]
