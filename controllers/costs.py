@@ -229,6 +229,7 @@ class ReachCost(_ReachCostBase):
         self.horizon = horizon
         self.w_T, self.w_v, self.w_u = terminal_weight, velocity_weight, control_weight
         self.norm, self.eps = norm, eps
+        self._goal_np = _np(self.q_goal)
 
     def _state_term(self, x: Tensor) -> Tensor:
         q, qd = x[..., : self.n], x[..., self.n :]
@@ -242,6 +243,22 @@ class ReachCost(_ReachCostBase):
         return self.w_T * _penalty(x[:, : self.n] - goal, self.norm, self.eps) + (
             self._state_term(x) / self.horizon
         )
+
+    def trajectory_numpy(self, X: np.ndarray, U: np.ndarray) -> np.ndarray:
+        """:meth:`trajectory` on float64 numpy arrays (the iLQR's line search calls it many
+        times; torch's per-operation overhead would be most of the time)."""
+        T, n, h = U.shape[1], self.n, self.horizon
+        goal = self._goal_np
+
+        def rho(r: np.ndarray) -> np.ndarray:
+            sq = (r * r).sum(-1)
+            return sq if self.norm == "squared" else np.sqrt(sq + self.eps**2) - self.eps
+
+        xs, xT = X[:, 1:T], X[:, T]
+        run = self.w_u / h * (U * U).sum((-1, -2))
+        run = run + (rho(xs[..., :n] - goal[:, None]) + self.w_v * rho(xs[..., n:])).sum(-1) / h
+        pT = rho(xT[:, :n] - goal)
+        return run + (self.w_T * pT + (pT + self.w_v * rho(xT[:, n:])) / h)
 
     def quadratize(self, X: Tensor, U: Tensor) -> CostDerivatives:
         """Exact derivatives along ``X (B, T+1, 2n)``, ``U (B, T, n)``."""

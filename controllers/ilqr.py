@@ -284,6 +284,7 @@ class ILQR:
         self._reuse_radius = r
         # Optional fast path for simulators that work in numpy float64 (MujocoDynamics).
         self._step_numpy = getattr(dynamics, "step_numpy", None)
+        self._cost_numpy = getattr(cost, "trajectory_numpy", None)
         self.lower = _bounds("lower", lower, self.nu, -np.inf)
         self.upper = _bounds("upper", upper, self.nu, np.inf)
         lo, hi = np.broadcast_arrays(self.lower, self.upper)
@@ -306,6 +307,8 @@ class ILQR:
 
     def _cost(self, X: np.ndarray, U: np.ndarray) -> np.ndarray:
         dt = self.config.dtype
+        if self._cost_numpy is not None and dt == torch.float64:
+            return self._cost_numpy(X, U)
         with torch.no_grad():
             J = trajectory_cost(self.cost, torch.from_numpy(X).to(dt), torch.from_numpy(U).to(dt))
         return J.detach().to(torch.float64).cpu().numpy().reshape(-1)

@@ -12,6 +12,8 @@ Optional fast paths, used when present (not part of the protocols, so nothing ha
 * dynamics ``numpy_session() -> context manager``: entered once around a whole iLQR solve, for
   per-call set-up that can be hoisted (MujocoDynamics silences MuJoCo's log once per solve).
 * cost ``trajectory(X (B, T+1, nx), U (B, T, nu)) -> (B,)``: vectorised total cost.
+* cost ``trajectory_numpy(X, U) -> ndarray``: the same on float64 numpy arrays (the iLQR's line
+  search, when it works in float64).
 * cost ``quadratize(X, U) -> controllers.derivatives.CostDerivatives``: analytic derivatives;
   otherwise ``torch.func`` (``jacrev`` of ``grad``) per time step.
 

@@ -99,3 +99,25 @@ def solve_fddp(problem, T: int, maxiter: int = 200):
     x0 = problem.x0
     ok = solver.solve([x0] * (T + 1), [np.zeros(problem.runningModels[0].nu)] * T, maxiter)
     return solver, ok
+
+
+def solve_goals_in_place(goals: np.ndarray, T: int, dt: float, **cost_kwargs) -> list:
+    """Crocoddyl's fastest way through many goals: one problem and one solver, the goal changed in
+    place (the running nodes share one model) before each solve from zero controls.
+
+    Returns the solver's ``(cost, iterations)`` per goal.
+    """
+    import crocoddyl
+
+    problem = reach_problem(goals[0], T, dt, **cost_kwargs)
+    solver = crocoddyl.SolverFDDP(problem)
+    x0, nu = problem.x0, problem.runningModels[0].nu
+    goal_models = (problem.runningModels[1], problem.terminalModel)
+    out = []
+    for g in goals:
+        xref = np.concatenate([np.asarray(g, dtype=float), np.zeros(len(g))])
+        for model in goal_models:
+            model.differential.costs.costs["x"].cost.residual.reference = xref
+        solver.solve([x0] * (T + 1), [np.zeros(nu)] * T, 200)
+        out.append((solver.cost, solver.iter))
+    return out

@@ -8,13 +8,13 @@ import pytest
 import torch
 from ctrl_models import TWO_LINK_MJCF
 
-from controllers import ILQR, MujocoDynamics, ReachCost
+from controllers import ILQR, MujocoDynamics, PlanarChainDynamics, ReachCost
 
 pytestmark = pytest.mark.crocoddyl
 crocoddyl = pytest.importorskip("crocoddyl")
 pytest.importorskip("pinocchio")
 
-from ctrl_crocoddyl import reach_problem, solve_fddp  # noqa: E402
+from ctrl_crocoddyl import reach_problem, solve_fddp, solve_goals_in_place  # noqa: E402
 
 T, DT = 100, 0.01
 GOALS = np.array([[0.41, -0.69], [-1.3, 1.1], [1.5, 0.2]])
@@ -37,9 +37,10 @@ def test_problems_are_identical() -> None:
     np.testing.assert_allclose(problem.calc(xs, list(U)), ours.item(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("dynamics", [MujocoDynamics, PlanarChainDynamics.from_mujoco])
 @pytest.mark.parametrize("control_weight", [1e-6, 1e-3])
-def test_final_cost_matches_crocoddyl_fddp(control_weight: float) -> None:
-    dyn = MujocoDynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF))
+def test_final_cost_matches_crocoddyl_fddp(control_weight: float, dynamics) -> None:
+    dyn = dynamics(mujoco.MjModel.from_xml_string(TWO_LINK_MJCF))
     cost = ReachCost(GOALS, T, control_weight=control_weight)
     res = ILQR(dyn, cost, T).solve(torch.zeros(len(GOALS), 4, dtype=torch.float64))
     assert res.converged.all()
@@ -48,3 +49,13 @@ def test_final_cost_matches_crocoddyl_fddp(control_weight: float) -> None:
         assert ok
         rel = abs(res.cost[i].item() - solver.cost) / solver.cost
         assert rel < 1e-3, (i, res.cost[i].item(), solver.cost)
+
+
+def test_goals_changed_in_place_give_the_rebuilt_problems_solutions() -> None:
+    """The bench's in-place Crocoddyl baseline solves the same problems as rebuilding them."""
+    T_short = 30
+    in_place = solve_goals_in_place(GOALS, T_short, DT, control_weight=1e-3)
+    for g, (cost, _) in zip(GOALS, in_place, strict=True):
+        solver, ok = solve_fddp(reach_problem(g, T_short, DT, control_weight=1e-3), T_short)
+        assert ok
+        assert cost == pytest.approx(solver.cost, rel=1e-12)

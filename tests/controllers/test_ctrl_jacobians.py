@@ -114,7 +114,8 @@ def test_mujoco_rejects_rk4_and_bad_input() -> None:
 
 @pytest.mark.parametrize("norm", ["squared", "smooth"])
 def test_reach_cost_analytic_derivatives_equal_torch_func(norm: str) -> None:
-    """Analytic cost derivatives equal the generic torch.func path (and so does trajectory())."""
+    """Analytic cost derivatives equal the generic torch.func path (and so do trajectory() and
+    its numpy twin)."""
     rng = np.random.default_rng(3)
     T = 6
     cost = ReachCost(rng.uniform(-1, 1, (4, 2)), T, norm=norm, control_weight=1e-2)
@@ -131,6 +132,9 @@ def test_reach_cost_analytic_derivatives_equal_torch_func(norm: str) -> None:
         np.testing.assert_allclose(getattr(a, name), getattr(g, name), atol=1e-12, err_msg=name)
     total = sum(cost.running(X[:, t], U[:, t], t) for t in range(T)) + cost.terminal(X[:, T])
     np.testing.assert_allclose(cost.trajectory(X, U).numpy(), total.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(
+        cost.trajectory_numpy(X.numpy(), U.numpy()), total.numpy(), rtol=1e-13
+    )
 
 
 def test_quadratic_cost_trajectory_matches_protocol_sum() -> None:
