@@ -31,7 +31,12 @@ import torch
 from torch import Tensor
 
 from controllers.boxqp import box_qp, masked_hessian
-from controllers.derivatives import cost_derivatives, dynamics_jacobians, trajectory_cost
+from controllers.derivatives import (
+    CostDerivatives,
+    cost_derivatives,
+    dynamics_jacobians,
+    trajectory_cost,
+)
 
 log = logging.getLogger(__name__)
 
@@ -442,6 +447,7 @@ class ILQR:
         prev_Faug: np.ndarray | None = None,
         anchor: np.ndarray | None = None,
         inplace: bool = False,
+        finish: np.ndarray | None = None,
     ) -> tuple[np.ndarray, ...]:
         """Derivatives packed for the backward pass.
 
@@ -457,7 +463,9 @@ class ILQR:
 
         Returns ``Faug (B, T, 1+nx, 1+nz)`` = blockdiag(1, [A B]), ``FT (B, T, nz, nx)`` =
         [A B]^T, ``Laug (B, T, nz, 1+nz)`` = [l_z | l_zz] and the terminal ``V (B, nx, 1+nx)`` =
-        [V_x | V_xx], where ``z = [x, u]`` and ``nz = nx + nu``.
+        [V_x | V_xx], where ``z = [x, u]`` and ``nz = nx + nu``. With ``finish`` (indices of
+        problems), ``FT``, ``Laug`` and ``V`` are built for those problems only (the ones the
+        backward pass will sweep), in that order.
         """
         nb, T = U.shape[:2]
         nx, nu = self.nx, self.nu
@@ -472,7 +480,7 @@ class ILQR:
             Faug = np.zeros((nb, T, 1 + nx, 1 + nz))
             Faug[..., 0, 0] = 1.0
         if ni == 0:
-            return (Faug, *self._finish_derivatives(Faug, X, U))
+            return (Faug, *self._finish_derivatives(Faug, X, U, finish))
         Z = np.concatenate([X[i, :T], U[i]], axis=-1)  # (ni, T, nz)
         if anchor is None or prev_Faug is None:
             bi, ti = np.repeat(np.arange(ni), T), np.tile(np.arange(T), ni)
@@ -481,7 +489,7 @@ class ILQR:
             moved = ~(np.abs(Z - anchor[i]) <= r)  # NaN counts as moved
             bi, ti = np.nonzero(moved.any(-1))  # row-major: runs along t stay together
             if len(bi) == 0:
-                return (Faug, *self._finish_derivatives(Faug, X, U))
+                return (Faug, *self._finish_derivatives(Faug, X, U, finish))
         Zs = Z[bi, ti]
         # Steps of a problem that follow each other within the radius (a system at rest, or
         # settled at its goal) share the Jacobians of the first: the dynamics do not depend
@@ -503,19 +511,27 @@ class ILQR:
         Faug[i[bi], ti, 1:, 1 + nx :] = Bm
         if anchor is not None:
             anchor[i[bi], ti] = Zs[src]  # where each step's Jacobians were evaluated
-        return (Faug, *self._finish_derivatives(Faug, X, U))
+        return (Faug, *self._finish_derivatives(Faug, X, U, finish))
 
     def _finish_derivatives(
-        self, Faug: np.ndarray, X: np.ndarray, U: np.ndarray
+        self, Faug: np.ndarray, X: np.ndarray, U: np.ndarray, finish: np.ndarray | None = None
     ) -> tuple[np.ndarray, ...]:
-        """``FT``, ``Laug`` and ``VT`` of :meth:`_derivatives` (cost derivatives for all rows)."""
+        """``FT``, ``Laug`` and ``VT`` of :meth:`_derivatives`, for the problems ``finish`` (all
+        when None). The cost is differentiated for all problems: per-problem data (goals) lives
+        inside the cost object, so it cannot be given a subset of rows."""
         T = U.shape[1]
         nx, nu = self.nx, self.nu
         nz = nx + nu
-        nb = U.shape[0]
         dt = self.config.dtype
-        FT = np.ascontiguousarray(np.swapaxes(Faug[..., 1:, 1:], -1, -2))
         c = cost_derivatives(self.cost, torch.from_numpy(X).to(dt), torch.from_numpy(U).to(dt))
+        if finish is not None:
+            Faug = Faug[finish]
+            c = CostDerivatives(
+                lx=c.lx[finish], lu=c.lu[finish], lxx=c.lxx[finish], luu=c.luu[finish],
+                lux=c.lux[finish],
+            )  # fmt: skip
+        nb = len(Faug)
+        FT = np.ascontiguousarray(np.swapaxes(Faug[..., 1:, 1:], -1, -2))
         Laug = np.empty((nb, T, nz, 1 + nz))
         Laug[..., :nx, 0] = c.lx[:, :T]
         Laug[..., nx:, 0] = c.lu
@@ -731,9 +747,12 @@ class ILQR:
         mu: np.ndarray,
         k_out: np.ndarray,
         K_out: np.ndarray,
+        finish: np.ndarray | None = None,
     ) -> tuple[np.ndarray, ...]:
         """:meth:`_backward` for the problems in ``rows`` only (finished ones cost nothing).
 
+        ``derivs`` is :meth:`_derivatives`' output; with its ``finish`` indices given here, its
+        ``FT``, ``Laug`` and ``V`` hold those problems only (a superset of ``rows``).
         Rows are independent, so the swept problems get the same numbers as in a full sweep;
         the others report ``ok``, keep ``k_out``/``K_out`` and have zero expected decrease.
         """
@@ -742,9 +761,13 @@ class ILQR:
         i = np.nonzero(rows)[0]
         lo = self.lower[i] if self.lower.shape[0] > 1 else self.lower
         hi = self.upper[i] if self.upper.shape[0] > 1 else self.upper
-        ok_i, k_i, K_i, dV1_i, dV2_i = self._backward(
-            U[i], *(a[i] for a in derivs), mu[i], k_out[i], lo, hi
-        )
+        Faug, rest = derivs[0], derivs[1:]
+        if finish is None:
+            rest = tuple(a[i] for a in rest)
+        elif len(finish) != len(i):  # rows dropped since: their positions among ``finish``
+            at = np.searchsorted(finish, i)
+            rest = tuple(a[at] for a in rest)
+        ok_i, k_i, K_i, dV1_i, dV2_i = self._backward(U[i], Faug[i], *rest, mu[i], k_out[i], lo, hi)
         nb = len(rows)
         ok = np.ones(nb, dtype=bool)
         k, K = k_out.copy(), K_out.copy()
@@ -809,14 +832,24 @@ class ILQR:
         for _ in range(cfg.max_iters):
             active = ~done
             iters[active] += 1
+            # FT, Laug and V only for the problems the backward pass sweeps.
+            finish = None if active.all() else np.nonzero(active)[0]
             derivs = self._derivatives(
-                X, U, rows=active & stale, prev_Faug=Faug_prev, anchor=anchor, inplace=True
+                X,
+                U,
+                rows=active & stale,
+                prev_Faug=Faug_prev,
+                anchor=anchor,
+                inplace=True,
+                finish=finish,
             )
             Faug_prev = derivs[0]
             stale[active] = False
             # Backward pass; problems whose Quu + mu I is not positive definite get more mu.
             while True:
-                ok, k, K, dV1, dV2 = self._backward_rows(active, U, derivs, mu, k_out, K_out)
+                ok, k, K, dV1, dV2 = self._backward_rows(
+                    active, U, derivs, mu, k_out, K_out, finish
+                )
                 failed = active & ~ok
                 if not failed.any():
                     break
