@@ -71,6 +71,26 @@ def _quiet_mujoco() -> Iterator[None]:
                 mujoco.MjLogConfig.set(cfg)
 
 
+def ctrl_range(model: mujoco.MjModel) -> tuple[np.ndarray, np.ndarray]:
+    """``(lower, upper)`` controls ``(nu,)`` float64 from ``actuator_ctrlrange`` (inf where the
+    actuator is not ctrllimited): MuJoCo clamps ``ctrl`` to them."""
+    limited = np.asarray(model.actuator_ctrllimited, dtype=bool)
+    rng = np.asarray(model.actuator_ctrlrange, dtype=np.float64).reshape(model.nu, 2)
+    return np.where(limited, rng[:, 0], -np.inf), np.where(limited, rng[:, 1], np.inf)
+
+
+def numpy_batch(x: Tensor, u: Tensor, nx: int, nu: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tensors ``x (B, nx)``, ``u (B, nu)`` checked and as contiguous float64 numpy arrays (the
+    boundary of numpy-backed dynamics)."""
+    if x.ndim != 2 or x.shape[1] != nx:
+        raise ValueError(f"x: expected shape (B, {nx}), got {tuple(x.shape)}")
+    if u.ndim != 2 or u.shape != (x.shape[0], nu):
+        raise ValueError(f"u: expected shape ({x.shape[0]}, {nu}), got {tuple(u.shape)}")
+    xn = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float64)
+    un = np.ascontiguousarray(u.detach().cpu().numpy(), dtype=np.float64)
+    return xn, un
+
+
 class SimulationDiverged(FloatingPointError):
     """A simulation became unstable (NaN/inf or huge accelerations).
 
@@ -201,21 +221,11 @@ class MujocoDynamics:
     @property
     def control_bounds(self) -> tuple[Tensor, Tensor]:
         """``(lower, upper)`` of shape ``(nu,)`` from ``actuator_ctrlrange`` (inf if unlimited)."""
-        m = self.model
-        limited = np.asarray(m.actuator_ctrllimited, dtype=bool)
-        rng = np.asarray(m.actuator_ctrlrange, dtype=np.float64).reshape(self.nu, 2)
-        lo = np.where(limited, rng[:, 0], -np.inf)
-        hi = np.where(limited, rng[:, 1], np.inf)
+        lo, hi = ctrl_range(self.model)
         return torch.from_numpy(lo), torch.from_numpy(hi)
 
     def _inputs(self, x: Tensor, u: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        if x.ndim != 2 or x.shape[1] != self.nx:
-            raise ValueError(f"x: expected shape (B, {self.nx}), got {tuple(x.shape)}")
-        if u.ndim != 2 or u.shape != (x.shape[0], self.nu):
-            raise ValueError(f"u: expected shape ({x.shape[0]}, {self.nu}), got {tuple(u.shape)}")
-        xn = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float64)
-        un = np.ascontiguousarray(u.detach().cpu().numpy(), dtype=np.float64)
-        return xn, un
+        return numpy_batch(x, u, self.nx, self.nu)
 
     def _chunks(self, n: int) -> list[tuple[int, int]]:
         k = self.n_threads

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from controllers.mujoco_dynamics import ctrl_range, numpy_batch
+
 _AXIS_TOL = 1e-9  # relative tolerance of the geometric checks in from_mujoco
 
 
@@ -256,9 +258,7 @@ class PlanarChainDynamics:
                 "expected actuator i to be a motor (fixed gain, no bias, no force limit) on joint i"
             )
         gear = m.actuator_gear[:, 0] * m.actuator_gainprm[:, 0]
-        limited = m.actuator_ctrllimited.astype(bool)
-        lo = np.where(limited, m.actuator_ctrlrange[:, 0], -np.inf)
-        hi = np.where(limited, m.actuator_ctrlrange[:, 1], np.inf)
+        lo, hi = ctrl_range(m)
         return cls(
             lengths,
             m.body_mass[1:],
@@ -317,7 +317,7 @@ class PlanarChainDynamics:
 
     def step(self, x: Tensor, u: Tensor) -> Tensor:
         """:meth:`step_numpy` on tensors ``x (B, nx)``, ``u (B, nu)`` (no autograd graph)."""
-        xn, un = self._inputs(x, u)
+        xn, un = numpy_batch(x, u, self.nx, self.nu)
         return torch.from_numpy(self.step_numpy(xn, un)).to(x.dtype)
 
     def jacobians_numpy(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -360,18 +360,9 @@ class PlanarChainDynamics:
 
     def jacobians(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`jacobians_numpy` on tensors: ``A (N, nx, nx)``, ``B (N, nx, nu)``, float64."""
-        xn, un = self._inputs(x, u)
+        xn, un = numpy_batch(x, u, self.nx, self.nu)
         A, B = self.jacobians_numpy(xn, un)
         return torch.from_numpy(A), torch.from_numpy(B)
-
-    def _inputs(self, x: Tensor, u: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        if x.ndim != 2 or x.shape[1] != self.nx:
-            raise ValueError(f"x: expected shape (B, {self.nx}), got {tuple(x.shape)}")
-        if u.ndim != 2 or u.shape != (x.shape[0], self.nu):
-            raise ValueError(f"u: expected shape ({x.shape[0]}, {self.nu}), got {tuple(u.shape)}")
-        xn = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float64)
-        un = np.ascontiguousarray(u.detach().cpu().numpy(), dtype=np.float64)
-        return xn, un
 
     @property
     def control_bounds(self) -> tuple[Tensor, Tensor]:
