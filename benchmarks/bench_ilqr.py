@@ -161,12 +161,14 @@ def reach_bench() -> None:
         ("chain1", "ours, closed form"),
     ):
         res = last[key]
-        row = f"    {label:34s} {ms(key)}  iters {int(res.iterations[0])}  cost {res.cost[0].item():.6g}"
+        row = f"    {label:34s} {ms(key)}  iters {int(res.iterations[0])}  "
+        row += f"cost {res.cost[0].item():.6g}"
         if HAVE_CROC:
             rel = abs(res.cost[0].item() - croc_cost) / croc_cost
             row += (
                 f" | ratio ours/croc {wall[key] / wall['croc1']:5.1f}x, cpu "
-                f"{cpu[key] / cpu['croc1']:5.1f}x (goal <= 10x)  cost rel diff {rel:.1e} (goal < 1e-3)"
+                f"{cpu[key] / cpu['croc1']:5.1f}x (goal <= 10x)  cost rel diff {rel:.1e} "
+                f"(goal < 1e-3)"
             )
         print(row)
     if HAVE_CROC:
@@ -184,7 +186,8 @@ def reach_bench() -> None:
         res = last[key]
         row = (
             f"    {label:34s} {ms(key, N_GOALS)}  batched incl. build, converged "
-            f"{int(res.converged.sum())}/{N_GOALS}, iters mean {res.iterations.double().mean():.2f} "
+            f"{int(res.converged.sum())}/{N_GOALS}, iters mean "
+            f"{res.iterations.double().mean():.2f} "
             f"max {int(res.iterations.max())}"
         )
         if HAVE_CROC:
