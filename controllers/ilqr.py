@@ -627,8 +627,8 @@ class ILQR:
             Gaug[:, 1 + nx :] = sol
             V = GT @ (Q @ Gaug)
             Vxx = V[:, :, 1:]
-            Vxx += Vxx.transpose(0, 2, 1)  # numpy buffers the overlapping operand
-            Vxx *= 0.5
+            # Not in place: numpy's buffered overlapping add is slower on these strided views.
+            np.multiply(Vxx + Vxx.transpose(0, 2, 1), 0.5, out=Vxx)
         S = np.stack(sols[::-1], axis=1)  # (B, T, nu, 1+nx) = [k | K]
         Qs = np.stack(qrows[::-1], axis=1)  # (B, T, nu, 1+nx+nu) = [Q_u | Q_ux | Q_uu]
         k = S[..., 0]
