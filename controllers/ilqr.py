@@ -720,8 +720,7 @@ class ILQR:
             G[1 + nx :] = sol
             V = GT.dot(Q.dot(G))
             Vxx = V[:, 1:]
-            Vxx += Vxx.T  # numpy buffers the overlapping operand: V_xx + V_xx^T
-            Vxx *= 0.5
+            np.multiply(Vxx + Vxx.T, 0.5, out=Vxx)  # as the batched pass (same numbers)
         S = np.stack(sols[::-1])  # (T, nu, 1+nx) = [k | K]
         Qs = np.stack(qrows[::-1])  # (T, nu, 1+nx+nu)
         k = S[:, :, 0]
