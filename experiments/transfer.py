@@ -27,11 +27,7 @@ from ml3_robotics.plotting import new_figure, save
 from ml3_robotics.reach_eval import (
     METHODS,
     SUCCESS_MM,
-    ReachEvalConfig,
-    ReachModelConfig,
-    eval_config_from,
     fit_reach_model,
-    model_config_from,
 )
 from ml3_robotics.runs import (
     Experiment,
@@ -44,6 +40,7 @@ from ml3_robotics.runs import (
 from ml3_robotics.transfer import (
     DEFAULT_INNER_LR,
     DEFAULT_INNER_STEPS,
+    RobotEvalSettings,
     evaluate_on_robot,
     grid_configs,
     inner_settings,
@@ -59,7 +56,7 @@ SOURCE_SIZES = ("smoke", "demo", "full")
 
 
 @dataclass(frozen=True)
-class TransferConfig:
+class TransferConfig(RobotEvalSettings):
     """Sizes of the transfer study (defaults: the full study).
 
     Attributes:
@@ -71,13 +68,11 @@ class TransferConfig:
         source_set: extra ``key=value`` settings of that reacher run (e.g.
             ``arm_distribution=...``).
         robots: labels of :func:`transfer_grid` to evaluate (empty: all).
-        policy_depths, policy_width: the policy-size sweep (hidden layers, width).
+        policy_depths: the policy-size sweep (hidden layers; ``policy_width`` wide).
         depth_robots: robots the sweep runs on.
-        n_goals, n_tune_goals: evaluation and step-size tuning goals per robot.
-        inner_steps, inner_lr: K and ML3's step size; None: the loss's own (sidecar).
         baselines: run the task-loss and iLQR baselines (False: the learned losses only; with
             the same seed, robots, goals and fresh policies are those of a full study).
-        the rest: as in ``ml3r eval`` (per-robot model and baselines).
+        the rest: :class:`~ml3_robotics.transfer.RobotEvalSettings`, as in ``ml3r eval``.
     """
 
     loss_path: str | None = None
@@ -86,33 +81,11 @@ class TransferConfig:
     source_set: tuple[str, ...] = ()
     robots: tuple[str, ...] = ()
     policy_depths: tuple[int, ...] = (2, 3, 4, 5)
-    policy_width: int = 64
     depth_robots: tuple[str, ...] = ("reacher2",)
-    n_goals: int = 10
-    n_tune_goals: int = 8
-    inner_steps: int | None = None
-    inner_lr: float | None = None
-    inner_method: str = "sgd"
-    goal_min_radius: float = 0.3
-    goal_separation: float = 0.02
-    horizon: int = 65
-    babble_trajectories: int = 100
-    babble_hold: int = 8
-    ensemble_members: int = 5
-    ensemble_hidden: tuple[int, ...] = (128, 128)
-    fit_epochs: int = 100
-    lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-    ilqr_iters: int = 30
-    n_holdout_trajectories: int = 20
-    curve_steps: int = 10  # ML3 and task loss go on to this many steps (curves; table at K)
     baselines: bool = True  # False: only the learned losses run (e.g. to add a loss to a study)
 
     def __post_init__(self) -> None:
         check_choice("source_size", self.source_size, SOURCE_SIZES)
-        for name in ("n_goals", "n_tune_goals", "policy_width"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         if any(d < 1 for d in self.policy_depths):
             raise ValueError(f"policy_depths: expected integers >= 1, got {self.policy_depths}")
         grid_configs(self.robots)  # unknown labels fail now, with a suggestion
@@ -121,20 +94,8 @@ class TransferConfig:
             if "=" not in item:
                 raise ValueError(f"other_losses: expected 'label=path' entries, got {item!r}")
         parse_set_options(list(self.source_set))
-        self.model_config()
-        self.eval_config(DEFAULT_INNER_STEPS, DEFAULT_INNER_LR, 2)
-
-    def model_config(self) -> ReachModelConfig:
-        return model_config_from(self)
-
-    def eval_config(self, steps: int, lr: float, depth: int) -> ReachEvalConfig:
-        return eval_config_from(
-            self,
-            inner_steps=self.inner_steps if self.inner_steps is not None else steps,
-            inner_lr=self.inner_lr if self.inner_lr is not None else lr,
-            policy_hidden=(self.policy_width,) * depth,
-            video_goals=0,
-        )
+        super().__post_init__()
+        self.eval_config(DEFAULT_INNER_STEPS, DEFAULT_INNER_LR, 2, video_goals=0)
 
 
 def _source_loss(config: TransferConfig, ctx: RunContext) -> tuple[str, dict[str, Any]]:
@@ -187,7 +148,7 @@ def run(config: TransferConfig, ctx: RunContext) -> RunResult:
         detail: dict[str, Any] = {}
         for name, (lss, sc, _) in losses.items():
             k, ilr = inner_settings(sc)
-            eval_config = config.eval_config(k, ilr, depth)
+            eval_config = config.eval_config(k, ilr, depth, video_goals=0)
             wanted = methods if name == "ml3" else ("ml3",)
             try:
                 fit = model_of(label, arm)

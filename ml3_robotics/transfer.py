@@ -70,18 +70,17 @@ def inner_settings(sidecar: Mapping[str, Any]) -> tuple[int, float]:
 
 
 @dataclass(frozen=True)
-class ReachEvalRunConfig:
-    """``ml3r eval``: one saved loss on one robot and one policy architecture.
+class RobotEvalSettings:
+    """What evaluating a learned loss on a robot needs beyond the loss: goals, K and step sizes,
+    the robot's learned model and the baselines. Shared by ``ml3r eval`` and the transfer study.
 
     Attributes:
-        loss: path of the saved loss (``X.safetensors``, ``X.json`` or ``X``).
-        robot: shipped arm name or YAML path.
-        n_goals: evaluation goals (fresh, sampled on this robot).
+        n_goals: evaluation goals (fresh, sampled on the robot).
         n_tune_goals: other goals of the same robot on which the task-loss step size is tuned.
         inner_steps: K; None: what the loss was meta-trained with (sidecar), else 3.
         inner_lr: ML3's step size; None: the sidecar's, else 1e-3.
         inner_method: "sgd" or "adam".
-        policy_depth, policy_width: hidden layers of the fresh policies.
+        policy_width: hidden width of the fresh policies.
         goal_min_radius: goals at least this fraction of the reach from the base.
         goal_separation: m between any two goals (evaluation vs tuning too).
         horizon: steps per rollout.
@@ -90,20 +89,15 @@ class ReachEvalRunConfig:
         lr_grid: task-loss step sizes tried on the tuning goals.
         ilqr_iters: iLQR iterations.
         n_holdout_trajectories: held-out babbling for the model-error figures.
-        video_goals, video_stride: the ML3 video (0 goals: none).
         curve_steps: ML3 and the task loss go on to this many steps, executed after every step
             (the distance-by-step curves; the table is at K).
-        landscape_grid: points per axis of the loss-landscape plot (0: none).
     """
 
-    loss: str = ""
-    robot: str = "reacher2"
     n_goals: int = 10
     n_tune_goals: int = 8
     inner_steps: int | None = None
     inner_lr: float | None = None
     inner_method: str = "sgd"
-    policy_depth: int = 2
     policy_width: int = 64
     goal_min_radius: float = 0.3
     goal_separation: float = 0.02
@@ -116,15 +110,10 @@ class ReachEvalRunConfig:
     lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     ilqr_iters: int = 30
     n_holdout_trajectories: int = 20
-    video_goals: int = 4
-    video_stride: int = 3
     curve_steps: int = 10
-    landscape_grid: int = 21
 
     def __post_init__(self) -> None:
-        if not isinstance(self.loss, str) or not self.loss:
-            raise ValueError(f"loss: expected the path of a saved learned loss, got {self.loss!r}")
-        for name in ("n_goals", "n_tune_goals", "policy_depth", "policy_width"):
+        for name in ("n_goals", "n_tune_goals", "policy_width"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
@@ -142,20 +131,51 @@ class ReachEvalRunConfig:
             raise ValueError(f"goal_separation: expected >= 0 m, got {self.goal_separation}")
         # The nested configs validate the remaining fields now, not halfway through a run.
         self.model_config()
-        self.eval_config(DEFAULT_INNER_STEPS, DEFAULT_INNER_LR)
 
     def model_config(self) -> ReachModelConfig:
         return model_config_from(self)
 
-    def eval_config(self, steps: int, lr: float) -> ReachEvalConfig:
-        """The evaluation settings, with K and the inner lr resolved (``steps``, ``lr`` are the
-        fallbacks when this config leaves them None)."""
+    def eval_config(self, steps: int, lr: float, depth: int, **changes: Any) -> ReachEvalConfig:
+        """The evaluation settings for policies ``depth`` hidden layers deep, with K and the
+        inner lr resolved (``steps``, ``lr`` are the fallbacks when this config leaves them
+        None); ``changes`` override further fields."""
         return eval_config_from(
             self,
             inner_steps=self.inner_steps if self.inner_steps is not None else steps,
             inner_lr=self.inner_lr if self.inner_lr is not None else lr,
-            policy_hidden=(self.policy_width,) * self.policy_depth,
+            policy_hidden=(self.policy_width,) * depth,
+            **changes,
         )
+
+
+@dataclass(frozen=True)
+class ReachEvalRunConfig(RobotEvalSettings):
+    """``ml3r eval``: one saved loss on one robot and one policy architecture.
+
+    Attributes:
+        loss: path of the saved loss (``X.safetensors``, ``X.json`` or ``X``).
+        robot: shipped arm name or YAML path.
+        policy_depth: hidden layers of the fresh policies.
+        video_goals, video_stride: the ML3 video (0 goals: none).
+        landscape_grid: points per axis of the loss-landscape plot (0: none).
+        the rest: :class:`RobotEvalSettings`.
+    """
+
+    loss: str = ""
+    robot: str = "reacher2"
+    policy_depth: int = 2
+    video_goals: int = 4
+    video_stride: int = 3
+    landscape_grid: int = 21
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.loss, str) or not self.loss:
+            raise ValueError(f"loss: expected the path of a saved learned loss, got {self.loss!r}")
+        depth = self.policy_depth
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"policy_depth: expected an integer >= 1, got {depth!r}")
+        super().__post_init__()
+        self.eval_config(DEFAULT_INNER_STEPS, DEFAULT_INNER_LR, depth)
 
 
 #: Field overrides of :class:`ReachEvalRunConfig` for ``ml3r eval --smoke`` (tests).
@@ -243,7 +263,7 @@ def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
     loss, sidecar = load_reach_loss(config.loss)
     arm = load_arm_config(config.robot)
     steps, lr = inner_settings(sidecar)
-    eval_config = config.eval_config(steps, lr)
+    eval_config = config.eval_config(steps, lr, config.policy_depth)
     results, extra = evaluate_on_robot(
         loss, arm, eval_config, config.model_config(), ctx,
         n_goals=config.n_goals, n_tune_goals=config.n_tune_goals,
