@@ -53,11 +53,8 @@ def _per_joint(name: str, value: float | Sequence[float], n: int, bound: str) ->
     elif bound == ">= 0":
         bad |= a < 0
     if bad.any():
-        raise ValueError(
-            f"{name}: expected finite values {bound}, got {a.tolist()}".replace(
-                "values ,", "values,"
-            )
-        )
+        what = f"finite values {bound}" if bound else "finite values"
+        raise ValueError(f"{name}: expected {what}, got {a.tolist()}")
     return a
 
 
@@ -128,7 +125,7 @@ class PlanarChainDynamics:
         r = np.tril(np.broadcast_to(lengths, (n, n)), -1) + np.diag(c)
         W = np.einsum("l,la,lb->ab", m, r, r)
         S = np.tril(np.ones((n, n))) * signs  # psi_dot = S v
-        self._W, self._S, self._ST = W, S, np.ascontiguousarray(S.T)
+        self._W, self._ST = W, np.ascontiguousarray(S.T)
         # Every per-step quantity is linear in cos/sin of the n^2 angle differences
         # d[ab] = psi_a - psi_b (flattened row-major): one small matmul each instead of
         # batched n x n products (whose per-call cost is several times larger).
