@@ -130,6 +130,14 @@ def _penalty(r: Tensor, norm: str, eps: float) -> Tensor:
     return torch.sqrt(sq + eps * eps) - eps
 
 
+def _penalty_numpy(r: np.ndarray, norm: str, eps: float) -> np.ndarray:
+    """:func:`_penalty` on numpy arrays."""
+    sq = (r * r).sum(-1)
+    if norm == "squared":
+        return sq
+    return np.sqrt(sq + eps * eps) - eps
+
+
 def _penalty_derivs(r: np.ndarray, norm: str, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """Gradient ``(..., n)`` and Hessian ``(..., n, n)`` of the penalty of ``r``."""
     n = r.shape[-1]
@@ -251,8 +259,7 @@ class ReachCost(_ReachCostBase):
         goal = self._goal_np
 
         def rho(r: np.ndarray) -> np.ndarray:
-            sq = (r * r).sum(-1)
-            return sq if self.norm == "squared" else np.sqrt(sq + self.eps**2) - self.eps
+            return _penalty_numpy(r, self.norm, self.eps)
 
         xs, xT = X[:, 1:T], X[:, T]
         run = self.w_u / h * (U * U).sum((-1, -2))
