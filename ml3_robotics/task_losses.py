@@ -184,7 +184,18 @@ class _Weighted:
 
 
 @dataclass(frozen=True)
-class FinalDistance(_Weighted):
+class _StateDistance(_Weighted):
+    """A weighted distance of states to the goal, with optional per-dimension weights."""
+
+    state_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "state_weights", _check_state_weights(self.state_weights))
+
+
+@dataclass(frozen=True)
+class FinalDistance(_StateDistance):
     """``weight * ||W (x_T - goal)||``: the paper's MountainCar task loss (W = identity).
 
     Attributes:
@@ -192,25 +203,13 @@ class FinalDistance(_Weighted):
         state_weights: optional per-state-dimension weights W (diagonal).
     """
 
-    state_weights: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "state_weights", _check_state_weights(self.state_weights))
-
     def __call__(self, rollout: Rollout, task: ControlTask) -> Tensor:
         return self.weight * _norm(rollout.states[:, -1] - task.goal, self.state_weights)
 
 
 @dataclass(frozen=True)
-class RunningDistance(_Weighted):
+class RunningDistance(_StateDistance):
     """``weight * mean_{t=1..T} ||W (x_t - goal)||`` (the reacher's running term)."""
-
-    state_weights: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "state_weights", _check_state_weights(self.state_weights))
 
     def __call__(self, rollout: Rollout, task: ControlTask) -> Tensor:
         diff = rollout.states[:, 1:] - task.goal[:, None]
@@ -218,15 +217,9 @@ class RunningDistance(_Weighted):
 
 
 @dataclass(frozen=True)
-class TrajectoryDistance(_Weighted):
+class TrajectoryDistance(_StateDistance):
     """``weight * ||W (X_{1..T} - goal)||_F``: the norm over the whole trajectory at once (the
     task loss of the paper's MountainCar code), i.e. ``sqrt(sum_t ||W (x_t - goal)||^2)``."""
-
-    state_weights: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "state_weights", _check_state_weights(self.state_weights))
 
     def __call__(self, rollout: Rollout, task: ControlTask) -> Tensor:
         diff = rollout.states[:, 1:] - task.goal[:, None]
