@@ -46,6 +46,7 @@ from ml3_robotics.mbrl import (
 )
 from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep, iteration_generator
 from ml3_robotics.reach_eval import (
+    REACH_TASK_LR_GRID,
     TEST_INIT_SEED,
     babble,
     eval_config_from,
@@ -121,7 +122,7 @@ class ReacherConfig:
     refit_epochs: int = 30
     eval_every: int = 20
     checkpoint_every: int = 10
-    lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    lr_grid: tuple[float, ...] = REACH_TASK_LR_GRID
     ilqr_iters: int = 30
     n_holdout_trajectories: int = 20
     video_goals: int = 4

@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 #: The four methods of every reach evaluation, ML3 first.
 METHODS = ("ml3", "task_loss", "ilqr_learned_model", "ilqr_true_model")
 SUCCESS_MM = 10.0
+#: Step sizes the task-loss baseline is tuned over (on goals apart from the test goals).
+REACH_TASK_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 #: Seed offsets of the fresh-policy draws (held-out goals, tuning goals) and of the held-out
 #: babbling for the model-error figures; the reacher draws its monitoring policies the same way.
 TEST_INIT_SEED = 10_000
@@ -211,7 +213,7 @@ class ReachEvalConfig:
     inner_method: str = "sgd"
     policy_hidden: tuple[int, ...] = (64, 64)
     policy_zero_output: bool = True
-    lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    lr_grid: tuple[float, ...] = REACH_TASK_LR_GRID
     ilqr_iters: int = 30
     n_holdout_trajectories: int = 20
     babble_hold: int = 8

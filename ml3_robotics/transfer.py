@@ -26,6 +26,7 @@ from ml3_robotics.mbrl import REACH_FEATURES
 from ml3_robotics.plotting import new_figure, save
 from ml3_robotics.reach_eval import (
     METHODS,
+    REACH_TASK_LR_GRID,
     SUCCESS_MM,
     ReachEvalConfig,
     ReachModelConfig,
@@ -107,7 +108,7 @@ class RobotEvalSettings:
     ensemble_members: int = 5
     ensemble_hidden: tuple[int, ...] = (128, 128)
     fit_epochs: int = 100
-    lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    lr_grid: tuple[float, ...] = REACH_TASK_LR_GRID
     ilqr_iters: int = 30
     n_holdout_trajectories: int = 20
     curve_steps: int = 10
