@@ -372,7 +372,7 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
                 trainer.run()
             save_learned_loss(
                 losses[variant],
-                ctx.out / f"loss_{variant}",
+                ctx.loss_stem(f"loss_{variant}"),
                 provenance={
                     "experiment": "mountain-car",
                     "seed": ctx.seed,

@@ -373,7 +373,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         history = trainer.history
         save_learned_loss(
             loss,
-            ctx.out / "loss",
+            ctx.loss_stem("loss"),
             provenance={
                 "experiment": "reacher",
                 "seed": seed,

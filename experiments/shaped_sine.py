@@ -197,7 +197,7 @@ def run(config: ShapedSineConfig, ctx: RunContext) -> RunResult:
             trainer.run()
         save_learned_loss(
             losses[variant],
-            ctx.out / f"loss_{variant}",
+            ctx.loss_stem(f"loss_{variant}"),
             provenance={
                 "experiment": "shaped-sine",
                 "variant": variant,
@@ -209,7 +209,7 @@ def run(config: ShapedSineConfig, ctx: RunContext) -> RunResult:
         )
     save_learned_loss(
         losses["shaped"],
-        ctx.out / "loss",
+        ctx.loss_stem("loss"),
         provenance={"experiment": "shaped-sine", "variant": "shaped", "seed": ctx.seed},
     )
 

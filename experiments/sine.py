@@ -146,7 +146,7 @@ def run(config: SineConfig, ctx: RunContext) -> RunResult:
             trainer.run()
         save_learned_loss(
             loss,
-            ctx.out / "loss",
+            ctx.loss_stem("loss"),
             provenance={
                 "experiment": "sine",
                 "seed": ctx.seed,

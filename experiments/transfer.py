@@ -103,7 +103,7 @@ def _source_loss(config: TransferConfig, ctx: RunContext) -> tuple[str, dict[str
     sizes = {"smoke": dict(reacher.EXPERIMENT.smoke), "demo": dict(DEMO_SETTINGS), "full": {}}
     layers = [sizes[config.source_size], parse_set_options(list(config.source_set))]
     rconfig = build_config(reacher.ReacherConfig, *layers)
-    sub = RunContext(ctx.out / "source", ctx.seed, smoke=config.source_size == "smoke",
+    sub = RunContext(ctx.path("source"), ctx.seed, smoke=config.source_size == "smoke",
                      progress=ctx.progress)  # fmt: skip
     sub.out.mkdir(parents=True, exist_ok=True)
     with ctx.phase("source_meta_train"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import glob
 import json
 import platform
 import shutil
@@ -31,7 +32,12 @@ from ml3_robotics.errors import ML3Error, RunDirError
 from ml3_robotics.serialization import atomic_write_bytes
 
 ENTRY_POINT_GROUP = "ml3r.experiments"
-RUN_MARKERS = ("config.yaml", "results.json", "checkpoints")
+# The file that makes a folder an ml3r run: format, version and the top-level names the run
+# wrote (recorded before each is written, so a killed run leaves an exact list). --overwrite
+# removes only those names; a folder without it is never emptied.
+RUN_MARKER = ".ml3r-run.json"
+RUN_FORMAT = "ml3r-run"
+RUN_FORMAT_VERSION = 1
 
 
 class ConfigError(ML3Error, ValueError):
@@ -222,27 +228,84 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 # -- the run directory -----------------------------------------------------------------------
 
 
+def read_run_marker(out: Path) -> dict[str, Any] | None:
+    """The run marker of ``out``, or None when ``out`` is not a marked ml3r run folder."""
+    path = out / RUN_MARKER
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path} is not a readable ml3r run marker ({e})") from e
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != RUN_FORMAT
+        or not isinstance(doc.get("written"), list)
+    ):
+        raise RunDirError(f"{path} is not an ml3r run marker")
+    if doc.get("format_version") != RUN_FORMAT_VERSION:
+        raise RunDirError(
+            f"{path}: run format_version {doc.get('format_version')!r}, expected "
+            f"{RUN_FORMAT_VERSION}"
+        )
+    return doc
+
+
+def _write_run_marker(out: Path, written: list[str]) -> None:
+    doc = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "written": written}
+    atomic_write_bytes(out / RUN_MARKER, (json.dumps(doc, indent=1) + "\n").encode())
+
+
+def _remove_run_outputs(out: Path, written: list[str]) -> None:
+    """Delete the top-level entries a run wrote (and their stale atomic-write temporaries)."""
+    for name in written:
+        if not name or "/" in name or name in (".", ".."):
+            raise RunDirError(f"{out / RUN_MARKER} lists {name!r}, which is not a top-level name")
+        targets = [out / name, *out.glob(f".{glob.escape(name)}.*.tmp")]
+        for target in targets:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+
+
 def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Create ``out``; refuse one that holds another run unless resuming or overwriting."""
+    """Create ``out``, or check it before a run writes into it.
+
+    A new run needs ``out`` absent, empty, or (with ``overwrite``) a marked ml3r run folder, of
+    which only what the run wrote is removed; resuming needs the run's ``config.yaml``. Raises
+    :class:`RunDirError` (one line) otherwise; nothing is touched before the checks pass.
+    """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    holds_run = out.is_dir() and any((out / m).exists() for m in RUN_MARKERS)
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise RunDirError(f"--out {out}: {parent} is a file, not a folder")
     if resume:
         if not (out / "config.yaml").is_file():
             raise RunDirError(f"--resume: {out} holds no run to resume (no config.yaml)")
+        read_run_marker(out)  # refuses a damaged marker before the run writes
         return
-    if holds_run:
+    if out.is_dir() and any(out.iterdir()):
+        marker = read_run_marker(out)
+        if marker is None:
+            found = sorted(p.name for p in out.iterdir())
+            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+            raise RunDirError(
+                f"--out {out} is not empty and is not an ml3r run folder (holds {shown}); "
+                "choose a new or empty folder"
+            )
         if not overwrite:
             raise RunDirError(
                 f"output directory {out} holds another run; pass --resume to continue it or "
                 "--overwrite to replace it"
             )
-        for child in out.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        _remove_run_outputs(out, [n for n in marker["written"] if n != RUN_MARKER])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"--out {out}: cannot create the folder ({e.strerror})") from e
+    _write_run_marker(out, [])
 
 
 def versions() -> dict[str, str]:
@@ -320,13 +383,34 @@ class RunContext:
         self.smoke = smoke
         self.progress = progress
         self.timing: dict[str, float] = {}
-        self.metrics_log = MetricsLog(self.out / "metrics.csv")
+        marker = read_run_marker(self.out) if self.out.is_dir() else None
+        self._written: list[str] = list(marker["written"]) if marker else []
+        self._metrics_log: MetricsLog | None = None
+
+    def _record(self, name: str) -> None:
+        """Add the top-level entry of ``name`` to the run marker before it is written."""
+        top = Path(name).parts[0]
+        if top in self._written:
+            return
+        self._written.append(top)
+        self.out.mkdir(parents=True, exist_ok=True)
+        _write_run_marker(self.out, self._written)
+
+    @property
+    def metrics_log(self) -> MetricsLog:
+        if self._metrics_log is None:
+            self._record("metrics.csv")
+            self._metrics_log = MetricsLog(self.out / "metrics.csv")
+        return self._metrics_log
 
     @property
     def checkpoint_path(self) -> Path:
-        path = self.out / "checkpoints" / "meta_train.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.path("checkpoints/meta_train.safetensors")
+
+    def loss_stem(self, name: str) -> Path:
+        """``out/name``, the stem a learned loss is saved under (``.safetensors`` + ``.json``)."""
+        self.path(f"{name}.json")
+        return self.path(f"{name}.safetensors").with_suffix("")
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -342,6 +426,7 @@ class RunContext:
         target = (self.out / name).resolve()
         if self.out.resolve() not in target.parents:
             raise ValueError(f"name: {name!r} would leave the output directory {self.out}")
+        self._record(str(target.relative_to(self.out.resolve())))
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
@@ -358,7 +443,7 @@ def write_results(ctx: RunContext, experiment: str, config: Any, result: RunResu
         "versions": versions(),
         **({"extra": result.extra} if result.extra else {}),
     }
-    path = ctx.out / "results.json"
+    path = ctx.path("results.json")
     atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
     return path
 
@@ -370,7 +455,7 @@ def write_config(ctx: RunContext, experiment: str, config: Any, smoke: bool) -> 
         "smoke": smoke,
         "config": config_to_dict(config),
     }
-    atomic_write_bytes(ctx.out / "config.yaml", yaml.safe_dump(doc, sort_keys=False).encode())
+    atomic_write_bytes(ctx.path("config.yaml"), yaml.safe_dump(doc, sort_keys=False).encode())
 
 
 def execute_run(

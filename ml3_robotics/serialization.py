@@ -6,6 +6,7 @@ spec (names and normalisation) and provenance (experiment, seed, versions, train
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -25,12 +26,26 @@ FORMAT = "ml3r-learned-loss"
 FORMAT_VERSION = 1
 
 
+def _new_temp(path: Path) -> str:
+    """A fresh temporary file beside ``path`` for an atomic write. Temporaries a killed write of
+    the same file left behind are removed first (one writer per file: a run owns its folder)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    # mkstemp makes 0600 files; give the result the mode open() would (0666 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _new_temp(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -45,8 +60,7 @@ def atomic_save_tensors(
 ) -> None:
     """safetensors' ``save_file`` made atomic (temporary file in the same folder, then rename)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _new_temp(path)
     try:
         contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(contiguous, tmp, metadata=dict(metadata) if metadata else None)
