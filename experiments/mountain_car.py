@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ml3_robotics.inner import InnerOptimizer, Params
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.learned_loss import LearnedLoss, LossConfig, check_widths
 from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep
 from ml3_robotics.plotting import new_figure, save
 from ml3_robotics.policy_search import (
@@ -131,6 +131,7 @@ class MountainCarConfig:
     ilqr_iters: int = 100
 
     def __post_init__(self) -> None:
+        check_widths("loss_hidden", self.loss_hidden)
         for name in (
             "meta_batch",
             "heldout",

@@ -30,7 +30,7 @@ from ml3_robotics.learned_dynamics import (
     ProbabilisticEnsemble,
     fit,
 )
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig, check_choice
+from ml3_robotics.learned_loss import LearnedLoss, LossConfig, check_choice, check_widths
 from ml3_robotics.mbrl import (
     REACH_FEATURES,
     ReachPolicy,
@@ -134,6 +134,9 @@ class ReacherConfig:
     arm_distribution: str = ""
 
     def __post_init__(self) -> None:
+        check_widths("loss_hidden", self.loss_hidden)
+        check_widths("policy_hidden", self.policy_hidden)
+        check_widths("ensemble_hidden", self.ensemble_hidden)
         positive = (
             "horizon", "n_train_goals", "goals_per_iteration", "n_test_goals", "inner_steps",
             "babble_hold",

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig, check_widths
 from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer
 from ml3_robotics.plotting import new_figure, save
 from ml3_robotics.runs import Experiment, RunContext, RunResult
@@ -91,6 +91,7 @@ class ShapedSineConfig:
     unshaped_loss_path: str | None = None
 
     def __post_init__(self) -> None:
+        check_widths("loss_hidden", self.loss_hidden)
         for name in (
             "inner_steps",
             "meta_batch",

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig, check_widths
 from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep
 from ml3_robotics.plotting import band, new_figure, save
 from ml3_robotics.runs import Experiment, RunContext, RunResult
@@ -55,6 +55,8 @@ class SineConfig:
     loss_path: str | None = None
 
     def __post_init__(self) -> None:
+        check_widths("hidden", self.hidden)
+        check_widths("loss_hidden", self.loss_hidden)
         for name in (
             "outer_steps",
             "inner_steps",

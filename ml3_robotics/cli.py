@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -52,8 +52,32 @@ DEMO_SETTINGS: dict[str, Any] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one line and exit status 2 (argparse's own
+    prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ml3r: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _seed(text: str) -> int:
+    """``--seed``: an integer >= 0 (numpy's seed sequences refuse negative ones)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _check_seed(seed: Any) -> None:
+    if type(seed) is not int or seed < 0:
+        raise ConfigError(f"seed: expected an integer >= 0, got {seed!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ml3r", description="Robot control with meta-learned losses")
+    p = _Parser(prog="ml3r", description="Robot control with meta-learned losses")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     p.add_argument(
         "--threads",
@@ -62,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         help="torch CPU threads (default 1: the networks here are small, and two "
         "threads on a busy 2-core machine measured over 10x slower)",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="list the registered experiments")
     run = sub.add_parser("run", help="run an experiment and write its artefacts")
     run.add_argument("experiment")
@@ -73,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--robot", default="reacher2", help="arm configuration name or YAML path")
     render.add_argument("--backend", default="mujoco", help="mujoco or pybullet")
     render.add_argument("--steps", type=int, default=None)
-    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("--seed", type=_seed, default=0)
     ev = sub.add_parser(
         "eval",
         help="apply a saved learned loss to an arm and a policy size, against task loss and iLQR",
@@ -89,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     _run_options(ev, resume=False)
     demo = sub.add_parser("demo", help="run the main job at demo size and print its table")
     demo.add_argument("--out", type=Path, default=None)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
     return p
 
 
@@ -103,7 +127,7 @@ def _run_options(run: argparse.ArgumentParser, *, resume: bool = True) -> None:
         metavar="KEY=VALUE",
         help="override a config key (repeatable; values parsed as YAML)",
     )
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=_seed, default=0)
     run.add_argument(
         "--out",
         type=Path,
@@ -140,6 +164,7 @@ def run_experiment(
     progress: bool = False,
 ) -> tuple[RunContext, RunResult]:
     """Resolve the config, prepare ``out``, run the experiment, write its artefacts."""
+    _check_seed(seed)
     experiment = get_experiment(name)
     if resume:
         if out is None:
@@ -154,7 +179,10 @@ def run_experiment(
             raise ConfigError(
                 f"--resume: {out} holds a run of {saved.get('experiment')!r}, not {name!r}"
             )
-        config = build_config(experiment.config_type, saved["config"])
+        try:
+            config = build_config(experiment.config_type, saved["config"])
+        except ConfigError as e:
+            raise ConfigError(f"--resume: {out / 'config.yaml'}: {e}") from e
         seed, smoke = int(saved["seed"]), bool(saved.get("smoke", False))
     else:
         layers = _config_layers(experiment.smoke if smoke else {}, config_file, sets)
@@ -184,6 +212,7 @@ def eval_loss(
 ) -> tuple[RunContext, RunResult]:
     """``ml3r eval``: resolve the config, refuse a loss or robot that cannot be used before
     touching ``out``, run :func:`ml3_robotics.transfer.run_reach_eval`, write the artefacts."""
+    _check_seed(seed)
     options = {"loss": str(loss), "robot": robot, "n_goals": goals, "inner_steps": steps,
                "policy_depth": policy_depth, "policy_width": policy_width}  # fmt: skip
     layers = _config_layers(EVAL_SMOKE if smoke else {}, config_file, sets)
@@ -192,7 +221,7 @@ def eval_loss(
     load_reach_loss(config.loss)  # FeatureSpecError / LossFileError before anything is written
     try:
         load_arm_config(config.robot)
-    except TypeError as e:
+    except (TypeError, ValueError, FileNotFoundError) as e:
         raise ConfigError(f"--robot: {e}") from e
     if out is None:
         out = Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S")

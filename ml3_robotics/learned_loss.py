@@ -32,6 +32,20 @@ def check_choice(argument: str, value: str, choices: Sequence[str]) -> None:
     raise ValueError(f"{argument}: got {value!r}, expected one of {sorted(choices)}{hint}")
 
 
+MAX_WIDTH = 65_536  # far above any network here; a typo like 4000000 is refused, not allocated
+
+
+def check_widths(argument: str, widths: Sequence[int], *, allow_empty: bool = False) -> None:
+    """Raise ValueError naming ``argument`` unless ``widths`` are layer widths: integers in
+    ``[1, MAX_WIDTH]`` (at least one unless ``allow_empty``)."""
+    ok = all(type(w) is int and 1 <= w <= MAX_WIDTH for w in widths)
+    if not ok or (not widths and not allow_empty):
+        raise ValueError(
+            f"{argument}: expected {'' if allow_empty else 'a non-empty list of '}layer widths "
+            f"(integers from 1 to {MAX_WIDTH}), got {tuple(widths)!r}"
+        )
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """What a learned loss reads: the names of its input features and their normalisation.
@@ -68,8 +82,10 @@ class FeatureSpec:
                 raise ValueError(
                     f"{attr}: expected {len(names)} values (one per feature), got {len(value)}"
                 )
-        if self.scale is not None and any(not s > 0 for s in self.scale):
-            raise ValueError(f"scale: expected positive values, got {self.scale}")
+        if self.shift is not None and not all(math.isfinite(v) for v in self.shift):
+            raise ValueError(f"shift: expected finite values, got {self.shift}")
+        if self.scale is not None and any(not 0 < s < math.inf for s in self.scale):
+            raise ValueError(f"scale: expected finite positive values, got {self.scale}")
 
     @property
     def size(self) -> int:
@@ -124,8 +140,7 @@ class LossConfig:
             raise TypeError(f"features: expected a FeatureSpec, got {type(self.features).__name__}")
         hidden = tuple(self.hidden)
         object.__setattr__(self, "hidden", hidden)
-        if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
-            raise ValueError(f"hidden: expected a non-empty tuple of positive ints, got {hidden!r}")
+        check_widths("hidden", hidden)
         check_choice("activation", self.activation, list(ACTIVATIONS))
         check_choice("output_activation", self.output_activation, list(OUTPUT_ACTIVATIONS))
         if not (math.isfinite(self.init_scale) and self.init_scale > 0):

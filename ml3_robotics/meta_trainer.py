@@ -167,7 +167,13 @@ class MetaTrainer:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError) as e:
             raise ValueError(f"checkpoint {self.checkpoint_path} is unreadable ({e})") from e
-        if int(meta.get("seed", -1)) != self.config.seed:
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise NonFiniteError(
+                f"checkpoint {self.checkpoint_path} holds non-finite values in {bad[:3]}; it is "
+                "not a usable checkpoint (start a new run)"
+            )
+        if meta.get("seed") != str(self.config.seed):
             raise ValueError(
                 f"checkpoint {self.checkpoint_path} was written with seed {meta.get('seed')}, "
                 f"this run has seed {self.config.seed}"

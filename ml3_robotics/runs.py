@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import glob
 import json
+import math
 import platform
 import shutil
 import time
@@ -30,6 +31,7 @@ import yaml
 
 from ml3_robotics.errors import ML3Error, RunDirError
 from ml3_robotics.serialization import atomic_write_bytes
+from robots.yaml_io import parse_yaml, read_yaml_file
 
 ENTRY_POINT_GROUP = "ml3r.experiments"
 # The file that makes a folder an ml3r run: format, version and the top-level names the run
@@ -149,6 +151,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -190,9 +194,9 @@ def parse_set_options(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set: expected key=value, got {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot parse {raw!r} ({e})") from e
+            out[key.strip()] = parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else ""
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     return out
 
 
@@ -202,9 +206,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"--config: file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config: {path} is not valid YAML ({e})") from e
+        data = read_yaml_file(path, f"--config {path}")
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -472,7 +476,15 @@ def execute_run(
 
 def read_run_config(out: Path) -> dict[str, Any]:
     """The ``config.yaml`` of an existing run (for ``--resume``)."""
-    data = yaml.safe_load((out / "config.yaml").read_text())
-    if not isinstance(data, dict) or "config" not in data:
-        raise RunDirError(f"{out / 'config.yaml'} is not a run config written by ml3r")
+    path = out / "config.yaml"
+    try:
+        data = read_yaml_file(path, f"--resume: {path}")
+    except ValueError as e:
+        raise RunDirError(str(e)) from e
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("config"), dict)
+        or not isinstance(data.get("seed"), int)
+    ):
+        raise RunDirError(f"--resume: {path} is not a run config written by ml3r")
     return data

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -96,14 +96,17 @@ def _config_to_json(config: LossConfig) -> dict[str, Any]:
 
 def _config_from_json(data: Mapping[str, Any]) -> LossConfig:
     f = data["features"]
-    spec = FeatureSpec(
-        names=tuple(f["names"]),
-        shift=None if f.get("shift") is None else tuple(f["shift"]),
-        scale=None if f.get("scale") is None else tuple(f["scale"]),
-    )
+    hidden = data["hidden"]
+    # A string would iterate into digits ("88" -> (8, 8)) and a bool is an int: refuse both.
+    if not isinstance(hidden, list) or any(type(h) is not int for h in hidden):
+        raise ValueError(f"hidden: expected a list of integers, got {hidden!r}")
     return LossConfig(
-        features=spec,
-        hidden=tuple(int(h) for h in data["hidden"]),
+        features=FeatureSpec(
+            names=tuple(f["names"]),
+            shift=None if f.get("shift") is None else tuple(f["shift"]),
+            scale=None if f.get("scale") is None else tuple(f["scale"]),
+        ),
+        hidden=tuple(hidden),
         activation=str(data["activation"]),
         output_activation=str(data["output_activation"]),
         bias=bool(data["bias"]),
@@ -174,17 +177,27 @@ def load_learned_loss(
         config.features.require(expect_features)
     if not weights.is_file():
         raise LossFileError(f"loss file: weights {weights} do not exist")
+    # The shapes the sidecar's architecture needs, from a module on the meta device (allocates
+    # nothing), checked against the file's header before any tensor is read: a sidecar that
+    # names huge layers is refused instead of allocated.
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in LearnedLoss(config).state_dict().items()}
     try:
+        with safe_open(weights, framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        if expected != found:
+            raise LossFileError(
+                f"loss file: {weights} holds parameters {found}, but its sidecar's architecture "
+                f"needs {expected}"
+            )
         state = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, LossFileError):
+            raise
         raise LossFileError(f"loss file: {weights} is not a readable safetensors file ({e})") from e
+    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise LossFileError(f"loss file: {weights} holds non-finite values in {bad}")
     loss = LearnedLoss(config)
-    expected = {k: tuple(v.shape) for k, v in loss.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != found:
-        raise LossFileError(
-            f"loss file: {weights} holds parameters {found}, but its sidecar's architecture "
-            f"needs {expected}"
-        )
     loss.load_state_dict(state)
     return loss, doc

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
+from robots.yaml_io import parse_yaml, read_yaml_file
 
 MAX_LINKS = 7
 
@@ -300,8 +300,8 @@ def load_arm_config(name_or_path: str | Path | ArmConfig) -> ArmConfig:
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"name_or_path: no such YAML file {text!r}")
-        data = yaml.safe_load(path.read_text())
         source = text
+        data = read_yaml_file(path, source)
     else:
         names = available_arm_configs()
         if text not in names:
@@ -309,8 +309,14 @@ def load_arm_config(name_or_path: str | Path | ArmConfig) -> ArmConfig:
                 f"name_or_path: unknown arm configuration {text!r}.{suggest(text, names)} "
                 f"Available: {names}"
             )
-        data = yaml.safe_load((_config_dir() / f"{text}.yaml").read_text())
         source = f"{text}.yaml"
-    data = dict(data or {})
+        data = parse_yaml((_config_dir() / source).read_text(), source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{source}: expected a mapping of ArmConfig fields, got a {type(data).__name__}"
+        )
+    data = dict(data)
     data.setdefault("name", path.stem if path.suffix else text)
     return arm_config_from_dict(data, source)

@@ -5,9 +5,18 @@ import json
 import os
 import stat
 
-from ml3_robotics.cli import main
-from ml3_robotics.runs import RUN_MARKER
-from ml3_robotics.serialization import atomic_write_bytes
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ml3_robotics.cli import main, run_experiment
+from ml3_robotics.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.mbrl import reach_feature_spec
+from ml3_robotics.runs import RUN_MARKER, ConfigError, parse_set_options, read_config_file
+from ml3_robotics.serialization import atomic_write_bytes, save_learned_loss
+from robots.arm import load_arm_config
+from robots.yaml_io import parse_yaml
 
 
 def _error(capsys, argv) -> str:
@@ -19,6 +28,13 @@ def _error(capsys, argv) -> str:
 
 def _sine(out, *extra: str) -> list[str]:
     return ["run", "sine", "--smoke", "--set", "outer_steps=2", "--out", str(out), *extra]
+
+
+def _save_reach_loss(path) -> None:
+    loss = LearnedLoss(LossConfig(reach_feature_spec(), hidden=(8,), activation="elu"))
+    loss.reset_parameters(torch.Generator().manual_seed(0))
+    save_learned_loss(loss, path, provenance={"arm": "reacher2", "inner_steps": 1,
+                                              "inner_lr": 1e-3})  # fmt: skip
 
 
 def _tree(folder) -> dict[str, bytes]:
@@ -87,3 +103,170 @@ def test_atomic_writes_follow_the_umask_and_clear_stale_temporaries(tmp_path):
     assert not stale.exists() and other.exists()
     assert (tmp_path / "a.json").read_bytes() == b"{}"
 
+
+# -- one config reader: YAML 1.2 numbers, finite values, one line per mistake -------------------
+
+
+@pytest.mark.parametrize("text", ["1e-3", "1E-3", "+1e-3", "0.001", ".001", "1.0e-3"])
+def test_yaml_12_floats_in_set_and_config(tmp_path, text):
+    assert parse_set_options([f"inner_lr={text}"]) == {"inner_lr": 0.001}
+    (tmp_path / "c.yaml").write_text(f"inner_lr: {text}\n")
+    assert read_config_file(tmp_path / "c.yaml") == {"inner_lr": 0.001}
+
+
+def test_yaml_12_scalars():
+    assert parse_yaml("[yes, on, off, true, False, 010, 0o10, 0x10, 1e3, 3]", "t") == [
+        "yes", "on", "off", True, False, 10, 8, 16, 1000.0, 3]  # fmt: skip
+    assert isinstance(parse_yaml("1e3", "t"), float) and isinstance(parse_yaml("3", "t"), int)
+
+
+def test_set_1e_minus_3_runs(tmp_path):
+    out = tmp_path / "run"
+    assert main(_sine(out, "--set", "inner_lr=1e-3", "--set", "outer_lr=2E-3")) == 0
+    config = parse_yaml((out / "config.yaml").read_text(), "config.yaml")["config"]
+    assert config["inner_lr"] == 0.001 and config["outer_lr"] == 0.002
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_non_finite_numbers_are_refused_before_anything_is_written(capsys, tmp_path, value):
+    out = tmp_path / "run"
+    err = _error(capsys, _sine(out, "--set", f"inner_lr={value}"))
+    assert "inner_lr" in err and "finite" in err
+    assert not out.exists()
+
+
+def test_malformed_yaml_names_file_and_line(capsys, tmp_path):
+    (tmp_path / "c.yaml").write_text("inner_lr: 0.1\nouter: [1, 2\n")
+    err = _error(capsys, ["run", "sine", "--config", str(tmp_path / "c.yaml"),
+                          "--out", str(tmp_path / "o")])  # fmt: skip
+    assert "c.yaml" in err and "line" in err
+    err = _error(capsys, _sine(tmp_path / "o", "--set", "hidden=[1, 2"))
+    assert "--set hidden" in err
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [("- 1\n- 2\n", "mapping"), ("links: [1, 2\n", "line"), ("link_lenghts: [0.1]\n", "did you")],
+)
+def test_bad_robot_files(capsys, tmp_path, content, expected):
+    robot = tmp_path / "a.yaml"
+    robot.write_text(content)
+    err = _error(capsys, ["render", "arm", "--robot", str(robot), "--out", str(tmp_path / "v.gif")])
+    assert "a.yaml" in err and expected in err.lower()
+    loss = tmp_path / "loss"
+    _save_reach_loss(loss)
+    err = _error(capsys, ["eval", "--loss", str(loss), "--robot", str(robot), "--smoke",
+                          "--out", str(tmp_path / "e")])  # fmt: skip
+    assert "a.yaml" in err and expected in err.lower()
+    assert not (tmp_path / "e").exists() and not (tmp_path / "v.gif").exists()
+
+
+def test_robot_file_takes_yaml_12_floats(tmp_path):
+    (tmp_path / "a.yaml").write_text("dt: 1e-2\n")
+    assert load_arm_config(tmp_path / "a.yaml").dt == 0.01
+
+
+def test_resume_on_a_damaged_config(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(_sine(out)) == 0
+    (out / "config.yaml").write_text("experiment: sine\nconfig: {inner_lr: [\n")
+    err = _error(capsys, ["run", "sine", "--resume", "--out", str(out)])
+    assert "config.yaml" in err and "line" in err
+    (out / "config.yaml").write_text("experiment: sine\nseed: 0\nconfig: {inner_lrr: 0.1}\n")
+    err = _error(capsys, ["run", "sine", "--resume", "--out", str(out)])
+    assert "config.yaml" in err and "inner_lrr" in err and "did you mean" in err
+    (out / "config.yaml").write_text("[1, 2]\n")
+    err = _error(capsys, ["run", "sine", "--resume", "--out", str(out)])
+    assert "config.yaml" in err and "not a run config" in err
+
+
+# -- loss files and checkpoints are checked on load --------------------------------------------
+
+
+def _edit_sidecar(path, edit) -> None:
+    sidecar = path.with_suffix(".json")
+    doc = json.loads(sidecar.read_text())
+    edit(doc)
+    sidecar.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda d: d["config"].update(hidden="88"), "hidden"),
+        (lambda d: d["config"].update(hidden=[8, True]), "hidden"),
+        (lambda d: d["config"].update(hidden=[4_000_000, 4_000_000]), "hidden"),
+        (lambda d: d["config"].update(hidden=[60_000, 60_000]), "needs"),  # 14 GB: not allocated
+        (lambda d: d["config"]["features"].update(shift=[float("nan")] * 7), "shift"),
+        (lambda d: d["config"]["features"].update(scale=[float("inf")] * 7), "scale"),
+    ],
+)
+def test_damaged_sidecars_are_refused(capsys, tmp_path, edit, expected):
+    path = tmp_path / "loss"
+    _save_reach_loss(path)
+    _edit_sidecar(path, edit)
+    err = _error(capsys, ["eval", "--loss", str(path), "--smoke", "--out", str(tmp_path / "e")])
+    assert "loss.json" in err or "loss.safetensors" in err
+    assert expected in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_non_finite_loss_weights_are_refused(capsys, tmp_path):
+    path = tmp_path / "loss"
+    loss = LearnedLoss(LossConfig(reach_feature_spec(), hidden=(8,), activation="elu"))
+    with torch.no_grad():
+        loss.net[0].weight[0, 0] = float("nan")
+    save_learned_loss(loss, path, provenance={"arm": "reacher2", "inner_steps": 1})
+    err = _error(capsys, ["eval", "--loss", str(path), "--smoke", "--out", str(tmp_path / "e")])
+    assert "non-finite" in err and "net.0.weight" in err
+
+
+def test_resume_from_a_non_finite_checkpoint_is_refused(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(_sine(out)) == 0
+    ckpt = out / "checkpoints" / "meta_train.safetensors"
+    with safe_open(ckpt, framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(ckpt)
+    name = next(k for k in tensors if k.startswith("loss."))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, ckpt, metadata=meta)
+    err = _error(capsys, ["run", "sine", "--resume", "--out", str(out)])
+    assert "non-finite" in err and name in err and "last good" not in err
+
+
+# -- checks before work ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["hidden", "loss_hidden"])
+def test_zero_width_layers_are_refused_before_anything_is_written(capsys, tmp_path, key):
+    out = tmp_path / "run"
+    err = _error(capsys, _sine(out, "--set", f"{key}=[0]"))
+    assert key in err and "layer widths" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [["run", "sine"], ["demo"], ["render", "arm", "--out", "x.gif"]])
+def test_negative_seed_is_refused_before_anything_is_written(capsys, tmp_path, argv):
+    out = tmp_path / "run"
+    argv = [*argv, "--seed", "-1"] + ([] if "--out" in argv else ["--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ml3r: error: ") and "\n" not in err, err
+    assert "--seed" in err and "-1" in err
+    assert not out.exists()
+
+
+def test_argparse_mistakes_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("ml3r: error: ") and "\n" not in err, err
+
+
+def test_negative_seed_through_the_python_api(tmp_path):
+    with pytest.raises(ConfigError, match="seed"):
+        run_experiment("sine", seed=-1, out=tmp_path / "run", smoke=True)
+    assert not (tmp_path / "run").exists()
