@@ -78,7 +78,10 @@ def _check_seed(seed: Any) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ml3r", description="Robot control with meta-learned losses")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details at INFO level")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress (a bar on a terminal, else lines)"
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -251,6 +254,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Progress lines (phases; meta-training when stderr is not a terminal) without -v's details.
+    progress_log = logging.getLogger("ml3r.progress")
+    progress_log.handlers.clear()
+    progress_log.propagate = False
+    progress_log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    if not args.quiet:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[ml3r %(asctime)s] %(message)s", "%H:%M:%S"))
+        progress_log.addHandler(handler)
     if args.threads < 1:
         print(
             f"ml3r: error: --threads: expected an integer >= 1, got {args.threads}", file=sys.stderr

@@ -21,9 +21,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ml3_robotics.errors import NonFiniteError
+from ml3_robotics.progress import progress_bar
 from ml3_robotics.serialization import atomic_save_tensors
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,8 @@ class MetaTrainer:
         checkpoint_path: file for checkpoints (``.safetensors``); None disables them.
         callbacks: called as ``callback(iteration, metrics)`` after every meta-update.
         state: optional problem state saved in and restored from checkpoints.
-        progress: show a tqdm bar (the CLI passes True only on a TTY).
+        progress: draw a tqdm bar (the CLI passes True only on a TTY); otherwise progress goes
+            to the ``ml3r.progress`` logger as a line every tenth of the run.
     """
 
     def __init__(
@@ -249,14 +250,12 @@ class MetaTrainer:
         if resume:
             self.load_checkpoint()
         total = self.config.outer_steps
-        bar = tqdm(
-            total=total, initial=self.iteration, desc="meta-train", disable=not self.progress
-        )
+        bar = progress_bar(total, "meta-train", tty=self.progress, initial=self.iteration)
         try:
             while self.iteration < total:
                 row = self.step()
-                bar.update(1)
                 bar.set_postfix(meta_loss=f"{row['meta_loss']:.4g}", refresh=False)
+                bar.update(1)
                 for callback in self.callbacks:
                     callback(self.iteration - 1, row)
                 if self.iteration % self.config.checkpoint_every == 0 or self.iteration == total:

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import glob
 import json
+import logging
 import math
 import platform
 import shutil
@@ -34,6 +35,7 @@ from ml3_robotics.serialization import atomic_write_bytes
 from robots.yaml_io import parse_yaml, read_yaml_file
 
 ENTRY_POINT_GROUP = "ml3r.experiments"
+progress_log = logging.getLogger("ml3r.progress")
 # The file that makes a folder an ml3r run: format, version and the top-level names the run
 # wrote (recorded before each is written, so a killed run leaves an exact list). --overwrite
 # removes only those names; a folder without it is never emptied.
@@ -387,6 +389,7 @@ class RunContext:
         self.smoke = smoke
         self.progress = progress
         self.timing: dict[str, float] = {}
+        self._open_phases: list[str] = []
         marker = read_run_marker(self.out) if self.out.is_dir() else None
         self._written: list[str] = list(marker["written"]) if marker else []
         self._metrics_log: MetricsLog | None = None
@@ -418,12 +421,21 @@ class RunContext:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time a phase; repeated phases add up."""
+        """Time a phase; repeated phases add up. The outermost phases of a run (inside
+        ``total``) are reported to the ``ml3r.progress`` logger as they start and end."""
+        report = name != "total" and not any(p != "total" for p in self._open_phases)
+        self._open_phases.append(name)
+        if report:
+            progress_log.info("%s ...", name)
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.timing[name] = self.timing.get(name, 0.0) + time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self._open_phases.pop()
+            self.timing[name] = self.timing.get(name, 0.0) + seconds
+            if report:
+                progress_log.info("%s done (%.1f s)", name, seconds)
 
     def path(self, name: str) -> Path:
         """A file name inside the output directory (refuses to escape it)."""
@@ -433,6 +445,18 @@ class RunContext:
         self._record(str(target.relative_to(self.out.resolve())))
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
+
+
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: JSON has no bare NaN, and a reader that meets
+    one (Python's json writes it by default) fails on the whole file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def write_results(ctx: RunContext, experiment: str, config: Any, result: RunResult) -> Path:
@@ -448,7 +472,9 @@ def write_results(ctx: RunContext, experiment: str, config: Any, result: RunResu
         **({"extra": result.extra} if result.extra else {}),
     }
     path = ctx.path("results.json")
-    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(_finite_or_null(doc), indent=2, allow_nan=False) + "\n").encode()
+    )
     return path
 
 

@@ -10,18 +10,29 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from experiments.sine import SineConfig
 from ml3_robotics.cli import main, run_experiment
 from ml3_robotics.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.mbrl import reach_feature_spec
-from ml3_robotics.runs import RUN_MARKER, ConfigError, parse_set_options, read_config_file
+from ml3_robotics.runs import (
+    RUN_MARKER,
+    ConfigError,
+    RunContext,
+    RunResult,
+    parse_set_options,
+    read_config_file,
+    write_results,
+)
 from ml3_robotics.serialization import atomic_write_bytes, save_learned_loss
 from robots.arm import load_arm_config
 from robots.yaml_io import parse_yaml
 
 
 def _error(capsys, argv) -> str:
+    """The one error line of a refused command (progress lines, if any ran first, aside)."""
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
+    lines = capsys.readouterr().err.strip().splitlines()
+    err = "\n".join(line for line in lines if not line.startswith("[ml3r "))
     assert err.startswith("ml3r: error: ") and "\n" not in err, err
     return err
 
@@ -63,6 +74,7 @@ def test_overwrite_never_empties_a_folder_ml3r_did_not_write(capsys, tmp_path):
 def test_overwrite_removes_only_what_the_run_wrote(capsys, tmp_path):
     out = tmp_path / "run"
     assert main(_sine(out)) == 0
+    capsys.readouterr()
     marker = json.loads((out / RUN_MARKER).read_text())
     assert {"config.yaml", "results.json", "metrics.csv", "loss.safetensors", "loss.json",
             "checkpoints"} <= set(marker["written"])  # fmt: skip
@@ -169,6 +181,7 @@ def test_robot_file_takes_yaml_12_floats(tmp_path):
 def test_resume_on_a_damaged_config(capsys, tmp_path):
     out = tmp_path / "run"
     assert main(_sine(out)) == 0
+    capsys.readouterr()
     (out / "config.yaml").write_text("experiment: sine\nconfig: {inner_lr: [\n")
     err = _error(capsys, ["run", "sine", "--resume", "--out", str(out)])
     assert "config.yaml" in err and "line" in err
@@ -224,6 +237,7 @@ def test_non_finite_loss_weights_are_refused(capsys, tmp_path):
 def test_resume_from_a_non_finite_checkpoint_is_refused(capsys, tmp_path):
     out = tmp_path / "run"
     assert main(_sine(out)) == 0
+    capsys.readouterr()
     ckpt = out / "checkpoints" / "meta_train.safetensors"
     with safe_open(ckpt, framework="pt") as f:
         meta = f.metadata()
@@ -270,3 +284,30 @@ def test_negative_seed_through_the_python_api(tmp_path):
     with pytest.raises(ConfigError, match="seed"):
         run_experiment("sine", seed=-1, out=tmp_path / "run", smoke=True)
     assert not (tmp_path / "run").exists()
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(capsys, tmp_path):
+    assert main(_sine(tmp_path / "a", "--set", "outer_steps=20")) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[ml3r ")]
+    assert any(line.endswith("meta_train ...") for line in lines)
+    assert any("meta-train: 20/20" in line and "meta_loss=" in line for line in lines)
+    assert sum("meta-train: " in line for line in lines) <= 12  # a line per tenth, not per step
+    assert any("meta_test done (" in line for line in lines)
+    assert main(["-q", *_sine(tmp_path / "b")]) == 0
+    assert "[ml3r " not in capsys.readouterr().err
+
+
+def test_results_json_is_valid_json_when_a_figure_is_not_finite(tmp_path):
+    ctx = RunContext(tmp_path, 0)
+    result = RunResult(metrics={"a": float("nan"), "b": [1.0, float("inf")]})
+    write_results(ctx, "sine", SineConfig(), result)
+    doc = json.loads((tmp_path / "results.json").read_text(), parse_constant=_refuse)
+    assert doc["metrics"] == {"a": None, "b": [1.0, None]}
+
+
+def _refuse(name):
+    raise ValueError(f"bare {name} in results.json")
