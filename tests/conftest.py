@@ -10,3 +10,20 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 
 torch.set_num_threads(1)
+
+
+# A CLI run that SIGKILLs itself when MetaTrainer is about to start outer iteration ``kill_at``:
+# the kill lands at a known point (rows of metrics.csv written past the last checkpoint) with no
+# wall-clock polling, so a busy machine cannot make the test miss it. Append the lines that
+# start the CLI; sys.argv[1] is kill_at.
+SIGKILL_AT_ITERATION = """
+import os, signal, sys
+import ml3_robotics.meta_trainer as mt
+_kill_at = int(sys.argv.pop(1))
+_step = mt.MetaTrainer.step
+def _step_or_die(self):
+    if self.iteration == _kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _step(self)
+mt.MetaTrainer.step = _step_or_die
+"""

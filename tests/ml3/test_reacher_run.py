@@ -10,11 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import SIGKILL_AT_ITERATION
 from safetensors.torch import load_file
 
 import ml3_robotics.runs as runs
@@ -113,35 +113,24 @@ def _sets(*items):
     return [a for item in items for a in ("--set", item)]
 
 
-@pytest.mark.timeout(300)
-def test_sigkill_mid_meta_training_then_resume_loses_nothing(tmp_path):
-    sets = _sets("outer_steps=10", "checkpoint_every=1", "eval_every=4", *FAST)
+def test_sigkill_mid_meta_training_then_resume_loses_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "discover_experiments", lambda: {"reacher": EXPERIMENT})
+    sets = _sets("outer_steps=10", "checkpoint_every=3", "eval_every=4", *FAST)
     reference = tmp_path / "reference"
-    done = subprocess.run(_ml3r("run", "reacher", "--smoke", *sets, "--out", str(reference)),
-                          capture_output=True, text=True, env=_env())  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    run_experiment("reacher", seed=0, out=reference, smoke=True, sets=sets[1::2])
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _ml3r("run", "reacher", "--smoke", *sets, "--out", str(killed)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-    )
-    metrics = killed / "metrics.csv"
-    deadline = time.monotonic() + 200
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) > 4:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    done = subprocess.run(
+        [sys.executable, "-c", SIGKILL_AT_ITERATION + RUNNER, "5",
+         "run", "reacher", "--smoke", *sets, "--out", str(killed)],
+        capture_output=True, text=True, env=_env(),
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr
     assert not (killed / "loss.safetensors").exists()
+    # Killed at the start of iteration 5: rows 0-4 written, the checkpoint is at 3.
+    assert len((killed / "metrics.csv").read_text().splitlines()) == 6
 
-    done = subprocess.run(_ml3r("run", "reacher", "--resume", "--out", str(killed)),
-                          capture_output=True, text=True, env=_env())  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    run_experiment("reacher", out=killed, resume=True)
     a, b = load_file(reference / "loss.safetensors"), load_file(killed / "loss.safetensors")
     assert a.keys() == b.keys()
     for name in a:
