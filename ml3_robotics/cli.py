@@ -233,18 +233,65 @@ def eval_loss(
     return ctx, execute_run(ctx, "eval", config, run_reach_eval)
 
 
-def _table(result: RunResult) -> str:
+TABLE_STEPS = (1, 2, 5, 10)  # inner steps whose distance the table shows, where recorded
+CELL = 13  # width of a method's column; headers wrap at underscores to fit it
+
+
+def _table_rows(result: RunResult) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Row names (results.json's metric keys, whole) and each method's numbers for them.
+
+    The distance after 1, 2, 5 and 10 inner steps (from ``distance_by_inner_step_mm``) follows
+    the final distance: the number at the trained step count alone hides an overshoot after it.
+    """
     methods = {"ml3": result.metrics, **result.baselines}
-    keys = [k for k, v in result.metrics.items() if isinstance(v, int | float)]
-    width = max(len(m) for m in methods) + 2
-    cols = [max(len(k), 9) + 2 for k in keys]  # whole names: they are results.json's keys
-    lines = ["method".ljust(width) + "".join(k.rjust(c) for k, c in zip(keys, cols, strict=True))]
-    for method, values in methods.items():
-        cells = []
-        for k, c in zip(keys, cols, strict=True):
-            v = values.get(k)
-            cells.append((f"{v:.4g}" if isinstance(v, int | float) else "-").rjust(c))
-        lines.append(method.ljust(width) + "".join(cells))
+    rows: list[str] = []
+    values: dict[str, dict[str, float]] = {m: {} for m in methods}
+    for method, metrics in methods.items():
+        curve = metrics.get("distance_by_inner_step_mm")
+        for key, v in metrics.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                values[method][key] = v
+                if key not in rows:
+                    rows.append(key)
+        if isinstance(curve, list):
+            for k in TABLE_STEPS:
+                if k < len(curve):
+                    values[method][f"distance_at_inner_step_{k}_mm"] = curve[k]
+    step_rows = [f"distance_at_inner_step_{k}_mm" for k in TABLE_STEPS]
+    step_rows = [r for r in step_rows if any(r in v for v in values.values())]
+    at = rows.index("mean_final_distance_mm") + 1 if "mean_final_distance_mm" in rows else 0
+    return rows[:at] + step_rows + rows[at:], values
+
+
+def _wrap_header(name: str) -> list[str]:
+    """``name`` in lines of at most CELL - 1 characters, broken before underscores."""
+    lines = [""]
+    for i, part in enumerate(name.split("_")):
+        piece = part if i == 0 else "_" + part
+        if lines[-1] and len(lines[-1]) + len(piece) > CELL - 1:
+            lines.append(piece)
+        else:
+            lines[-1] += piece
+    return lines
+
+
+def _table(result: RunResult) -> str:
+    """Methods side by side (a column each), one metric per row, in about 100 columns."""
+    rows, values = _table_rows(result)
+    methods = list(values)
+    width = max(len(r) for r in rows) + 2 if rows else 8
+    headers = [_wrap_header(m) for m in methods]
+    depth = max(len(h) for h in headers)
+    lines = []
+    for level in range(depth):
+        label = "method" if level == depth - 1 else ""
+        cells = [(h[level] if level < len(h) else "").rjust(CELL) for h in headers]
+        lines.append(label.ljust(width) + "".join(cells))
+    for row in rows:
+        cells = [
+            (f"{values[m][row]:.4g}" if row in values[m] else "-").rjust(CELL) for m in methods
+        ]
+        lines.append(row.ljust(width) + "".join(cells))
     return "\n".join(lines)
 
 

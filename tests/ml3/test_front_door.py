@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from experiments.sine import SineConfig
-from ml3_robotics.cli import main, run_experiment
+from ml3_robotics.cli import _table, main, run_experiment
 from ml3_robotics.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.mbrl import reach_feature_spec
 from ml3_robotics.runs import (
@@ -311,3 +311,32 @@ def test_results_json_is_valid_json_when_a_figure_is_not_finite(tmp_path):
 
 def _refuse(name):
     raise ValueError(f"bare {name} in results.json")
+
+
+# -- the printed table -------------------------------------------------------------------------
+
+
+def test_table_shows_the_distance_by_step_in_100_columns():
+    curve = [260.0, 57.0, 145.0, 160.0, 170.0, 180.0, 190.0, 200.0, 205.0, 207.0, 209.0]
+    ml3 = {
+        "mean_final_distance_mm": 57.0,
+        "success_rate_10mm": 0.1,
+        "inner_lr": 1e-3,
+        "distance_by_inner_step_mm": curve,
+        "final_distance_mm_per_goal": [57.0] * 10,
+    }
+    baselines = {
+        "task_loss": {"mean_final_distance_mm": 200.6, "distance_by_inner_step_mm": curve[:3]},
+        "ilqr_learned_model": {"mean_final_distance_mm": 2.257, "ilqr_iterations_mean": 5.0},
+        "ilqr_true_model": {"mean_final_distance_mm": 0.3309},
+        "behaviour_cloning": {"mean_final_distance_mm": 40.0},
+    }
+    table = _table(RunResult(ml3, baselines))
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert rows["distance_at_inner_step_1_mm"] == ["57", "57", "-", "-", "-"]
+    assert rows["distance_at_inner_step_10_mm"] == ["209", "-", "-", "-", "-"]
+    assert rows["distance_at_inner_step_2_mm"][:2] == ["145", "145"]
+    assert rows["ilqr_iterations_mean"] == ["-", "-", "5", "-", "-"]
+    assert "final_distance_mm_per_goal" not in rows  # lists stay in results.json
