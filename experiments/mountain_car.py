@@ -88,6 +88,7 @@ class MountainCarConfig:
         heldout: number of held-out start states (seeded by the run's seed).
         heldout_p, heldout_v: ranges of held-out positions and velocities; positions within
             ``heldout_gap`` of the training range are rejected.
+        heldout_gap: margin in position between the training range and the held-out starts.
         train_inits: fresh policy initialisations evaluated on the training start.
         test_steps: inner steps at meta-test (reported at 1, 2 and 5 and the last).
         loss_hidden: widths of M_phi (ELU).

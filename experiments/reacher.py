@@ -76,7 +76,37 @@ class ReacherConfig:
     """Sizes and constants. Defaults: the full run (`ml3r run reacher`).
 
     Paper constants: 2 links of 0.1 m, dt 0.01 s, horizon 65, start at zero, learned loss ELU
-    400-400 + softplus, meta lr 1e-2, policy tanh 64-64.
+    400-400 + softplus, meta lr 1e-2, policy tanh 64-64. Fields not listed here are explained
+    beside them in the source.
+
+    Attributes:
+        arm: shipped arm configuration name or a robot YAML path.
+        horizon: steps per rollout (dt 0.01 s each).
+        goals_per_iteration: training goals per meta-update (drawn from the pool).
+        n_test_goals: held-out goals of the final evaluation (sampled apart from training).
+        inner_lr: step size of the policy's inner steps on the learned loss (and ML3's default
+            at meta-test).
+        outer_steps: meta-updates of M_phi.
+        outer_lr: Adam step size of the meta-updates (cosine-decayed to outer_lr_final).
+        loss_hidden: hidden widths of M_phi (ELU, softplus output).
+        loss_init_scale: starting value of the learned output scale.
+        policy_hidden: hidden widths of the tanh policy MLP.
+        policy_zero_output: start fresh policies with a zero output layer (zero torques).
+        babble_trajectories: random-torque trajectories that seed the replay buffer.
+        collect_every: meta-updates between on-policy data collections in the real simulator.
+        refit_every: meta-updates between model refits on the replay buffer.
+        ensemble_members: members of the probabilistic dynamics ensemble.
+        ensemble_hidden: hidden widths of each ensemble member.
+        fit_epochs: epochs of the first model fit (after babbling).
+        refit_epochs: epochs of each later refit.
+        eval_every: meta-updates between held-out evaluations logged to metrics.csv.
+        checkpoint_every: meta-updates between checkpoints (resume starts from the last).
+        lr_grid: task-loss step sizes tried on the training goals (the baseline's tuning).
+        ilqr_iters: iterations of the iLQR baselines.
+        n_holdout_trajectories: held-out babbling trajectories for the model-error figures.
+        video_goals: held-out goals rendered in the ML3 video (0: no video).
+        torch_threads: torch CPU threads of the run.
+        loss_path: a saved loss to evaluate instead of meta-training one (skips meta-training).
     """
 
     arm: str = "reacher2"

@@ -37,7 +37,24 @@ LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 @dataclass(frozen=True)
 class SineConfig:
-    """Sizes and constants (defaults: the paper's code)."""
+    """Sizes and constants (defaults: the paper's code).
+
+    Attributes:
+        outer_steps: meta-updates of M_phi.
+        outer_lr: Adam step size of the meta-updates.
+        inner_lr: SGD step size of the regressor's steps on the learned loss.
+        inner_steps: K, the inner steps each meta-update differentiates through.
+        meta_batch: training tasks per meta-update.
+        n_points: sample points per task (x drawn from the task's range).
+        test_steps: inner steps at meta-test (the MSE-by-step curve).
+        n_test_tasks: held-out test tasks (amplitude, phase and x range wider than training).
+        hidden: hidden widths of the regressor MLP (paper: 1-100-10-1).
+        loss_hidden: hidden widths of M_phi (paper: 50-50, ReLU, softplus output).
+        depths: regressor depths (hidden layers) of the depth-transfer figure.
+        eval_every: meta-updates between held-out evaluations logged to metrics.csv.
+        checkpoint_every: meta-updates between checkpoints (resume starts from the last).
+        loss_path: a saved loss to evaluate instead of meta-training one.
+    """
 
     outer_steps: int = 500
     outer_lr: float = 1e-3

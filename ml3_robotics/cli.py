@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+import yaml
 
 from ml3_robotics.errors import ML3Error
 from ml3_robotics.render import render_system
@@ -23,10 +25,12 @@ from ml3_robotics.runs import (
     RunContext,
     RunResult,
     build_config,
+    describe_config,
     discover_experiments,
     execute_run,
     get_experiment,
     parse_set_options,
+    plain_value,
     prepare_out_dir,
     read_config_file,
     read_run_config,
@@ -91,8 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="list the registered experiments")
+    show = sub.add_parser("show", help="list an experiment's config fields: type, default, doc")
+    show.add_argument("experiment")
     run = sub.add_parser("run", help="run an experiment and write its artefacts")
-    run.add_argument("experiment")
+    run.add_argument("experiment", help="its name (ml3r list); with --help: its config fields")
     _run_options(run)
     render = sub.add_parser("render", help="write a video of a scripted rollout of a system")
     render.add_argument("system", help="mountain-car or arm")
@@ -104,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval",
         help="apply a saved learned loss to an arm and a policy size, against task loss and iLQR",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_fields_help(ReachEvalRunConfig),
     )
     ev.add_argument("--loss", required=True, help="saved loss (X.safetensors, X.json or X)")
     ev.add_argument("--robot", default=None,
@@ -113,14 +121,19 @@ def _parser() -> argparse.ArgumentParser:
                     help="K inner steps (default: as the loss was meta-trained)")  # fmt: skip
     ev.add_argument("--policy-depth", type=int, default=None, help="hidden layers (default 2)")
     ev.add_argument("--policy-width", type=int, default=None, help="hidden width (default 64)")
-    _run_options(ev, resume=False)
+    _run_options(ev, resume=False, default_out="runs/eval/<timestamp>")
     demo = sub.add_parser("demo", help="run the main job at demo size and print its table")
     demo.add_argument("--out", type=Path, default=None)
     demo.add_argument("--seed", type=_seed, default=0)
     return p
 
 
-def _run_options(run: argparse.ArgumentParser, *, resume: bool = True) -> None:
+def _run_options(
+    run: argparse.ArgumentParser,
+    *,
+    resume: bool = True,
+    default_out: str = "runs/<experiment>/<timestamp>",
+) -> None:
     run.add_argument("--config", type=Path, help="YAML file of config keys")
     run.add_argument(
         "--set",
@@ -128,14 +141,15 @@ def _run_options(run: argparse.ArgumentParser, *, resume: bool = True) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key (repeatable; values parsed as YAML)",
+        help="override a config key (repeatable; values parsed as YAML 1.2; the keys: "
+        "ml3r show EXPERIMENT, or the list below for eval)",
     )
     run.add_argument("--seed", type=_seed, default=0)
     run.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="output directory (default runs/<experiment>/<timestamp>)",
+        help=f"output directory (default {default_out})",
     )
     run.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
     if resume:
@@ -295,7 +309,57 @@ def _table(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _fields_help(config_type: type) -> str:
+    """Every field of a config dataclass: name, type, default and one paragraph of doc."""
+    lines = ["config fields (set with --set KEY=VALUE or a --config YAML file):"]
+    for f in describe_config(config_type):
+        default = yaml.safe_dump(plain_value(f.default), default_flow_style=True).strip()
+        default = default.removesuffix("\n...").removesuffix(" ...")
+        lines.append(f"  {f.name} ({f.type}, default {default})")
+        if f.doc:
+            lines.append(textwrap.fill(f.doc, width=96, initial_indent="      ",
+                                       subsequent_indent="      "))  # fmt: skip
+    return "\n".join(lines)
+
+
+def _config_help(experiment: str) -> str:
+    """An experiment's config fields (``ml3r show``, ``ml3r run EXPERIMENT --help``)."""
+    exp = get_experiment(experiment)
+    lines = [f"{exp.name}: {exp.summary}", "", _fields_help(exp.config_type)]
+    if exp.smoke:
+        smoke = ", ".join(f"{k}={v}" for k, v in exp.smoke.items())
+        lines += ["", textwrap.fill(f"--smoke sets: {smoke}", width=98, subsequent_indent="  ")]
+    return "\n".join(lines)
+
+
+def _subcommand_help(name: str) -> str:
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name].format_help()
+
+
+def _experiment_help_request(argv: Sequence[str]) -> str | None:
+    """The experiment of ``ml3r [options] run EXPERIMENT ... --help``, else None."""
+    argv = list(argv)
+    if "run" not in argv or not {"-h", "--help"} & set(argv):
+        return None
+    rest = [a for a in argv[argv.index("run") + 1 :] if not a.startswith("-")]
+    return rest[0] if rest else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    experiment = _experiment_help_request(argv)
+    if experiment is not None:
+        try:
+            fields = _config_help(experiment)
+        except ConfigError as e:
+            print(f"ml3r: error: {e}", file=sys.stderr)
+            return 2
+        print(_subcommand_help("run"))
+        print()
+        print(fields)
+        return 0
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -318,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     progress = sys.stderr.isatty()
     try:
+        if args.command == "show":
+            print(_config_help(args.experiment))
+            return 0
         if args.command == "list":
             for name, exp in discover_experiments().items():
                 print(f"{name:16s} {exp.summary}")

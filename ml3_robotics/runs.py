@@ -13,10 +13,12 @@ import csv
 import dataclasses
 import difflib
 import glob
+import inspect
 import json
 import logging
 import math
 import platform
+import re
 import shutil
 import time
 import types
@@ -188,6 +190,86 @@ def build_config(
         raise ConfigError(str(e)) from e
 
 
+@dataclass(frozen=True)
+class FieldHelp:
+    """One config field as ``ml3r show`` lists it."""
+
+    name: str
+    type: str
+    default: Any
+    doc: str
+
+
+def _docstring_attributes(cls: type) -> dict[str, str]:
+    """``name: text`` entries of the Google-style ``Attributes:`` sections of ``cls`` and its
+    bases (``a, b: text`` documents both; continuation lines are joined)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = inspect.getdoc(klass) if "__doc__" in vars(klass) else None
+        if not doc or "Attributes:" not in doc:
+            continue
+        current: list[str] = []
+        for line in doc.split("Attributes:", 1)[1].splitlines()[1:]:
+            if line and not line.startswith(" "):
+                break  # the next section
+            entry = re.match(r"^    (\w[\w, ]*?):\s+(.*)$", line)
+            if entry:
+                current = [n.strip() for n in entry.group(1).split(",")]
+                for name in current:
+                    docs[name] = entry.group(2).strip()
+            elif line.strip() and current:
+                for name in current:
+                    docs[name] += " " + line.strip()
+    return docs
+
+
+def _source_comments(cls: type) -> dict[str, str]:
+    """Comments written beside or just above each field in the class bodies of ``cls`` and
+    its bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in lines:
+            stripped = line.strip()
+            field_line = re.match(r"^    (\w+): [^=]+=", line)
+            if stripped.startswith("#"):
+                above.append(stripped.lstrip("# ").strip())
+            elif field_line:
+                name = field_line.group(1)
+                trailing = line.split("  # ", 1)[1].strip() if "  # " in line else ""
+                text = " ".join(t for t in (" ".join(above), trailing) if t)
+                if text:
+                    docs[name] = text
+                above = []
+            else:
+                above = []
+    return docs
+
+
+def describe_config(config_type: type) -> list[FieldHelp]:
+    """Every field of a config dataclass: name, type, default and its documentation (the
+    class's ``Attributes:`` docstring, else the comment beside or above the field)."""
+    hints = typing.get_type_hints(config_type)
+    docs = {**_source_comments(config_type), **_docstring_attributes(config_type)}
+    out = []
+    for f in dataclasses.fields(config_type):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory()  # type: ignore[misc]
+        hint = hints[f.name]
+        type_name = hint.__name__ if isinstance(hint, type) else str(hint)
+        type_name = re.sub(r"\b(typing|builtins)\.", "", type_name)
+        out.append(FieldHelp(f.name, type_name, default, docs.get(f.name, "")))
+    return out
+
+
 def parse_set_options(items: list[str]) -> dict[str, Any]:
     """``["a=1", "b=[2, 3]"]`` -> ``{"a": 1, "b": [2, 3]}`` (values parsed as YAML)."""
     out: dict[str, Any] = {}
@@ -220,15 +302,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def plain_value(value: Any) -> Any:
+    """A config value as YAML/JSON writes it (tuples become lists)."""
+    if isinstance(value, tuple | list):
+        return [plain_value(x) for x in value]
+    return value
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A plain YAML/JSON-friendly dict of a config dataclass (tuples become lists)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple | list):
-            return [plain(x) for x in v]
-        return v
-
-    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    return {f.name: plain_value(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 # -- the run directory -----------------------------------------------------------------------

@@ -19,6 +19,9 @@ from ml3_robotics.runs import (
     ConfigError,
     RunContext,
     RunResult,
+    describe_config,
+    discover_experiments,
+    get_experiment,
     parse_set_options,
     read_config_file,
     write_results,
@@ -340,3 +343,30 @@ def test_table_shows_the_distance_by_step_in_100_columns():
     assert rows["distance_at_inner_step_2_mm"][:2] == ["145", "145"]
     assert rows["ilqr_iterations_mean"] == ["-", "-", "5", "-", "-"]
     assert "final_distance_mm_per_goal" not in rows  # lists stay in results.json
+
+
+# -- help that lists what can be set -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(discover_experiments()))
+def test_every_config_field_is_documented(name):
+    fields = describe_config(get_experiment(name).config_type)
+    assert fields and all(f.doc for f in fields), [f.name for f in fields if not f.doc]
+
+
+@pytest.mark.parametrize("argv", [["run", "reacher", "--help"], ["show", "reacher"]])
+def test_run_experiment_help_lists_its_fields(capsys, argv):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for f in describe_config(get_experiment("reacher").config_type):
+        assert f"  {f.name} (" in out, f.name
+    assert "  inner_lr (float, default 0.001)" in out
+    assert "  loss_hidden (tuple[int, ...], default [400, 400])" in out
+
+
+def test_eval_help_names_its_own_output_folder_and_fields(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "runs/eval/<timestamp>" in out
+    assert "  n_goals (int, default 10)" in out and "  lr_grid (" in out
