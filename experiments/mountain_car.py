@@ -89,6 +89,9 @@ class MountainCarConfig:
         heldout_p, heldout_v: ranges of held-out positions and velocities; positions within
             ``heldout_gap`` of the training range are rejected.
         heldout_gap: margin in position between the training range and the held-out starts.
+        starts: held-out start states ``[[p, v], ...]`` to meta-test on instead of ``heldout``
+            drawn ones (``heldout`` becomes their number); within the car's bounds, short of the
+            flag.
         train_inits: fresh policy initialisations evaluated on the training start.
         test_steps: inner steps at meta-test (reported at 1, 2 and 5 and the last).
         loss_hidden: widths of M_phi (ELU).
@@ -119,6 +122,7 @@ class MountainCarConfig:
     heldout_p: tuple[float, float] = (-0.8, -0.3)
     heldout_v: tuple[float, float] = (-0.05, 0.05)
     heldout_gap: float = 0.03
+    starts: tuple[tuple[float, float], ...] = ()
     train_inits: int = 10
     test_steps: int = 5
     loss_hidden: tuple[int, ...] = (400, 400)
@@ -163,6 +167,16 @@ class MountainCarConfig:
             lo, hi = getattr(self, name)
             if not lo <= hi:
                 raise ValueError(f"{name}: expected (low, high) with low <= high, got {(lo, hi)!r}")
+        if self.starts:
+            prm = MountainCarParams()
+            for i, (p, v) in enumerate(self.starts):
+                if not (prm.p_min <= p < prm.p_max and prm.v_min <= v <= prm.v_max):
+                    raise ValueError(
+                        f"starts[{i}]: ({p}, {v}) is outside the car's states: p in "
+                        f"[{prm.p_min}, {prm.p_max}) (the flag is at {prm.p_max}), v in "
+                        f"[{prm.v_min}, {prm.v_max}]"
+                    )
+            object.__setattr__(self, "heldout", len(self.starts))
         if self.loss_path is not None and self.extra == "both":
             raise ValueError(
                 "extra: with loss_path, name what the saved loss was trained with "
@@ -200,7 +214,10 @@ def train_starts(config: MountainCarConfig, n: int, generator: torch.Generator) 
 
 
 def heldout_starts(config: MountainCarConfig, seed: int) -> Tensor:
-    """``(heldout, 2)`` held-out start states, uniform in the configured box, away from training."""
+    """``(heldout, 2)`` held-out start states: ``config.starts`` when given, else uniform in the
+    configured box, away from training."""
+    if config.starts:
+        return torch.tensor(config.starts, dtype=torch.float64).to(torch.get_default_dtype())
     g = torch.Generator().manual_seed(20_000 + seed)
     p0 = MountainCarParams().start[0]
     lo_train = p0 - config.train_spread[0] - config.heldout_gap
@@ -258,6 +275,12 @@ def success(states: Tensor, car: MountainCar) -> Tensor:
 def _rates(trace: PolicyTrace, car: MountainCar) -> np.ndarray:
     """``(K+1,)`` success rate after k steps."""
     return success(trace.states, car).double().mean(-1).numpy()
+
+
+def _first_success(trace: PolicyTrace, car: MountainCar) -> list[int | None]:
+    """Per start: the first step k after which the policy reaches the flag (None: never)."""
+    reached = success(trace.states, car).numpy()  # (K+1, N)
+    return [int(np.argmax(col)) if col.any() else None for col in reached.T]
 
 
 def _final_distance(trace: PolicyTrace) -> np.ndarray:
@@ -453,6 +476,11 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
                 str(lr): {"success": -s, "final_distance": d} for lr, (s, d) in tuned.items()
             },
             "heldout_starts": held_task.start.tolist(),
+            # Per held-out start and method: the first inner step after which the car reaches
+            # the flag (None: not within test_steps).
+            "first_success_step_per_heldout_start": {
+                name: _first_success(b, car) for name, (_, b) in traces.items()
+            },
             "success_curves": {
                 **{
                     name: {"train": _rates(a, car).tolist(), "heldout": _rates(b, car).tolist()}

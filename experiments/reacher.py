@@ -62,6 +62,7 @@ from ml3_robotics.task_losses import Demonstrations, ExtraTerm
 from robots.arm import (
     BACKENDS,
     ArmSim,
+    check_goals,
     load_arm_config,
     sample_goals,
 )
@@ -117,6 +118,9 @@ class ReacherConfig:
     n_train_goals: int = 256
     goals_per_iteration: int = 16
     n_test_goals: int = 10
+    # Held-out goals [[x, z], ...] in m to evaluate on instead of n_test_goals sampled ones
+    # (n_test_goals becomes their number; training goals are kept goal_separation away).
+    goals: tuple[tuple[float, float], ...] = ()
     goal_min_radius: float = 0.3  # fraction of the reach; goals at the base are degenerate
     goal_separation: float = 0.02  # m between any two goals (held-out vs training too)
     # K = 1: the learned loss beat the tuned task loss after one step and lost after three
@@ -202,6 +206,9 @@ class ReacherConfig:
         if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
             raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid}")
         ArmDistribution.parse(self.arm_distribution)  # a malformed spec fails here
+        if self.goals:
+            check_goals(self.arm, self.goals)
+            object.__setattr__(self, "n_test_goals", len(self.goals))
         if self.babble_trajectories < 2 and self.loss_path is None:
             raise ValueError(
                 f"babble_trajectories: expected >= 2 to fit a model, got {self.babble_trajectories}"
@@ -248,7 +255,11 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     T = config.horizon
     reach_kw = {"min_radius": config.goal_min_radius, "min_distance": config.goal_separation}
     # Held-out goals first, then a dense training pool kept goal_separation away from them.
-    test_goals = sample_goals(arm, config.n_test_goals, seed + 7919, **reach_kw)
+    test_goals = (
+        check_goals(arm, config.goals)
+        if config.goals
+        else sample_goals(arm, config.n_test_goals, seed + 7919, **reach_kw)
+    )
     train_goals = sample_goals(
         arm, config.n_train_goals, seed, exclude=test_goals, min_spacing=0.0, **reach_kw
     )

@@ -39,7 +39,7 @@ from ml3_robotics.reach_eval import (
 from ml3_robotics.replay_buffer import ReplayBuffer
 from ml3_robotics.runs import RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss
-from robots.arm import ArmConfig, ArmSim, load_arm_config, sample_goals
+from robots.arm import ArmConfig, ArmSim, check_goals, load_arm_config, sample_goals
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ class ReachEvalRunConfig(RobotEvalSettings):
         loss: path of the saved loss (``X.safetensors``, ``X.json`` or ``X``).
         robot: shipped arm name or YAML path.
         policy_depth: hidden layers of the fresh policies.
+        goals: evaluation goals ``[[x, z], ...]`` in m instead of ``n_goals`` sampled ones
+            (``n_goals`` becomes their number).
         video_goals, video_stride: the ML3 video (0 goals: none).
         landscape_grid: points per axis of the loss-landscape plot (0: none).
         the rest: :class:`RobotEvalSettings`.
@@ -165,6 +167,7 @@ class ReachEvalRunConfig(RobotEvalSettings):
     loss: str = ""
     robot: str = "reacher2"
     policy_depth: int = 2
+    goals: tuple[tuple[float, float], ...] = ()
     video_goals: int = 4
     video_stride: int = 3
     landscape_grid: int = 21
@@ -175,6 +178,9 @@ class ReachEvalRunConfig(RobotEvalSettings):
         depth = self.policy_depth
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"policy_depth: expected an integer >= 1, got {depth!r}")
+        if self.goals:
+            check_goals(self.robot, self.goals)
+            object.__setattr__(self, "n_goals", len(self.goals))
         super().__post_init__()
         self.eval_config(DEFAULT_INNER_STEPS, DEFAULT_INNER_LR, depth)
 
@@ -199,10 +205,19 @@ EVAL_SMOKE: dict[str, Any] = {
 
 
 def robot_goals(
-    arm: ArmConfig, n: int, n_tune: int, seed: int, min_radius: float, separation: float
+    arm: ArmConfig,
+    n: int,
+    n_tune: int,
+    seed: int,
+    min_radius: float,
+    separation: float,
+    goals: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(evaluation goals (n, 2), tuning goals (n_tune, 2))`` of one robot, apart."""
+    """``(evaluation goals (n, 2), tuning goals (n_tune, 2))`` of one robot, apart. Given
+    ``goals`` are the evaluation goals (``n`` is then unused); the tuning goals avoid them."""
     kw = {"min_radius": min_radius, "min_distance": separation}
+    if goals is not None:
+        return goals, sample_goals(arm, n_tune, seed + TUNE_GOAL_SEED, exclude=goals, **kw)
     tune = sample_goals(arm, n_tune, seed + TUNE_GOAL_SEED, **kw)
     test = sample_goals(arm, n, seed + GOAL_SEED, exclude=tune, **kw)
     return test, tune
@@ -219,6 +234,7 @@ def evaluate_on_robot(
     n_tune_goals: int,
     goal_min_radius: float = 0.3,
     goal_separation: float = 0.02,
+    goals: np.ndarray | None = None,
     methods: Sequence[str] = METHODS,
     plots: bool = True,
     fitted: tuple[ProbabilisticEnsemble, ReplayBuffer] | None = None,
@@ -235,7 +251,7 @@ def evaluate_on_robot(
     """
     sim = ArmSim(arm, "mujoco")
     test_goals, tune_goals = robot_goals(
-        arm, n_goals, n_tune_goals, ctx.seed, goal_min_radius, goal_separation
+        arm, n_goals, n_tune_goals, ctx.seed, goal_min_radius, goal_separation, goals
     )
     if fitted is None:
         with ctx.phase("model_fit"):
@@ -269,6 +285,7 @@ def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
         loss, arm, eval_config, config.model_config(), ctx,
         n_goals=config.n_goals, n_tune_goals=config.n_tune_goals,
         goal_min_radius=config.goal_min_radius, goal_separation=config.goal_separation,
+        goals=check_goals(arm, config.goals) if config.goals else None,
     )  # fmt: skip
     extra["inner_steps"] = eval_config.inner_steps
     extra["inner_lr"] = eval_config.inner_lr

@@ -26,7 +26,7 @@ from robots.arm.sim import (
     SimulationError,
 )
 from robots.arm.spatial import SpatialArmSim
-from robots.arm.task import sample_goals, start_state
+from robots.arm.task import check_goals, sample_goals, start_state
 
 __all__ = [
     "BACKENDS",
@@ -40,6 +40,7 @@ __all__ = [
     "SimulationError",
     "SpatialArmSim",
     "available_arm_configs",
+    "check_goals",
     "ee_velocity",
     "forward_kinematics",
     "inverse_kinematics",

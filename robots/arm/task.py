@@ -16,6 +16,31 @@ def start_state(config: ArmConfig) -> np.ndarray:
     return np.zeros(config.nx)
 
 
+def check_goals(config: ArmConfig | str, goals: Any, argument: str = "goals") -> np.ndarray:
+    """Given task-space goals as an ``(n, 2)`` float64 array, refused unless the arm can reach
+    them: finite, within the reach and outside the ring no pose reaches (the longest link
+    folded back past the others). Joint limits are not checked: a goal that needs a pose beyond
+    them is scored as the closest the arm gets.
+
+    Raises:
+        ValueError: naming ``argument``, the goal and the reachable ring.
+    """
+    config = load_arm_config(config)
+    arr = np.asarray(goals, dtype=np.float64) if len(goals) else np.zeros((0, 2))
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"{argument}: expected a list of (x, z) goals in m, got {goals!r}")
+    lengths = np.asarray(config.link_lengths, dtype=np.float64)
+    inner = max(0.0, 2 * lengths.max() - lengths.sum())
+    for i, g in enumerate(arr):
+        r = float(np.linalg.norm(g)) if np.isfinite(g).all() else float("nan")
+        if not inner - 1e-12 <= r <= config.reach + 1e-12:
+            raise ValueError(
+                f"{argument}[{i}]: goal {tuple(g.tolist())} is {r:.4g} m from the base; "
+                f"{config.name} reaches from {inner:.4g} to {config.reach:.4g} m"
+            )
+    return arr
+
+
 def sample_goals(
     config: ArmConfig | str,
     n: int,

@@ -5,6 +5,7 @@ import json
 import os
 import stat
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -370,3 +371,74 @@ def test_eval_help_names_its_own_output_folder_and_fields(capsys):
     out = capsys.readouterr().out
     assert e.value.code == 0 and "runs/eval/<timestamp>" in out
     assert "  n_goals (int, default 10)" in out and "  lr_grid (" in out
+
+
+# -- goals and starts on the command line ------------------------------------------------------
+
+REACH_FAST = ["video_goals=0", "lr_grid=[0.001]", "ilqr_iters=1", "n_holdout_trajectories=1",
+              "landscape_grid=0", "outer_steps=2"]  # fmt: skip
+
+
+def _sets(*items: str) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+def test_reacher_goals_from_the_command_line(capsys, tmp_path):
+    goals = [[0.12, 0.05], [-0.05, -0.15]]
+    out = tmp_path / "run"
+    argv = ["-q", "run", "reacher", "--smoke", "--out", str(out),
+            *_sets(*REACH_FAST, f"goals={goals}")]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["extra"]["test_goals"] == goals and doc["config"]["n_test_goals"] == 2
+    assert len(doc["metrics"]["final_distance_mm_per_goal"]) == 2
+
+
+@pytest.mark.parametrize(
+    "goals, expected",
+    [("[[0.5, 0.0]]", "goals[0]"), ("[[0.1, 0.0], [0.0, 0.3]]", "goals[1]"), ("[0.1]", "goals")],
+)
+def test_unreachable_or_malformed_goals(capsys, tmp_path, goals, expected):
+    out = tmp_path / "run"
+    err = _error(
+        capsys, ["run", "reacher", "--smoke", "--out", str(out), "--set", f"goals={goals}"]
+    )
+    assert expected in err
+    assert not out.exists()
+
+
+def test_eval_goals_from_the_command_line(tmp_path):
+    loss = tmp_path / "loss"
+    _save_reach_loss(loss)
+    goals = [[0.0, 0.15], [0.1, -0.1]]
+    out = tmp_path / "eval"
+    argv = ["-q", "eval", "--loss", str(loss), "--smoke", "--out", str(out),
+            *_sets(f"goals={goals}", "video_goals=0", "landscape_grid=0")]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["extra"]["test_goals"] == goals
+    assert min(np.linalg.norm(np.subtract(t, g)) for t in doc["extra"]["tune_goals"]
+               for g in goals) >= doc["config"]["goal_separation"]  # fmt: skip
+
+
+def test_mountain_car_starts_from_the_command_line(tmp_path):
+    starts = [[-0.9, 0.0], [-0.3, 0.02], [0.1, -0.5]]
+    out = tmp_path / "run"
+    argv = ["-q", "run", "mountain-car", "--smoke", "--out", str(out),
+            "--set", f"starts={starts}"]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert np.allclose(doc["extra"]["heldout_starts"], starts)
+    first = doc["extra"]["first_success_step_per_heldout_start"]
+    assert set(first) >= {"ml3_goal", "task_loss_sgd"}
+    for steps in first.values():
+        assert len(steps) == 3 and all(k is None or 0 <= k <= 10 for k in steps)
+
+
+@pytest.mark.parametrize("starts", ["[[0.5, 0.0]]", "[[-0.5, 2.0]]", "[[-1.3, 0.0]]"])
+def test_mountain_car_starts_outside_the_car_are_refused(capsys, tmp_path, starts):
+    out = tmp_path / "run"
+    argv = ["run", "mountain-car", "--smoke", "--out", str(out), "--set", f"starts={starts}"]
+    err = _error(capsys, argv)
+    assert "starts[0]" in err
+    assert not out.exists()
