@@ -21,6 +21,7 @@ iLQR on the true dynamics when :mod:`controllers.ilqr` is available.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -80,6 +81,15 @@ class MountainCarConfig:
             an episode are ~0.05, so unscaled the velocity gain gets ~10x less gradient than the
             position gain (the paper's policy reads raw states: ``(1, 1)``).
         goal_weight: weight of the intermediate-goal term.
+        objective: how meta-training scores the adapted policy. ``"added"``: the task loss,
+            plus (extra=goal) ``goal_weight * ||X_{1..15} - g_int||_F``. ``"paper"`` (the
+            paper's code): ``||X_{0..14} - g_int||_F + ||X_{15..35} - goal||_F`` for extra=goal
+            (the intermediate goal replaces the goal on the first 15 states) and
+            ``||X_{0..35} - goal||_F`` for extra=none.
+        protocol: ``"paper"`` fixes the paper's meta-training protocol in one switch: the single
+            start (-0.55, 0), one policy initialisation reused every meta-update (meta_batch 1,
+            fixed_init), K = 1 and objective "paper" (other fields keep our values; setting one
+            of those four otherwise is refused). ``"ours"``: the fields as given.
         outer_steps, outer_lr: meta-training length and Adam step size.
         inner_lr, inner_steps: the inner SGD (K at meta-train time).
         meta_batch: start states (fresh policies) per meta-update.
@@ -102,7 +112,8 @@ class MountainCarConfig:
             be ``goal`` or ``none``, naming what the saved loss was trained with).
         fixed_init: meta-train with one fixed set of policy initialisations (the paper's code)
             instead of fresh ones per meta-update; the results then also report success from
-            those initialisations on the training start (``success_fixedinit_k*``).
+            those initialisations on the training start (``success_fixedinit_k*``) and where
+            the first of them ends (``final_state_fixedinit_k*``).
         ilqr: run the iLQR baseline when controllers.ilqr is importable.
         ilqr_iters: iLQR's iteration limit (success also reported after 1, 2, 5 iterations).
     """
@@ -112,6 +123,8 @@ class MountainCarConfig:
     policy_bound: Literal["clamp", "tanh"] = "tanh"
     policy_input_scale: tuple[float, float] = (1.0, 0.1)
     goal_weight: float = 1.0
+    objective: Literal["added", "paper"] = "added"
+    protocol: Literal["ours", "paper"] = "ours"
     outer_steps: int = 600
     outer_lr: float = 1e-3
     inner_lr: float = 0.1
@@ -137,6 +150,14 @@ class MountainCarConfig:
 
     def __post_init__(self) -> None:
         check_widths("loss_hidden", self.loss_hidden)
+        if self.protocol == "paper":
+            for name, value in PAPER_PROTOCOL.items():
+                given, default = getattr(self, name), _DEFAULTS[name]
+                if given not in (value, default):
+                    raise ValueError(
+                        f"{name}: protocol=paper fixes it to {value!r}, got {given!r} (drop one)"
+                    )
+                object.__setattr__(self, name, value)
         for name in (
             "meta_batch",
             "heldout",
@@ -182,6 +203,17 @@ class MountainCarConfig:
                 "extra: with loss_path, name what the saved loss was trained with "
                 "('goal' or 'none'), got 'both'"
             )
+
+
+# The paper's meta-training protocol (its code: ml3/ml3_train.py, run_mountain_car_exp.py).
+PAPER_PROTOCOL = {
+    "train_spread": (0.0, 0.0),
+    "meta_batch": 1,
+    "fixed_init": True,
+    "inner_steps": 1,
+    "objective": "paper",
+}
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MountainCarConfig)}
 
 
 # -- the problem -------------------------------------------------------------------------
@@ -250,18 +282,25 @@ def task_term(name: str) -> TaskTerm:
     return TrajectoryDistance() if name == "trajectory" else FinalDistance()
 
 
-def objective_for(extra: str, goal_weight: float, task_loss: str) -> MetaTrainObjective:
-    """The meta-train objective: the task loss (+ the intermediate goal for ``"goal"``: the
-    Frobenius norm of the first 15 states' distance to (-0.947, -0.0055), as in the paper)."""
+def objective_for(
+    extra: str, goal_weight: float, task_loss: str, objective: str = "added"
+) -> MetaTrainObjective:
+    """The meta-train objective (see ``MountainCarConfig.objective``). The intermediate goal
+    (-0.947, -0.0055) is extra information: it enters only here, never M_phi's inputs."""
     prm = MountainCarParams()
+    n = prm.intermediate_goal_steps
+    if objective == "paper":
+        if extra != "goal":
+            return MetaTrainObjective(TrajectoryDistance(first=0))
+        waypoint = IntermediateGoal(
+            state=prm.intermediate_goal, steps=n, first=0, weight=goal_weight, reduction="norm"
+        )
+        return MetaTrainObjective(TrajectoryDistance(first=n), extras=(waypoint,))
     extras = ()
     if extra == "goal":
         extras = (
             IntermediateGoal(
-                state=prm.intermediate_goal,
-                steps=prm.intermediate_goal_steps,
-                weight=goal_weight,
-                reduction="norm",
+                state=prm.intermediate_goal, steps=n, weight=goal_weight, reduction="norm"
             ),
         )
     return MetaTrainObjective(task_term(task_loss), extras=extras)
@@ -351,7 +390,9 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
         trainers = {}
         for i, variant in enumerate(variants):
             loss = _new_loss(config, ctx.seed + 1000 * i)
-            objective = objective_for(variant, config.goal_weight, config.task_loss)
+            objective = objective_for(
+                variant, config.goal_weight, config.task_loss, config.objective
+            )
 
             def meta_objective(
                 iteration: int, g: torch.Generator, loss=loss, objective=objective, variant=variant
@@ -448,6 +489,8 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
             for k in REPORT_STEPS:
                 if k < len(rates):
                     summaries[name][f"success_fixedinit_k{k}"] = float(rates[k])
+                    # where the first of those policies ends (the paper reports this state)
+                    summaries[name][f"final_state_fixedinit_k{k}"] = tr.states[k, 0, -1].tolist()
 
     ilqr_result = None
     if config.ilqr:

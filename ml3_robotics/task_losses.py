@@ -24,7 +24,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -216,13 +216,32 @@ class RunningDistance(_StateDistance):
         return self.weight * _norm(diff, self.state_weights).mean(-1)
 
 
+def _check_first(first: Any) -> None:
+    if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+        raise ValueError(f"first: expected a state index >= 0, got {first!r}")
+
+
 @dataclass(frozen=True)
 class TrajectoryDistance(_StateDistance):
-    """``weight * ||W (X_{1..T} - goal)||_F``: the norm over the whole trajectory at once (the
-    task loss of the paper's MountainCar code), i.e. ``sqrt(sum_t ||W (x_t - goal)||^2)``."""
+    """``weight * ||W (X_{first..T} - goal)||_F``: the norm over the trajectory at once, i.e.
+    ``sqrt(sum_t ||W (x_t - goal)||^2)``; the task loss of the paper's MountainCar code.
+
+    Attributes:
+        first: the first state covered: 1 (default) from the first step on, 0 with the start
+            state as the paper's code does (a constant: the value moves, the gradient does not),
+            15 for the goal part of the paper's intermediate-goal objective.
+    """
+
+    first: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_first(self.first)
 
     def __call__(self, rollout: Rollout, task: ControlTask) -> Tensor:
-        diff = rollout.states[:, 1:] - task.goal[:, None]
+        if self.first > rollout.horizon:
+            raise ValueError(f"first: {self.first} exceeds the rollout's horizon {rollout.horizon}")
+        diff = rollout.states[:, self.first :] - task.goal[:, None]
         return self.weight * _norm(diff.flatten(1), _tile(self.state_weights, diff.shape[1]))
 
 
@@ -294,12 +313,15 @@ class ExtraTerm:
 class IntermediateGoal(ExtraTerm):
     """Pull the first ``steps`` states towards a waypoint (the paper's shaped MountainCar loss).
 
-    Value: ``weight * mean_{t=1..steps} ||W (x_t - state)||`` (``reduction="mean"``) or
-    ``weight * sqrt(sum_{t=1..steps} ||W (x_t - state)||^2)`` (``"norm"``, the paper's code).
+    Value: ``weight * mean_t ||W (x_t - state)||`` (``reduction="mean"``) or
+    ``weight * sqrt(sum_t ||W (x_t - state)||^2)`` (``"norm"``, the paper's code), over the
+    ``steps`` states from ``first`` on.
 
     Attributes:
         state: ``(nx,)`` the waypoint.
-        steps: how many steps after the start it applies to (>= 1, <= T).
+        steps: how many states it applies to (>= 1; the last is at most T).
+        first: the first state it applies to: 1 (default) from the first step on, 0 with the
+            start state as the paper's code does (its ``s[:15]``).
         weight: multiplier (>= 0).
         state_weights: optional diagonal weights W.
         reduction: ``"mean"`` or ``"norm"`` over the steps.
@@ -309,6 +331,7 @@ class IntermediateGoal(ExtraTerm):
     steps: int = 1
     state_weights: tuple[float, ...] | None = None
     reduction: str = "mean"
+    first: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -323,17 +346,21 @@ class IntermediateGoal(ExtraTerm):
         object.__setattr__(self, "state_weights", _check_state_weights(self.state_weights))
         if self.reduction not in ("mean", "norm"):
             raise ValueError(f"reduction: expected 'mean' or 'norm', got {self.reduction!r}")
+        _check_first(self.first)
 
     def __call__(self, rollout: Rollout) -> Tensor:
-        if self.steps > rollout.horizon:
-            raise ValueError(f"steps: {self.steps} exceeds the rollout's horizon {rollout.horizon}")
+        if self.first + self.steps - 1 > rollout.horizon:
+            raise ValueError(
+                f"steps: states {self.first}..{self.first + self.steps - 1} exceed the rollout's "
+                f"horizon {rollout.horizon}"
+            )
         if rollout.states.shape[-1] != len(self.state):
             raise ValueError(
                 f"state: has {len(self.state)} entries, the rollout's states have "
                 f"{rollout.states.shape[-1]}"
             )
         target = torch.tensor(self.state, dtype=rollout.states.dtype, device=rollout.states.device)
-        diff = rollout.states[:, 1 : self.steps + 1] - target
+        diff = rollout.states[:, self.first : self.first + self.steps] - target
         if self.reduction == "norm":
             weights = _tile(self.state_weights, self.steps)
             return self.weight * _norm(diff.flatten(1), weights)
