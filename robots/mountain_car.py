@@ -10,16 +10,18 @@ Physics (Bechtle et al., ML3, arXiv 1906.05374; constants in :class:`MountainCar
 
 Gradient through the clamps (the design choice of this module)
 ---------------------------------------------------------------
-The forward values are exactly the paper's hard-clamped physics. The paper's code cut the
-gradient at every clamp: once the car touches a wall or saturates its speed, the derivative of all
-later states with respect to earlier actions is zero, so gradient-based controllers and learned
-losses get no signal from exactly the trajectories that matter (the car pumping against the left
-wall, or hitting top speed). By default (``clamp_grad="straight_through"``) every clamp, and the
-velocity reset at the left wall, is a *straight-through* operation: the forward value is the
-exactly clamped value, the backward pass is the identity (as if the limit were not there). The
-gradient is then the one of the unconstrained dynamics, which points the right way (more throttle
--> further/faster) even when a limit is active. ``clamp_grad="hard"`` reproduces the original
-behaviour (zero gradient outside the limits) for comparison.
+The forward values are exactly the paper's hard-clamped physics. Hard clamps would cut the
+gradient: once the car touches a wall or saturates its speed, the derivative of all later states
+with respect to earlier actions would be zero, so gradient-based controllers and learned losses
+would get no signal from exactly the trajectories that matter (the car pumping against the left
+wall, or hitting top speed). The paper's code clamps the states by assigning ``.data``, which
+leaves the autograd graph as it was: its state clamps are straight-through already, and only its
+action clamp (``torch.clamp``) cuts the gradient. By default (``clamp_grad="straight_through"``)
+every clamp, and the velocity reset at the left wall, is a *straight-through* operation: the
+forward value is the exactly clamped value, the backward pass is the identity (as if the limit
+were not there). The gradient is then the one of the unconstrained dynamics, which points the
+right way (more throttle -> further/faster) even when a limit is active.
+``clamp_grad="hard"`` gives zero gradient at every active limit, for comparison.
 
 The action bound is treated the same way. The price: for an action beyond the bound, the gradient
 still says "more of it would help", so an unconstrained open-loop action sequence can drift outside

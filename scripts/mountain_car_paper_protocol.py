@@ -16,14 +16,23 @@ import argparse
 import json
 from pathlib import Path
 
+from experiments.mountain_car import PAPER_PROTOCOL
 from ml3_robotics.cli import run_experiment
 
 STEPS = (1, 2, 5)
 
 
-def run_seeds(seeds: list[int], out: Path, smoke: bool, sets: list[str]) -> list[dict]:
+def run_seeds(
+    seeds: list[int], out: Path, smoke: bool, sets: list[str], objective: str = "paper"
+) -> list[dict]:
     if smoke:  # the smoke sizes set meta_batch 2 and 2 test steps; the study needs 1 and 5
         sets = ["meta_batch=1", "test_steps=5", *sets]
+    # protocol=paper, or the same protocol field by field with another objective (the ablation)
+    protocol = (
+        ["protocol=paper"]
+        if objective == "paper"
+        else [f"{k}={json.dumps(v)}" for k, v in {**PAPER_PROTOCOL, "objective": objective}.items()]
+    )
     rows = []
     for seed in seeds:
         run_out = out / f"seed{seed}"
@@ -33,7 +42,7 @@ def run_seeds(seeds: list[int], out: Path, smoke: bool, sets: list[str]) -> list
                 seed=seed,
                 out=run_out,
                 smoke=smoke,
-                sets=["protocol=paper", "extra=goal", "ilqr=false", *sets],
+                sets=[*protocol, "extra=goal", "ilqr=false", *sets],
                 overwrite=run_out.exists(),
             )
         doc = json.loads((run_out / "results.json").read_text())
@@ -59,11 +68,21 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--outer-steps", type=int, default=300, help="meta-updates (the paper: 300)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument(
+        "--objective",
+        default="paper",
+        choices=("paper", "added"),
+        help="added: the paper's protocol with our objective (the ablation)",
+    )
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
-    rows = run_seeds(list(range(args.seeds)), args.out, args.smoke, args.sets)
+    sets = [] if args.smoke else [f"outer_steps={args.outer_steps}"]
+    rows = run_seeds(
+        list(range(args.seeds)), args.out, args.smoke, sets + args.sets, args.objective
+    )
     print(table(rows))
 
 
