@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from ml3_robotics.errors import ML3Error, RunDirError
-from ml3_robotics.serialization import atomic_write_bytes
+from ml3_robotics.serialization import atomic_write_bytes, read_format_json
 from robots.yaml_io import parse_yaml, read_yaml_file
 
 ENTRY_POINT_GROUP = "ml3r.experiments"
@@ -322,21 +322,9 @@ def read_run_marker(out: Path) -> dict[str, Any] | None:
     path = out / RUN_MARKER
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunDirError(f"{path} is not a readable ml3r run marker ({e})") from e
-    if (
-        not isinstance(doc, dict)
-        or doc.get("format") != RUN_FORMAT
-        or not isinstance(doc.get("written"), list)
-    ):
-        raise RunDirError(f"{path} is not an ml3r run marker")
-    if doc.get("format_version") != RUN_FORMAT_VERSION:
-        raise RunDirError(
-            f"{path}: run format_version {doc.get('format_version')!r}, expected "
-            f"{RUN_FORMAT_VERSION}"
-        )
+    doc = read_format_json(path, RUN_FORMAT, RUN_FORMAT_VERSION, RunDirError, "run marker")
+    if not isinstance(doc.get("written"), list):
+        raise RunDirError(f"run marker {path} has no list of written names")
     return doc
 
 

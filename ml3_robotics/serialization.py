@@ -72,6 +72,27 @@ def atomic_save_tensors(
         raise
 
 
+def read_format_json(
+    path: Path, fmt: str, version: int, error: type[Exception], what: str
+) -> dict[str, Any]:
+    """A JSON object whose ``format`` is ``fmt`` and ``format_version`` is ``version``.
+
+    Raises ``error`` with one line naming ``what`` and ``path`` when the file is unreadable,
+    not JSON, of another format or of another version.
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{what} {path} is not valid JSON ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise error(f"{what} {path} is not an {fmt} file")
+    if doc.get("format_version") != version:
+        raise error(
+            f"{what} {path} has format_version {doc.get('format_version')!r}, expected {version}"
+        )
+    return doc
+
+
 def loss_paths(path: str | Path) -> tuple[Path, Path]:
     """``(weights, sidecar)`` for a path given as ``X.safetensors``, ``X.json`` or ``X``."""
     path = Path(path)
@@ -140,18 +161,7 @@ def read_loss_sidecar(path: str | Path) -> dict[str, Any]:
     _, sidecar = loss_paths(path)
     if not sidecar.is_file():
         raise LossFileError(f"loss file: sidecar {sidecar} does not exist")
-    try:
-        doc = json.loads(sidecar.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LossFileError(f"loss file: sidecar {sidecar} is not valid JSON ({e})") from e
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise LossFileError(f"loss file: {sidecar} is not an ml3r learned-loss sidecar")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise LossFileError(
-            f"loss file: {sidecar} has format_version {doc.get('format_version')!r}, "
-            f"expected {FORMAT_VERSION}"
-        )
-    return doc
+    return read_format_json(sidecar, FORMAT, FORMAT_VERSION, LossFileError, "loss file: sidecar")
 
 
 def load_learned_loss(

@@ -94,6 +94,17 @@ def test_overwrite_removes_only_what_the_run_wrote(capsys, tmp_path):
     assert (out / "mse_vs_step.png").is_file() and (out / "results.json").is_file()
 
 
+def test_a_damaged_marker_is_refused_and_nothing_removed(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(_sine(out)) == 0
+    capsys.readouterr()
+    (out / RUN_MARKER).write_text('{"format": "ml3r-run", "format_version": 1, "written": [')
+    before = _tree(out)
+    err = _error(capsys, _sine(out, "--overwrite"))
+    assert "run marker" in err and "not valid JSON" in err
+    assert _tree(out) == before
+
+
 def test_out_under_a_regular_file(capsys, tmp_path):
     (tmp_path / "f").write_text("x")
     err = _error(capsys, _sine(tmp_path / "f" / "run"))
