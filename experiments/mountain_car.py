@@ -48,9 +48,12 @@ from ml3_robotics.runs import Experiment, RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss, save_learned_loss
 from ml3_robotics.task_losses import (
     ControlTask,
+    ExtraTerm,
     FinalDistance,
     IntermediateGoal,
     MetaTrainObjective,
+    PhysicsPrior,
+    Rollout,
     TaskTerm,
     TrajectoryDistance,
 )
@@ -63,7 +66,7 @@ FEATURE_GROUPS = ("next_state", "action", "goal_error", "final_goal_distance", "
 FEATURE_SCALE = (0.5, 0.5, 0.25, 0.5, 0.5, 1.0, 1.0)
 TASK_LR_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 REPORT_STEPS = (1, 2, 5)
-Extra = Literal["both", "goal", "none"]
+Extra = Literal["both", "goal", "none", "energy"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,9 @@ class MountainCarConfig:
 
     Attributes:
         extra: which meta-train objectives to train: ``"goal"`` (task loss + intermediate goal),
-            ``"none"`` (task loss only) or ``"both"``.
+            ``"none"`` (task loss only), ``"both"`` (goal and none) or ``"energy"`` (task loss +
+            a physics prior: the shortfall of the trajectory's peak mechanical energy below what
+            reaching the flag takes, the law behind pumping).
         task_loss: ``"trajectory"`` (``||X_{1..T} - goal||_F``, the paper's code) or ``"final"``
             (``||x_T - goal||``); used for meta-training and by the task-loss baseline.
         policy_bound: how actions are bounded: ``"clamp"`` (the car's straight-through clamp)
@@ -81,6 +86,7 @@ class MountainCarConfig:
             an episode are ~0.05, so unscaled the velocity gain gets ~10x less gradient than the
             position gain (the paper's policy reads raw states: ``(1, 1)``).
         goal_weight: weight of the intermediate-goal term.
+        energy_weight: weight of the energy prior (extra=energy).
         objective: how meta-training scores the adapted policy. ``"added"``: the task loss,
             plus (extra=goal) ``goal_weight * ||X_{1..15} - g_int||_F``. ``"paper"`` (the
             paper's code): ``||X_{0..14} - g_int||_F + ||X_{15..35} - goal||_F`` for extra=goal
@@ -123,6 +129,7 @@ class MountainCarConfig:
     policy_bound: Literal["clamp", "tanh"] = "tanh"
     policy_input_scale: tuple[float, float] = (1.0, 0.1)
     goal_weight: float = 1.0
+    energy_weight: float = 1.0
     objective: Literal["added", "paper"] = "added"
     protocol: Literal["ours", "paper"] = "ours"
     outer_steps: int = 600
@@ -178,10 +185,10 @@ class MountainCarConfig:
         for name in ("outer_lr", "inner_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
-        if not (self.goal_weight >= 0 and math.isfinite(self.goal_weight)):
-            raise ValueError(
-                f"goal_weight: expected a finite number >= 0, got {self.goal_weight!r}"
-            )
+        for name in ("goal_weight", "energy_weight"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
         if any(s < 0 for s in self.train_spread):
             raise ValueError(f"train_spread: expected half-widths >= 0, got {self.train_spread!r}")
         for name in ("heldout_p", "heldout_v"):
@@ -282,8 +289,30 @@ def task_term(name: str) -> TaskTerm:
     return TrajectoryDistance() if name == "trajectory" else FinalDistance()
 
 
+def mechanical_energy(states: Tensor, prm: MountainCarParams) -> Tensor:
+    """``(...)`` energy per unit mass ``v^2 / 2 + U(p)`` of states ``(..., 2)``: the car's
+    acceleration ``g m cos(3p)`` is ``-U'(p)`` with ``U(p) = -(g m / 3) sin(3p)``."""
+    p, v = states[..., 0], states[..., 1]
+    return 0.5 * v**2 - prm.gravity * prm.mass / 3.0 * torch.sin(3.0 * p)
+
+
+def energy_shortfall(rollout: Rollout) -> Tensor:
+    """``(B,)`` how far the trajectory's peak energy stays below the flag's potential, relative
+    to the climb from the nominal start: 0 once the car has the energy to reach the flag. The
+    physics prior of extra=energy (friction aside, pumping energy in is what solves the task)."""
+    prm = MountainCarParams()
+    flag = mechanical_energy(torch.tensor([prm.p_max, 0.0], dtype=rollout.states.dtype), prm)
+    start = mechanical_energy(torch.tensor(prm.start, dtype=rollout.states.dtype), prm)
+    peak = mechanical_energy(rollout.states, prm).max(dim=-1).values
+    return torch.relu(flag - peak) / (flag - start)
+
+
 def objective_for(
-    extra: str, goal_weight: float, task_loss: str, objective: str = "added"
+    extra: str,
+    goal_weight: float,
+    task_loss: str,
+    objective: str = "added",
+    energy_weight: float = 1.0,
 ) -> MetaTrainObjective:
     """The meta-train objective (see ``MountainCarConfig.objective``). The intermediate goal
     (-0.947, -0.0055) is extra information: it enters only here, never M_phi's inputs."""
@@ -296,13 +325,15 @@ def objective_for(
             state=prm.intermediate_goal, steps=n, first=0, weight=goal_weight, reduction="norm"
         )
         return MetaTrainObjective(TrajectoryDistance(first=n), extras=(waypoint,))
-    extras = ()
+    extras: tuple[ExtraTerm, ...] = ()
     if extra == "goal":
         extras = (
             IntermediateGoal(
                 state=prm.intermediate_goal, steps=n, weight=goal_weight, reduction="norm"
             ),
         )
+    elif extra == "energy":
+        extras = (PhysicsPrior(fn=energy_shortfall, weight=energy_weight, label="energy"),)
     return MetaTrainObjective(task_term(task_loss), extras=extras)
 
 
@@ -391,8 +422,9 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
         for i, variant in enumerate(variants):
             loss = _new_loss(config, ctx.seed + 1000 * i)
             objective = objective_for(
-                variant, config.goal_weight, config.task_loss, config.objective
-            )
+                variant, config.goal_weight, config.task_loss, config.objective,
+                config.energy_weight,
+            )  # fmt: skip
 
             def meta_objective(
                 iteration: int, g: torch.Generator, loss=loss, objective=objective, variant=variant

@@ -17,15 +17,19 @@ from experiments.mountain_car import (
     FEATURE_SCALE,
     PAPER_PROTOCOL,
     MountainCarConfig,
+    energy_shortfall,
     make_policy,
     make_task,
+    mechanical_energy,
     objective_for,
 )
+from ml3_robotics.cli import run_experiment
 from ml3_robotics.inner import InnerOptimizer
 from ml3_robotics.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.policy_search import ControlFeatures, meta_train_loss
 from ml3_robotics.runs import ConfigError, build_config
-from robots.mountain_car import MountainCar
+from ml3_robotics.task_losses import Rollout
+from robots.mountain_car import MountainCar, MountainCarParams
 
 F64 = torch.float64
 G_INT = (-0.947, -0.0055)
@@ -119,8 +123,6 @@ def test_paper_objective_meta_loss_and_gradient_match_the_equations():
 def test_paper_objective_without_the_goal_covers_every_state():
     states = torch.rand(3, T + 1, 2, dtype=F64)
     objective = objective_for("none", 1.0, "final", "paper")
-    from ml3_robotics.task_losses import Rollout
-
     rollout = Rollout(states, torch.zeros(3, T, 1, dtype=F64))
     value = objective(rollout, make_task(states[:, 0]))
     goal = torch.tensor(GOAL, dtype=F64)
@@ -152,3 +154,51 @@ def test_paper_protocol_study_smoke(tmp_path):
     for k in study.STEPS:
         state = rows[0][f"final_state_fixedinit_k{k}"]
         assert len(state) == 2 and -1.2 <= state[0] <= 0.5
+
+
+def test_energy_prior_is_zero_once_the_car_can_reach_the_flag():
+    prm = MountainCarParams()
+    still = torch.tensor(prm.start, dtype=F64).expand(1, T + 1, 2)
+    at_flag = still.clone()
+    at_flag[0, -1] = torch.tensor([0.5, 0.0])
+    fast_at_bottom = still.clone()  # v^2/2 = 1.4 at p = -pi/6 (U = -0.653): E = 0.75 > U(0.5)
+    fast_at_bottom[0, 10] = torch.tensor([-math.pi / 6, math.sqrt(2.8)])
+    rollout = Rollout(torch.cat([still, at_flag, fast_at_bottom]), torch.zeros(3, T, 1))
+    torch.testing.assert_close(energy_shortfall(rollout), torch.tensor([1.0, 0.0, 0.0], dtype=F64))
+    # U(p) = -(g m / 3) sin(3p): without friction or throttle the energy only oscillates with
+    # the Euler step (no drift); with the potential's sign flipped it swings ~9x wider.
+    car = MountainCar(MountainCarParams(friction=0.0, v_max=10.0))
+    x = torch.tensor([[-0.9, 0.0]], dtype=F64)
+    states = []
+    for _ in range(200):
+        states.append(x[0])
+        x = car.step(x, torch.zeros(1, 1, dtype=F64))
+    states = torch.stack(states)
+    energy = mechanical_energy(states, prm)
+    flipped = 0.5 * states[:, 1] ** 2 + prm.gravity * prm.mass / 3 * torch.sin(3 * states[:, 0])
+    assert float(energy.std()) < 0.12 * float(energy.mean().abs())
+    assert abs(float(energy[:100].mean() - energy[100:].mean())) < 0.005
+    assert float(flipped.std()) > 5 * float(energy.std())
+
+
+def test_energy_variant_meta_trains(tmp_path):
+    assert [e.name for e in objective_for("energy", 1.0, "final").extras] == ["energy"]
+    with pytest.raises(ConfigError, match="energy_weight"):
+        build_config(MountainCarConfig, {"energy_weight": -1.0})
+    _, result = run_experiment("mountain-car", out=tmp_path / "run", smoke=True,
+                               sets=["extra=energy", "ilqr=false"])  # fmt: skip
+    assert result.extra["main_method"] == "ml3_energy"
+    assert (tmp_path / "run" / "loss_energy.safetensors").is_file()
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert "energy" in rows[0] and len(rows) == 1 + 3  # the prior's value logged per update
+
+
+def test_generalisation_study_smoke(tmp_path):
+    path = Path(__file__).resolve().parents[2] / "scripts" / "mountain_car_generalisation.py"
+    spec = importlib.util.spec_from_file_location("mountain_car_generalisation", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    by_method = study.run_study([0], ["energy"], tmp_path, smoke=True, sets=["landscape_grid=3"])
+    assert set(by_method) == {"ml3_energy", "task_loss_sgd"}
+    text = study.table(by_method)
+    assert len(text.splitlines()) == 4 and "| ml3_energy | 1 | " in text
