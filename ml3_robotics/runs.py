@@ -30,11 +30,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ml3_robotics.errors import ML3Error, RunDirError
 from ml3_robotics.serialization import atomic_write_bytes, read_format_json
-from robots.yaml_io import parse_yaml, read_yaml_file
+from robots.yaml_io import dump_yaml, parse_yaml, read_yaml_file
 
 ENTRY_POINT_GROUP = "ml3r.experiments"
 progress_log = logging.getLogger("ml3r.progress")
@@ -556,7 +554,7 @@ def write_config(ctx: RunContext, experiment: str, config: Any, smoke: bool) -> 
         "smoke": smoke,
         "config": config_to_dict(config),
     }
-    atomic_write_bytes(ctx.path("config.yaml"), yaml.safe_dump(doc, sort_keys=False).encode())
+    atomic_write_bytes(ctx.path("config.yaml"), dump_yaml(doc).encode())
 
 
 def execute_run(

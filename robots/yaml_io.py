@@ -86,3 +86,23 @@ def read_yaml_file(path: str | Path, source: str | None = None) -> Any:
     except OSError as e:
         raise ValueError(f"{source}: cannot read {path} ({e.strerror})") from e
     return parse_yaml(text, source)
+
+
+class _Yaml12Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes every string a YAML 1.2 reader would take for another type
+    (PyYAML writes ``"1e-3"`` bare, since 1.1 reads it back as a string)."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    looks_typed = any(rx.match(data) for rx in (_BOOL, _INT, _FLOAT)) or data in ("", "~", "null")
+    return dumper.represent_scalar(
+        "tag:yaml.org,2002:str", data, style="'" if looks_typed else None
+    )
+
+
+_Yaml12Dumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text that :func:`parse_yaml` reads back to ``data`` (block style, keys in order)."""
+    return yaml.dump(data, Dumper=_Yaml12Dumper, sort_keys=False)

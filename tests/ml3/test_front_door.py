@@ -29,7 +29,7 @@ from ml3_robotics.runs import (
 )
 from ml3_robotics.serialization import atomic_write_bytes, save_learned_loss
 from robots.arm import load_arm_config
-from robots.yaml_io import parse_yaml
+from robots.yaml_io import dump_yaml, parse_yaml
 
 
 def _error(capsys, argv) -> str:
@@ -453,3 +453,9 @@ def test_mountain_car_starts_outside_the_car_are_refused(capsys, tmp_path, start
     err = _error(capsys, argv)
     assert "starts[0]" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["1e-3", "010", "0x1F", "true", "yes", "", "null", "a: b"])
+def test_config_yaml_round_trips_strings_that_look_like_numbers(text):
+    doc = {"config": {"loss_path": text, "lr": 1e-5, "n": 10, "flag": True, "none": None}}
+    assert parse_yaml(dump_yaml(doc), "config.yaml") == doc
