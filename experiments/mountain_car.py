@@ -64,7 +64,9 @@ log = logging.getLogger(__name__)
 FEATURE_GROUPS = ("next_state", "action", "goal_error", "final_goal_distance", "time")
 # Rough ranges of each feature, so M_phi sees O(1) inputs.
 FEATURE_SCALE = (0.5, 0.5, 0.25, 0.5, 0.5, 1.0, 1.0)
-TASK_LR_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+# The tuned task loss needs large steps: its gradients at fresh policies are small (issue 20
+# measured lr 100 best); the grid reaches past that so the choice is not at its edge.
+TASK_LR_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 REPORT_STEPS = (1, 2, 5)
 Extra = Literal["both", "goal", "none", "energy"]
 

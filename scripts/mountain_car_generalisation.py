@@ -37,18 +37,25 @@ def run_study(seeds: list[int], extras: list[str], out: Path, smoke: bool, sets:
             doc = json.loads((run_out / "results.json").read_text())
             for method, m in {doc["extra"]["main_method"]: doc["metrics"],
                               **doc["baselines"]}.items():  # fmt: skip
-                by_method[method].append({"seed": seed, **m})
+                if all(r["seed"] != seed for r in by_method[method]):  # baselines: once a seed
+                    by_method[method].append({"seed": seed, **m})
     return dict(by_method)
 
 
 def table(by_method: dict[str, list[dict]]) -> str:
-    cols = [f"held-out k{k}" for k in STEPS] + ["train k1", "train k5"]
+    """Mean (per run) success per method; "-" where a method does not report that budget
+    (iLQR has no step 0; "last" is its iteration limit, the last inner step for the others)."""
+    keys = [f"success_heldout_k{k}" for k in STEPS] + ["success_heldout_last"]
+    keys += ["success_train_k1", "success_train_k5"]
+    cols = [f"held-out k{k}" for k in STEPS] + ["held-out last", "train k1", "train k5"]
     lines = ["| method | runs | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for method, runs in by_method.items():
         cells = []
-        for key in [f"success_heldout_k{k}" for k in STEPS] + ["success_train_k1",
-                                                                 "success_train_k5"]:  # fmt: skip
-            values = [r[key] for r in runs]
+        for key in keys:
+            values = [r[key] for r in runs if key in r]
+            if len(values) < len(runs):
+                cells.append("-")
+                continue
             per_seed = "/".join(f"{v:.2f}" for v in values)
             cells.append(f"{sum(values) / len(values):.2f} ({per_seed})")
         lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
