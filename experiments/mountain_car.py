@@ -113,6 +113,8 @@ class MountainCarConfig:
         train_inits: fresh policy initialisations evaluated on the training start.
         test_steps: inner steps at meta-test (reported at 1, 2 and 5 and the last).
         loss_hidden: widths of M_phi (ELU).
+        loss_learn_scale: meta-learn a scale of M_phi's output, i.e. the inner step size (the
+            tuned task loss picks step sizes from 1e-3 to 1e3 on different seeds).
         policy_hidden: width of the linear policy's hidden layer.
         landscape_grid: points per axis of the loss-landscape grid.
         checkpoint_every, eval_every: outer-loop bookkeeping.
@@ -148,6 +150,7 @@ class MountainCarConfig:
     train_inits: int = 10
     test_steps: int = 5
     loss_hidden: tuple[int, ...] = (400, 400)
+    loss_learn_scale: bool = False
     policy_hidden: int = 200
     landscape_grid: int = 41
     checkpoint_every: int = 50
@@ -385,6 +388,7 @@ def _new_loss(config: MountainCarConfig, seed: int) -> LearnedLoss:
             hidden=config.loss_hidden,
             activation="elu",
             output_activation="none",
+            learn_scale=config.loss_learn_scale,
         )
     )
     loss.reset_parameters(torch.Generator().manual_seed(seed))
