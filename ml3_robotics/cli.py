@@ -343,8 +343,13 @@ def _experiment_help_request(argv: Sequence[str]) -> str | None:
     argv = list(argv)
     if "run" not in argv or not {"-h", "--help"} & set(argv):
         return None
-    rest = [a for a in argv[argv.index("run") + 1 :] if not a.startswith("-")]
-    return rest[0] if rest else None
+    rest = iter(argv[argv.index("run") + 1 :])
+    for arg in rest:
+        if arg in ("--set", "--config", "--out", "--seed"):
+            next(rest, None)  # that option's value
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

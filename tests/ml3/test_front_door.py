@@ -366,7 +366,14 @@ def test_every_config_field_is_documented(name):
     assert fields and all(f.doc for f in fields), [f.name for f in fields if not f.doc]
 
 
-@pytest.mark.parametrize("argv", [["run", "reacher", "--help"], ["show", "reacher"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "reacher", "--help"],
+        ["show", "reacher"],
+        ["run", "--set", "inner_lr=0.1", "--out", "x", "reacher", "-h"],
+    ],
+)
 def test_run_experiment_help_lists_its_fields(capsys, argv):
     assert main(argv) == 0
     out = capsys.readouterr().out
