@@ -254,23 +254,28 @@ CELL = 13  # width of a method's column; headers wrap at underscores to fit it
 def _table_rows(result: RunResult) -> tuple[list[str], dict[str, dict[str, float]]]:
     """Row names (results.json's metric keys, whole) and each method's numbers for them.
 
-    The distance after 1, 2, 5 and 10 inner steps (from ``distance_by_inner_step_mm``) follows
-    the final distance: the number at the trained step count alone hides an overshoot after it.
+    The distance after 1, 2, 5 and 10 inner steps (``distance_by_budget_mm`` where the method was
+    tuned per budget, else ``distance_by_inner_step_mm``) follows the final distance: the
+    number at the trained step count alone hides an overshoot after it.
     """
     methods = {"ml3": result.metrics, **result.baselines}
     rows: list[str] = []
     values: dict[str, dict[str, float]] = {m: {} for m in methods}
     for method, metrics in methods.items():
+        # Per-budget tuned figures where a method has them (the task loss's step size is tuned
+        # for each budget), else its one curve.
         curve = metrics.get("distance_by_inner_step_mm")
+        tuned = metrics.get("distance_by_budget_mm")
         for key, v in metrics.items():
             if isinstance(v, int | float) and not isinstance(v, bool):
                 values[method][key] = v
                 if key not in rows:
                     rows.append(key)
-        if isinstance(curve, list):
-            for k in TABLE_STEPS:
-                if k < len(curve):
-                    values[method][f"distance_at_inner_step_{k}_mm"] = curve[k]
+        for k in TABLE_STEPS:
+            if isinstance(tuned, dict) and str(k) in tuned:
+                values[method][f"distance_at_inner_step_{k}_mm"] = tuned[str(k)]
+            elif isinstance(curve, list) and k < len(curve):
+                values[method][f"distance_at_inner_step_{k}_mm"] = curve[k]
     step_rows = [f"distance_at_inner_step_{k}_mm" for k in TABLE_STEPS]
     step_rows = [r for r in step_rows if any(r in v for v in values.values())]
     at = rows.index("mean_final_distance_mm") + 1 if "mean_final_distance_mm" in rows else 0

@@ -201,8 +201,14 @@ class ReachEvalConfig:
         babble_hold: torque hold of that babbling.
         video_goals: goals rendered in the ML3 video (0: no video).
         video_stride: render every n-th state.
-        curve_steps: ML3 and the task loss go on to this many inner steps (at least K), executed
-            in MuJoCo after every step: the distance-by-step curves and the steps to 10 mm.
+        curve_steps: ML3 and the task loss go on to this many inner steps (at least K),
+            executed in MuJoCo after every step: the distance-by-step curves and the steps to
+            10 mm.
+        budgets: inner-step budgets at which the task-loss baseline is tuned (K is added; those
+            past the curve are dropped): for each budget the optimizer and step size that end
+            closest on the tuning goals. The best fixed step size for one step is not the best
+            for ten.
+        baseline_methods: inner optimizers the baseline may pick ("sgd", "adam").
         landscape_grid: points per axis of the loss-landscape plot (0: no plot).
         bc_epochs: epochs of the behaviour-cloning baseline (run when demonstrations are given).
     """
@@ -220,10 +226,24 @@ class ReachEvalConfig:
     video_goals: int = 4
     video_stride: int = 3
     curve_steps: int = 10
+    budgets: tuple[int, ...] = (1, 2, 5, 10)
+    baseline_methods: tuple[str, ...] = ("sgd", "adam")
     landscape_grid: int = 21
     bc_epochs: int = 2000
 
     def __post_init__(self) -> None:
+        budgets = tuple(self.budgets)
+        object.__setattr__(self, "budgets", budgets)
+        if not budgets or any(not isinstance(b, int) or b < 1 for b in budgets):
+            raise ValueError(
+                f"budgets: expected positive step counts like (1, 2, 5), got {budgets!r}"
+            )
+        methods = tuple(self.baseline_methods)
+        object.__setattr__(self, "baseline_methods", methods)
+        if not methods:
+            raise ValueError("baseline_methods: expected at least one of ('sgd', 'adam'), got ()")
+        for m in methods:
+            check_choice("baseline_methods", m, INNER_METHODS)
         positive = ("horizon", "inner_steps", "ilqr_iters", "n_holdout_trajectories",
                     "babble_hold", "video_stride", "curve_steps", "bc_epochs")  # fmt: skip
         for name in positive:
@@ -376,7 +396,31 @@ def evaluate_reach(
     def model_step(x: Tensor, u: Tensor) -> Tensor:
         return model.step(x, u)
 
+    # Budgets past the curve are dropped (a smoke-sized curve_steps keeps the tuning small).
     curve = max(config.curve_steps, config.inner_steps)
+    budgets = sorted({*(b for b in config.budgets if b <= curve), config.inner_steps})
+
+    def tune_trace(choice: tuple[str, float], budgets: list[int], steps: int) -> dict[int, float]:
+        """Mean real final distance (m) on the tuning goals after each budget, for one
+        ``(optimizer, lr)`` of the task loss (inf where the rollout blows up)."""
+        out = dict.fromkeys(budgets, float("inf"))
+        opt = InnerOptimizer(choice[0], lr=choice[1], steps=steps)
+        try:
+            trace = trace_inner_steps(
+                lambda on_step: adapt_policies(
+                    policy, tune_init, model_step, tune, task_loss_fn, opt,
+                    differentiable=False, on_step=on_step,
+                )
+            )  # fmt: skip
+        except (ValueError, RuntimeError) as e:  # a step size that blows the rollout up
+            log.info("task loss %s lr %g failed on the tuning goals: %s", *choice, e)
+            return out
+        for b in budgets:
+            try:
+                out[b] = float(execute(trace[b], tune)[0].mean())
+            except (ValueError, RuntimeError, SimulationError) as e:
+                log.info("task loss %s lr %g: step %d failed in MuJoCo: %s", *choice, b, e)
+        return out
 
     def execute(params: Params, task: ReachTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X, U = execute_policies(sim, policy, params, task)
@@ -412,40 +456,46 @@ def evaluate_reach(
     results["ml3"] = summarize(
         d, model_env_steps + ml3_extra_env_steps + test.n * T,
         ml3_extra_seconds + time.perf_counter() - t0, **dict(ml3_fields or {}),
+        distance_by_budget_mm={str(b): float(1000 * dist[b].mean()) for b in budgets},
         **curve_fields(dist),
     )  # fmt: skip
     results["ml3"].setdefault("inner_lr", config.inner_lr)
 
-    # -- (a) task loss through the same model, step size tuned on the tuning goals -------------
+    # -- (a) task loss through the same model: optimizer and step size tuned on the tuning goals
+    # separately for every budget (the best fixed step size for 1 step is not the best for 50).
     if "task_loss" in methods:
         t0 = time.perf_counter()
         with ctx.phase("baseline_task_loss"):
-            tuned: dict[float, float] = {}
-            for lr in config.lr_grid:
-                opt = InnerOptimizer(config.inner_method, lr=lr, steps=K)
-                try:
-                    p = adapt_policies(policy, tune_init, model_step, tune, task_loss_fn, opt,
-                                       differentiable=False)  # fmt: skip
-                    tuned[lr] = float(execute(p, tune)[0].mean())
-                except (ValueError, RuntimeError) as e:  # a step size that blows the rollout up
-                    log.info("task-loss lr %g failed on the tuning goals: %s", lr, e)
-                    tuned[lr] = float("inf")
-            best_lr = min(tuned, key=lambda lr: tuned[lr])
-            opt = InnerOptimizer(config.inner_method, lr=best_lr, steps=curve)
-            trace, dist = by_step(
-                lambda on_step: adapt_policies(
-                    policy, test_init, model_step, test, task_loss_fn, opt,
-                    differentiable=False, on_step=on_step,
-                ),
-                test,
-            )  # fmt: skip
+            grid = [(m, lr) for m in config.baseline_methods for lr in config.lr_grid]
+            tuned = {choice: tune_trace(choice, budgets, budgets[-1]) for choice in grid}
+            best = {b: min(grid, key=lambda c: tuned[c][b]) for b in budgets}
+
+            def task_trace(choice: tuple[str, float]) -> tuple[list[Params], np.ndarray]:
+                opt = InnerOptimizer(choice[0], lr=choice[1], steps=curve)
+                return by_step(
+                    lambda on_step: adapt_policies(
+                        policy, test_init, model_step, test, task_loss_fn, opt,
+                        differentiable=False, on_step=on_step,
+                    ),
+                    test,
+                )  # fmt: skip
+
+            test_dist = {c: task_trace(c) for c in dict.fromkeys(best.values())}
+            by_budget = {b: float(1000 * test_dist[best[b]][1][b].mean()) for b in budgets}
+            trace, _ = test_dist[best[K]]
             d, X, _ = execute(trace[K], test)
+            # The per-step curve and steps-to-10-mm: the choice tuned for the largest budget.
+            dist = test_dist[best[budgets[-1]]][1]
         adapted["task_loss"] = trace[K]
         paths["task_loss"] = X
         results["task_loss"] = summarize(
-            d, model_env_steps + (len(config.lr_grid) * tune.n + test.n) * T,
-            time.perf_counter() - t0, lr=best_lr,
-            lr_grid_train_distance_mm={str(k): 1000 * v for k, v in tuned.items()},
+            d, model_env_steps + (len(grid) * len(budgets) * tune.n + test.n) * T,
+            time.perf_counter() - t0, optimizer=best[K][0], lr=best[K][1],
+            distance_by_budget_mm={str(b): v for b, v in by_budget.items()},
+            tuned_by_budget={str(b): f"{m} lr={lr:g}" for b, (m, lr) in best.items()},
+            tuning_distance_mm={
+                f"{m} lr={lr:g}": [1000 * tuned[(m, lr)][b] for b in budgets] for m, lr in grid
+            },
             **curve_fields(dist),
         )  # fmt: skip
 

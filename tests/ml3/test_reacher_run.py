@@ -6,6 +6,7 @@ registry pointed at ``experiments.reacher``.
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -66,8 +67,24 @@ def test_smoke_run_writes_every_artefact(tmp_path, monkeypatch):
     for name in ("ml3", "task_loss"):
         by_step = methods[name]["distance_by_inner_step_mm"]
         assert len(by_step) == max(K, curve) + 1
-        assert by_step[K] == pytest.approx(methods[name]["mean_final_distance_mm"], rel=1e-12)
         assert len(methods[name]["steps_to_10mm_per_goal"]) == doc["config"]["n_test_goals"]
+        by_budget = methods[name]["distance_by_budget_mm"]
+        assert set(by_budget) == {"1", "2"}  # the default budgets (1, 2, 5, 10) up to the curve
+        assert by_budget[str(K)] == pytest.approx(methods[name]["mean_final_distance_mm"])
+    assert methods["ml3"]["distance_by_inner_step_mm"][K] == pytest.approx(
+        methods["ml3"]["mean_final_distance_mm"], rel=1e-12
+    )
+    # The task loss: SGD and Adam over the step-size grid, the best choice per budget on the
+    # tuning goals; the test figure at K comes from the choice tuned for K.
+    task = methods["task_loss"]
+    tuning = task["tuning_distance_mm"]
+    assert len(tuning) == 2 * len(doc["config"]["lr_grid"])
+    for i, b in enumerate(sorted(int(b) for b in task["tuned_by_budget"])):
+        # (a step size that blew up is written as null, i.e. infinitely far)
+        best = min(tuning, key=lambda c: math.inf if tuning[c][i] is None else tuning[c][i])
+        assert task["tuned_by_budget"][str(b)] == best
+    assert task["optimizer"] in ("sgd", "adam")
+    assert task["tuned_by_budget"][str(K)] == f"{task['optimizer']} lr={task['lr']:g}"
     for name in ("meta_training.png", "final_distance_per_goal.png", "ee_paths.png",
                  "distance_by_inner_step.png", "loss_landscape.png",
                  "loss.safetensors", "loss.json", "metrics.csv", "config.yaml"):  # fmt: skip
