@@ -261,7 +261,7 @@ def heldout_starts(config: MountainCarConfig, seed: int) -> Tensor:
     """``(heldout, 2)`` held-out start states: ``config.starts`` when given, else uniform in the
     configured box, away from training."""
     if config.starts:
-        return torch.tensor(config.starts, dtype=torch.float64).to(torch.get_default_dtype())
+        return torch.tensor(config.starts)
     g = torch.Generator().manual_seed(20_000 + seed)
     p0 = MountainCarParams().start[0]
     lo_train = p0 - config.train_spread[0] - config.heldout_gap

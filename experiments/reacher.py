@@ -256,7 +256,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     reach_kw = {"min_radius": config.goal_min_radius, "min_distance": config.goal_separation}
     # Held-out goals first, then a dense training pool kept goal_separation away from them.
     test_goals = (
-        check_goals(arm, config.goals)
+        np.asarray(config.goals, dtype=np.float64)  # checked in ReacherConfig.__post_init__
         if config.goals
         else sample_goals(arm, config.n_test_goals, seed + 7919, **reach_kw)
     )

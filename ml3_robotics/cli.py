@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-import yaml
 
 from ml3_robotics.errors import ML3Error
 from ml3_robotics.render import render_system
@@ -37,6 +36,7 @@ from ml3_robotics.runs import (
 )
 from ml3_robotics.transfer import EVAL_SMOKE, ReachEvalRunConfig, load_reach_loss, run_reach_eval
 from robots.arm import load_arm_config
+from robots.yaml_io import dump_yaml
 
 log = logging.getLogger("ml3r")
 
@@ -318,7 +318,7 @@ def _fields_help(config_type: type) -> str:
     """Every field of a config dataclass: name, type, default and one paragraph of doc."""
     lines = ["config fields (set with --set KEY=VALUE or a --config YAML file):"]
     for f in describe_config(config_type):
-        default = yaml.safe_dump(plain_value(f.default), default_flow_style=True).strip()
+        default = dump_yaml(plain_value(f.default), flow=True).strip()
         default = default.removesuffix("\n...").removesuffix(" ...")
         lines.append(f"  {f.name} ({f.type}, default {default})")
         if f.doc:

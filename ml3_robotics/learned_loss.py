@@ -35,14 +35,13 @@ def check_choice(argument: str, value: str, choices: Sequence[str]) -> None:
 MAX_WIDTH = 65_536  # far above any network here; a typo like 4000000 is refused, not allocated
 
 
-def check_widths(argument: str, widths: Sequence[int], *, allow_empty: bool = False) -> None:
-    """Raise ValueError naming ``argument`` unless ``widths`` are layer widths: integers in
-    ``[1, MAX_WIDTH]`` (at least one unless ``allow_empty``)."""
-    ok = all(type(w) is int and 1 <= w <= MAX_WIDTH for w in widths)
-    if not ok or (not widths and not allow_empty):
+def check_widths(argument: str, widths: Sequence[int]) -> None:
+    """Raise ValueError naming ``argument`` unless ``widths`` is a non-empty list of layer
+    widths: integers in ``[1, MAX_WIDTH]``."""
+    if not widths or not all(type(w) is int and 1 <= w <= MAX_WIDTH for w in widths):
         raise ValueError(
-            f"{argument}: expected {'' if allow_empty else 'a non-empty list of '}layer widths "
-            f"(integers from 1 to {MAX_WIDTH}), got {tuple(widths)!r}"
+            f"{argument}: expected a non-empty list of layer widths (integers from 1 to "
+            f"{MAX_WIDTH}), got {tuple(widths)!r}"
         )
 
 

@@ -400,11 +400,11 @@ def evaluate_reach(
     curve = max(config.curve_steps, config.inner_steps)
     budgets = sorted({*(b for b in config.budgets if b <= curve), config.inner_steps})
 
-    def tune_trace(choice: tuple[str, float], budgets: list[int], steps: int) -> dict[int, float]:
+    def tune_trace(choice: tuple[str, float]) -> dict[int, float]:
         """Mean real final distance (m) on the tuning goals after each budget, for one
         ``(optimizer, lr)`` of the task loss (inf where the rollout blows up)."""
         out = dict.fromkeys(budgets, float("inf"))
-        opt = InnerOptimizer(choice[0], lr=choice[1], steps=steps)
+        opt = InnerOptimizer(choice[0], lr=choice[1], steps=budgets[-1])
         try:
             trace = trace_inner_steps(
                 lambda on_step: adapt_policies(
@@ -467,7 +467,7 @@ def evaluate_reach(
         t0 = time.perf_counter()
         with ctx.phase("baseline_task_loss"):
             grid = [(m, lr) for m in config.baseline_methods for lr in config.lr_grid]
-            tuned = {choice: tune_trace(choice, budgets, budgets[-1]) for choice in grid}
+            tuned = {choice: tune_trace(choice) for choice in grid}
             best = {b: min(grid, key=lambda c: tuned[c][b]) for b in budgets}
 
             def task_trace(choice: tuple[str, float]) -> tuple[list[Params], np.ndarray]:

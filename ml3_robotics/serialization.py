@@ -195,16 +195,15 @@ def load_learned_loss(
     try:
         with safe_open(weights, framework="pt") as f:
             found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        if expected != found:
-            raise LossFileError(
-                f"loss file: {weights} holds parameters {found}, but its sidecar's architecture "
-                f"needs {expected}"
-            )
-        state = load_file(weights)
+        if expected == found:
+            state = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:
-        if isinstance(e, LossFileError):
-            raise
         raise LossFileError(f"loss file: {weights} is not a readable safetensors file ({e})") from e
+    if expected != found:
+        raise LossFileError(
+            f"loss file: {weights} holds parameters {found}, but its sidecar's architecture "
+            f"needs {expected}"
+        )
     bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
     if bad:
         raise LossFileError(f"loss file: {weights} holds non-finite values in {bad}")

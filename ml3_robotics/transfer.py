@@ -285,7 +285,7 @@ def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
         loss, arm, eval_config, config.model_config(), ctx,
         n_goals=config.n_goals, n_tune_goals=config.n_tune_goals,
         goal_min_radius=config.goal_min_radius, goal_separation=config.goal_separation,
-        goals=check_goals(arm, config.goals) if config.goals else None,
+        goals=np.asarray(config.goals, dtype=np.float64) if config.goals else None,
     )  # fmt: skip
     extra["inner_steps"] = eval_config.inner_steps
     extra["inner_lr"] = eval_config.inner_lr

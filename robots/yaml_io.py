@@ -103,6 +103,7 @@ def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 _Yaml12Dumper.add_representer(str, _represent_str)
 
 
-def dump_yaml(data: Any) -> str:
-    """YAML text that :func:`parse_yaml` reads back to ``data`` (block style, keys in order)."""
-    return yaml.dump(data, Dumper=_Yaml12Dumper, sort_keys=False)
+def dump_yaml(data: Any, *, flow: bool = False) -> str:
+    """YAML text that :func:`parse_yaml` reads back to ``data`` (keys in order; block style, or
+    one line with ``flow``)."""
+    return yaml.dump(data, Dumper=_Yaml12Dumper, sort_keys=False, default_flow_style=flow)
