@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 FEATURE_GROUPS = ("next_state", "action", "goal_error", "final_goal_distance", "time")
 # Rough ranges of each feature, so M_phi sees O(1) inputs.
 FEATURE_SCALE = (0.5, 0.5, 0.25, 0.5, 0.5, 1.0, 1.0)
+# power_feature=true: M_phi also reads p u and v u (next state times action; v u is the power
+# the engine puts in, the quantity pumping needs).
+POWER_GROUP, POWER_SCALE = "next_state_action", (0.125, 0.125)
 # The tuned task loss needs large steps: its gradients at fresh policies are small (issue 20
 # measured lr 100 best); the grid reaches past that so the choice is not at its edge.
 TASK_LR_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
@@ -115,6 +118,8 @@ class MountainCarConfig:
         loss_hidden: widths of M_phi (ELU).
         loss_learn_scale: meta-learn a scale of M_phi's output, i.e. the inner step size (the
             tuned task loss picks step sizes from 1e-3 to 1e3 on different seeds).
+        power_feature: M_phi also reads the next state times the action (``p u``, ``v u``: the
+            engine's power), so that the update pumping needs is one product away.
         policy_hidden: width of the linear policy's hidden layer.
         landscape_grid: points per axis of the loss-landscape grid.
         checkpoint_every, eval_every: outer-loop bookkeeping.
@@ -151,6 +156,7 @@ class MountainCarConfig:
     test_steps: int = 5
     loss_hidden: tuple[int, ...] = (400, 400)
     loss_learn_scale: bool = False
+    power_feature: bool = False
     policy_hidden: int = 200
     landscape_grid: int = 41
     checkpoint_every: int = 50
@@ -380,11 +386,21 @@ def _summary(train_rate: np.ndarray, held_rate: np.ndarray, held_dist: np.ndarra
 # -- the run ------------------------------------------------------------------------------
 
 
+def loss_features(config: MountainCarConfig) -> tuple[ControlFeatures, tuple[float, ...]]:
+    """M_phi's per-step features and their scales."""
+    if config.power_feature:
+        return (
+            ControlFeatures((*FEATURE_GROUPS, POWER_GROUP), nx=2, nu=1),
+            FEATURE_SCALE + POWER_SCALE,
+        )
+    return ControlFeatures(FEATURE_GROUPS, nx=2, nu=1), FEATURE_SCALE
+
+
 def _new_loss(config: MountainCarConfig, seed: int) -> LearnedLoss:
-    features = ControlFeatures(FEATURE_GROUPS, nx=2, nu=1)
+    features, scale = loss_features(config)
     loss = LearnedLoss(
         LossConfig(
-            features.spec(scale=FEATURE_SCALE),
+            features.spec(scale=scale),
             hidden=config.loss_hidden,
             activation="elu",
             output_activation="none",
@@ -402,7 +418,7 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
     policy = make_policy(
         config.policy_hidden, prm.action_bound, config.policy_bound, config.policy_input_scale
     )
-    features = ControlFeatures(FEATURE_GROUPS, nx=2, nu=1)
+    features, _ = loss_features(config)
     inner = InnerOptimizer("sgd", lr=config.inner_lr, steps=config.inner_steps)
     test_opt = InnerOptimizer("sgd", lr=config.inner_lr, steps=config.test_steps)
     variants = ("goal", "none") if config.extra == "both" else (config.extra,)
@@ -702,11 +718,11 @@ def _plot_landscape(ctx: RunContext, config, losses, car: MountainCar, policy: B
     aa, bb = torch.meshgrid(a, b, indexing="ij")
     gains = torch.stack([aa.reshape(-1), bb.reshape(-1)], 1)
     task = make_task(torch.tensor([car.params.start]).repeat(gains.shape[0], 1))
-    features = ControlFeatures(FEATURE_GROUPS, nx=2, nu=1)
     with torch.no_grad():
         rollout = policy_rollout(policy, _gain_params(policy, gains), car, task)
         panels = {f"task loss ({config.task_loss})": task_term(config.task_loss)(rollout, task)}
         for variant, loss in losses.items():
+            features = ControlFeatures.from_spec(loss.features, nx=2, nu=1)
             panels[f"learned loss ({variant})"] = learned_control_loss(loss, features)(
                 rollout, task
             )

@@ -52,6 +52,8 @@ CONTROL_FEATURES: dict[str, str] = {
     "state": "x_t, the state the action was taken in (nx values)",
     "next_state": "x_{t+1}, the state the action led to (nx values)",
     "action": "u_t (nu values)",
+    "next_state_action": "x_{t+1} (x) u_t, each next-state value times each action value "
+    "(nx * nu values; for velocities and forces, the power the action puts in)",
     "goal": "the task's goal state (nx values)",
     "goal_error": "x_{t+1} - goal (nx values)",
     "goal_distance": "||x_{t+1} - goal|| (1 value)",
@@ -238,6 +240,8 @@ class ControlFeatures:
             return self.nx
         if group == "action":
             return self.nu
+        if group == "next_state_action":
+            return self.nx * self.nu
         return 1
 
     def names(self) -> tuple[str, ...]:
@@ -295,6 +299,9 @@ class ControlFeatures:
                 parts.append(x[:, 1:])
             elif g == "action":
                 parts.append(rollout.actions)
+            elif g == "next_state_action":
+                outer = x[:, 1:, :, None] * rollout.actions[:, :, None, :]
+                parts.append(outer.reshape(b, horizon, nx * self.nu))
             elif g == "goal":
                 parts.append(goal)
             elif g == "goal_error":

@@ -13,6 +13,7 @@ from experiments.mountain_car import (
     objective_for,
     train_starts,
 )
+from ml3_robotics.errors import FeatureSpecError
 from ml3_robotics.runs import (
     ConfigError,
     RunContext,
@@ -97,6 +98,20 @@ def test_single_variant_run_and_reload_of_its_loss(tmp_path):
     _, again = _run(tmp_path / "b", ["extra=none", "ilqr=false", f"loss_path={loss_path}"])
     assert not (tmp_path / "b" / "checkpoints" / "meta_train_none.safetensors").exists()
     assert again.metrics == result.metrics
+
+
+def test_power_feature_loss_reads_p_u_and_v_u_and_reloads_only_with_the_same_features(tmp_path):
+    _, result = _run(tmp_path / "a", ["extra=none", "ilqr=false", "power_feature=true"])
+    spec = json.loads((tmp_path / "a" / "loss_none.json").read_text())
+    assert "next_state_action.1" in json.dumps(spec)
+    loss_path = str(tmp_path / "a" / "loss_none")
+    _, again = _run(
+        tmp_path / "b",
+        ["extra=none", "ilqr=false", "power_feature=true", f"loss_path={loss_path}"],
+    )
+    assert again.metrics == result.metrics
+    with pytest.raises(FeatureSpecError, match="next_state_action"):
+        _run(tmp_path / "c", ["extra=none", "ilqr=false", f"loss_path={loss_path}"])
 
 
 def test_bad_extra_is_refused_with_a_hint():

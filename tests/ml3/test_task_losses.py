@@ -172,6 +172,19 @@ def test_feature_builder_refuses_extra_information(group):
         ControlFeatures(("next_state", group), nx=2, nu=1)
 
 
+def test_next_state_action_feature_is_each_next_state_value_times_each_action_value():
+    g = torch.Generator().manual_seed(0)
+    states, actions = torch.randn(3, 5, 4, generator=g), torch.randn(3, 4, 2, generator=g)
+    task = ControlTask(states[:, 0], torch.zeros(4), 4)
+    features = ControlFeatures(("action", "next_state_action"), nx=4, nu=2)
+    assert features.names()[2:] == tuple(f"next_state_action.{i}" for i in range(8))
+    f = features(Rollout(states, actions, {}), task)
+    assert f.shape == (3, 4, 2 + 8)
+    for i in range(4):
+        for j in range(2):
+            torch.testing.assert_close(f[..., 2 + 2 * i + j], states[:, 1:, i] * actions[..., j])
+
+
 def test_meta_test_refuses_a_loss_that_reads_extra_information():
     # A loss built by hand (bypassing ControlFeatures) whose spec names an extra input.
     spec = FeatureSpec(("next_state.0", "next_state.1", "intermediate_goal.0"))
