@@ -353,7 +353,7 @@ def success(states: Tensor, car: MountainCar) -> Tensor:
     return car.solved(states).any(-1)
 
 
-def _rates(trace: PolicyTrace, car: MountainCar) -> np.ndarray:
+def success_rates(trace: PolicyTrace, car: MountainCar) -> np.ndarray:
     """``(K+1,)`` success rate after k steps."""
     return success(trace.states, car).double().mean(-1).numpy()
 
@@ -462,7 +462,7 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
                 metrics["train_success"] = float(success(rollout.states, car).double().mean())
                 if (iteration + 1) % config.eval_every == 0:
                     tr = meta_test(loss, policy, held_init, car, held_task, test_opt)
-                    metrics["heldout_success_last"] = float(_rates(tr, car)[-1])
+                    metrics["heldout_success_last"] = float(success_rates(tr, car)[-1])
                 return OuterStep(value, metrics)
 
             trainers[variant] = MetaTrainer(
@@ -515,7 +515,7 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
         for lr in TASK_LR_GRID:
             opt = InnerOptimizer("sgd", lr=lr, steps=config.test_steps)
             tr = adapt_policy(task_loss, policy, train_init, car, train_task, opt)
-            tuned[lr] = (-float(_rates(tr, car)[-1]), float(_final_distance(tr)[-1]))
+            tuned[lr] = (-float(success_rates(tr, car)[-1]), float(_final_distance(tr)[-1]))
         best_lr = min(TASK_LR_GRID, key=lambda lr: (not math.isfinite(tuned[lr][1]), tuned[lr]))
         opt = InnerOptimizer("sgd", lr=best_lr, steps=config.test_steps)
         traces["task_loss_sgd"] = (
@@ -524,7 +524,7 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
         )
 
     summaries = {
-        name: _summary(_rates(a, car), _rates(b, car), _final_distance(b))
+        name: _summary(success_rates(a, car), success_rates(b, car), _final_distance(b))
         for name, (a, b) in traces.items()
     }
     summaries["task_loss_sgd"]["lr"] = best_lr
@@ -539,7 +539,7 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
                 task_loss, policy, fixed_init, car, fixed_task, opt
             )
         for name, tr in fixed.items():
-            rates = _rates(tr, car)
+            rates = success_rates(tr, car)
             for k in REPORT_STEPS:
                 if k < len(rates):
                     summaries[name][f"success_fixedinit_k{k}"] = float(rates[k])
@@ -580,7 +580,10 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
             },
             "success_curves": {
                 **{
-                    name: {"train": _rates(a, car).tolist(), "heldout": _rates(b, car).tolist()}
+                    name: {
+                        "train": success_rates(a, car).tolist(),
+                        "heldout": success_rates(b, car).tolist(),
+                    }
                     for name, (a, b) in traces.items()
                 },
                 **{k: e["success_curve"] for k, e in (ilqr_result or {}).items()},
@@ -680,7 +683,7 @@ def _plot_success(ctx: RunContext, traces, car: MountainCar, ilqr_result) -> Non
     for col, (title, idx) in enumerate((("training start (-0.55, 0)", 0), ("held-out starts", 1))):
         ax = axes[0, col]
         for name, pair in traces.items():
-            rates = _rates(pair[idx], car)
+            rates = success_rates(pair[idx], car)
             ax.plot(np.arange(len(rates)), rates, marker="o", label=name)
         for name, entry in (ilqr_result or {}).items():
             curve = entry["success_curve"]["train" if idx == 0 else "heldout"]
@@ -698,7 +701,7 @@ def _plot_success(ctx: RunContext, traces, car: MountainCar, ilqr_result) -> Non
     save(fig, ctx.path("success_vs_step.png"))
 
 
-def _gain_params(policy: BatchedMLP, gains: Tensor) -> Params:
+def gain_params(policy: BatchedMLP, gains: Tensor) -> Params:
     """Policy parameters realising the gains ``u = bound(a p + b v)`` for ``gains (N, 2)``."""
     n, hidden = gains.shape[0], policy.widths[1]
     w0 = torch.zeros(n, hidden, 2)
@@ -719,7 +722,7 @@ def _plot_landscape(ctx: RunContext, config, losses, car: MountainCar, policy: B
     gains = torch.stack([aa.reshape(-1), bb.reshape(-1)], 1)
     task = make_task(torch.tensor([car.params.start]).repeat(gains.shape[0], 1))
     with torch.no_grad():
-        rollout = policy_rollout(policy, _gain_params(policy, gains), car, task)
+        rollout = policy_rollout(policy, gain_params(policy, gains), car, task)
         panels = {f"task loss ({config.task_loss})": task_term(config.task_loss)(rollout, task)}
         for variant, loss in losses.items():
             features = ControlFeatures.from_spec(loss.features, nx=2, nu=1)
