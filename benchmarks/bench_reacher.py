@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ml3_robotics.inner import InnerOptimizer
+from ml3_robotics.inner import InnerOptimizer, init_params
 from ml3_robotics.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble, fit
 from ml3_robotics.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.mbrl import (
     ReachPolicy,
     ReachTask,
-    init_policy_params,
     learned_loss_fn,
     meta_loss,
     reach_feature_spec,
@@ -94,7 +93,7 @@ def main() -> None:
     loss = LearnedLoss(
         LossConfig(reach_feature_spec(), hidden=(400, 400), activation="elu", learn_scale=True)
     )
-    params = init_policy_params(policy, task.n, torch.Generator().manual_seed(0))
+    params = init_params(policy, task.n, torch.Generator().manual_seed(0))
     lr, K = 1e-3, args.inner_steps
     opt = InnerOptimizer("sgd", lr=lr, steps=K)
 

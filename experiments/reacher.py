@@ -24,7 +24,7 @@ from torch import Tensor
 
 from controllers import ILQR, ILQRConfig, MujocoDynamics
 from ml3_robotics.arm_distribution import ArmDistribution, arm_cycle_from
-from ml3_robotics.inner import INNER_METHODS, InnerOptimizer
+from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, init_params
 from ml3_robotics.learned_dynamics import (
     EnsembleConfig,
     ProbabilisticEnsemble,
@@ -37,7 +37,6 @@ from ml3_robotics.mbrl import (
     ReachTask,
     execute_plan,
     execute_policies,
-    init_policy_params,
     learned_loss_fn,
     meta_loss,
     meta_test,
@@ -356,7 +355,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             metrics["heldout_real_distance_mm"] = float(1000 * test.final_distance(X).mean())
         index = torch.randperm(train.n, generator=g)[: config.goals_per_iteration]
         batch = train.subset(index)
-        params = init_policy_params(policy, batch.n, g, **zero)
+        params = init_params(policy, batch.n, g, **zero)
         value, adapted = meta_loss(
             policy, params, model_step, batch, learned, inner, batch_extras(index)
         )

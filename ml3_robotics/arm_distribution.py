@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.mbrl import LossFn, ReachPolicy, ReachTask, init_policy_params, meta_loss
+from ml3_robotics.inner import InnerOptimizer, init_params
+from ml3_robotics.mbrl import LossFn, ReachPolicy, ReachTask, meta_loss
 from ml3_robotics.meta_trainer import OuterStep
 from ml3_robotics.reach_eval import ReachModelConfig, fit_reach_model, model_config_from
 from robots.arm import ArmConfig, ArmSim, load_arm_config, sample_goals
@@ -199,7 +199,7 @@ class ArmCycle:
         def step(x: Tensor, u: Tensor) -> Tensor:
             return model.step(x, u)
 
-        params = init_policy_params(policy, task.n, generator,
+        params = init_params(policy, task.n, generator,
                                     zero_output_layer=self.zero_output_layer)  # fmt: skip
         value, _ = meta_loss(policy, params, step, task, learned, inner)
         return OuterStep(value, {"arm_index": float(index)})

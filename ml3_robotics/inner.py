@@ -7,6 +7,7 @@ Gradients come from :func:`torch.func.grad`, so the same code runs plainly, unde
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -136,3 +137,37 @@ def stack_params(param_dicts: list[Params]) -> Params:
     if not param_dicts:
         raise ValueError("param_dicts: expected at least one parameter dict, got none")
     return {k: torch.stack([p[k] for p in param_dicts]) for k in param_dicts[0]}
+
+
+def init_params(
+    policy: nn.Module,
+    n: int,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    *,
+    zero_output_layer: bool = False,
+) -> Params:
+    """``n`` independent initialisations of ``policy``'s parameters, stacked on axis 0 (the
+    one initialiser of per-problem functional policies built from ``nn.Module`` s).
+
+    Same distribution as ``nn.Linear``'s default (uniform within ``1/sqrt(fan_in)``), drawn from
+    ``generator`` so that a seed fixes every fresh policy.
+
+    Args:
+        zero_output_layer: start the last linear layer at zero, so every fresh policy commands
+            zero torque (the arm rests) while its hidden features stay random; the random draw
+            is made anyway, so the hidden layers are the same either way.
+    """
+    out: Params = {}
+    fan_in: dict[str, int] = {}
+    for name, p in policy.named_parameters():
+        if p.ndim == 2:
+            fan_in[name.rsplit(".", 1)[0]] = p.shape[1]
+    layers = list(dict.fromkeys(name.rsplit(".", 1)[0] for name, _ in policy.named_parameters()))
+    for name, p in policy.named_parameters():
+        layer = name.rsplit(".", 1)[0]
+        bound = 1.0 / math.sqrt(fan_in[layer])
+        u = torch.rand((n, *p.shape), generator=generator, dtype=torch.float64)
+        value = ((2 * u - 1) * bound).to(dtype)
+        out[name] = torch.zeros_like(value) if zero_output_layer and layer == layers[-1] else value
+    return out

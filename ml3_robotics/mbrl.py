@@ -5,8 +5,9 @@ The pieces the reacher experiment composes:
 * :func:`reach_features` and :data:`REACH_FEATURES`: what the learned control loss reads, per time
   step, independent of the number of joints (task-space terms plus per-joint terms pooled
   symmetrically across joints), so one learned loss applies to 2-, 3- and 4-link arms.
-* :class:`ReachPolicy` and :func:`init_policy_params`: the paper's tanh MLP feedback policy with
-  normalised inputs, one independent parameter set per goal stacked along a leading axis.
+* :class:`ReachPolicy`: the paper's tanh MLP feedback policy with normalised inputs, one
+  independent parameter set per goal stacked along a leading axis
+  (:func:`ml3_robotics.inner.init_params` draws them).
 * :func:`model_rollout`: closed-loop rollouts of ``G`` per-goal policies through a differentiable
   model in one batch (the policy is vmapped over goals, the model steps the whole batch).
 * :class:`ReachTask`: goals, the joint-space goals from IK and the task loss (the paper's,
@@ -172,39 +173,6 @@ class ReachPolicy(nn.Module):
                 h = torch.tanh(h)
         bound = self.mlp.action_bound.to(h)
         return bound * torch.tanh(h[:, 0]) if self.mlp.bounded else h[:, 0]
-
-
-def init_policy_params(
-    policy: nn.Module,
-    n: int,
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.float32,
-    *,
-    zero_output_layer: bool = False,
-) -> Params:
-    """``n`` independent initialisations of ``policy``'s parameters, stacked on axis 0.
-
-    Same distribution as ``nn.Linear``'s default (uniform within ``1/sqrt(fan_in)``), drawn from
-    ``generator`` so that a seed fixes every fresh policy.
-
-    Args:
-        zero_output_layer: start the last linear layer at zero, so every fresh policy commands
-            zero torque (the arm rests) while its hidden features stay random; the random draw
-            is made anyway, so the hidden layers are the same either way.
-    """
-    out: Params = {}
-    fan_in: dict[str, int] = {}
-    for name, p in policy.named_parameters():
-        if p.ndim == 2:
-            fan_in[name.rsplit(".", 1)[0]] = p.shape[1]
-    layers = list(dict.fromkeys(name.rsplit(".", 1)[0] for name, _ in policy.named_parameters()))
-    for name, p in policy.named_parameters():
-        layer = name.rsplit(".", 1)[0]
-        bound = 1.0 / math.sqrt(fan_in[layer])
-        u = torch.rand((n, *p.shape), generator=generator, dtype=torch.float64)
-        value = ((2 * u - 1) * bound).to(dtype)
-        out[name] = torch.zeros_like(value) if zero_output_layer and layer == layers[-1] else value
-    return out
 
 
 def batched_policy(policy: nn.Module) -> Callable[[Params, Tensor], Tensor]:

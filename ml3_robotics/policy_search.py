@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ml3_robotics.errors import FeatureSpecError
-from ml3_robotics.inner import InnerOptimizer, Params, adapt, call
+from ml3_robotics.inner import InnerOptimizer, Params, adapt, call, init_params
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss
 from ml3_robotics.task_losses import ControlTask, Rollout
 
@@ -187,15 +187,8 @@ class ModulePolicy:
     def init(
         self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
     ) -> Params:
-        """``n`` parameter sets, each entry ``U(+-1/sqrt(fan_in))`` (fan_in: a weight's input
-        width; for vectors, their length), a stand-in for the layers' own initialisation."""
-        out: Params = {}
-        for name, value in self.module.named_parameters():
-            fan_in = value.shape[1] if value.ndim >= 2 else value.shape[0]
-            bound = 1.0 / math.sqrt(fan_in)
-            shape = (n, *value.shape)
-            out[name] = (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
-        return out
+        """``n`` parameter sets drawn as ``nn.Linear``'s default (:func:`init_params`)."""
+        return init_params(self.module, n, generator, dtype)
 
 
 @dataclass(frozen=True)

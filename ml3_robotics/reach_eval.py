@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from controllers import ILQR, ILQRConfig, MujocoDynamics
-from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, Params
+from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, Params, init_params
 from ml3_robotics.learned_dynamics import (
     EnsembleConfig,
     ProbabilisticEnsemble,
@@ -44,7 +44,6 @@ from ml3_robotics.mbrl import (
     execute_goal_policy,
     execute_plan,
     execute_policies,
-    init_policy_params,
     learned_loss_fn,
     loss_landscape,
     meta_test,
@@ -324,7 +323,7 @@ def fresh_policy_params(
     policy: ReachPolicy, n: int, seed: int, *, zero_output_layer: bool
 ) -> Params:
     """``n`` fresh per-goal parameter sets drawn from ``seed`` (same seed, same draw)."""
-    return init_policy_params(
+    return init_params(
         policy, n, torch.Generator().manual_seed(seed), zero_output_layer=zero_output_layer
     )
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ml3_robotics.errors import FeatureSpecError
-from ml3_robotics.inner import InnerOptimizer
+from ml3_robotics.inner import InnerOptimizer, init_params
 from ml3_robotics.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.mbrl import (
@@ -18,7 +18,6 @@ from ml3_robotics.mbrl import (
     adapt_policies,
     batched_policy,
     behaviour_cloning,
-    init_policy_params,
     learned_loss_fn,
     loss_landscape,
     meta_loss,
@@ -98,7 +97,7 @@ def test_one_learned_loss_applies_to_2_3_and_4_link_arms():
 def test_batched_policy_equals_the_module_goal_by_goal():
     arm = load_arm_config("reacher2")
     policy = ReachPolicy(arm, (8, 8))
-    params = init_policy_params(policy, 3, torch.Generator().manual_seed(0))
+    params = init_params(policy, 3, torch.Generator().manual_seed(0))
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
     u = batched_policy(policy)(params, x)
     for g in range(3):
@@ -118,7 +117,7 @@ def _tiny_problem(dtype=torch.float64, horizon=4):
         p.requires_grad_(False)
     policy = ReachPolicy(arm, (4, 4)).to(dtype)
     task = ReachTask(arm, sample_goals(arm, 2, 0, min_radius=0.3), horizon)
-    params = init_policy_params(policy, 2, torch.Generator().manual_seed(3), dtype=dtype)
+    params = init_params(policy, 2, torch.Generator().manual_seed(3), dtype=dtype)
     loss = LearnedLoss(LossConfig(reach_feature_spec(), hidden=(6,), activation="elu")).to(dtype)
     loss.reset_parameters(torch.Generator().manual_seed(4))
     return arm, model, policy, task, params, loss
