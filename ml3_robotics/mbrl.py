@@ -35,8 +35,10 @@ from torch.func import functional_call, vmap
 
 from controllers import MLPPolicy, ReachCost
 from controllers.policies import rollout
-from ml3_robotics.inner import InnerOptimizer, Params, adapt
+from ml3_robotics import policy_search
+from ml3_robotics.inner import InnerOptimizer, Params
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss
+from ml3_robotics.policy_search import StepFn
 from ml3_robotics.task_losses import ExtraTerm, PhysicsPrior, Rollout
 from robots.arm import (
     ArmConfig,
@@ -47,7 +49,6 @@ from robots.arm import (
     kinetic_energy,
 )
 
-StepFn = Callable[[Tensor, Tensor], Tensor]
 OnStep = Callable[[int, Params, Tensor], None]  # (k, params before step k, loss before step k)
 
 #: Names of the learned-loss input features, in input order (recorded in the loss sidecar).
@@ -250,6 +251,11 @@ class ReachTask:
     def n(self) -> int:
         return self.goals.shape[0]
 
+    @property
+    def start(self) -> Tensor:
+        """``(G, nx)`` start states (float32; rollouts cast them to the policy's dtype)."""
+        return self.x0()
+
     def x0(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """``(G, nx)`` start states: the paper's zero state."""
         return torch.zeros(self.n, self.config.nx, dtype=dtype)
@@ -306,20 +312,14 @@ def adapt_policies(
     steps: int | None = None,
     on_step: Callable[[int, Params, Tensor], None] | None = None,
 ) -> Params:
-    """K inner steps on ``sum_g loss_g`` for ``G`` independent per-goal policies.
-
-    Goals share nothing but the batch, so the gradient of the sum with respect to goal ``g``'s
-    parameters is the gradient of goal ``g``'s own loss: one backward pass adapts every goal
-    (SGD and Adam are elementwise, so each goal's update is exactly its own).
-    """
-
-    def objective(p: Params) -> Tensor:
-        X, U = model_rollout(policy, p, step, task.x0(next(iter(p.values())).dtype), task.horizon)
-        return loss(X, U, task).sum()
-
-    return adapt(
-        objective, params, optimizer, differentiable=differentiable, steps=steps, on_step=on_step
-    )
+    """K inner steps on ``sum_g loss_g`` for ``G`` independent per-goal policies: the reacher's
+    signature over :func:`ml3_robotics.policy_search.adapt_policies` (``loss(X, U, task)``,
+    policy modules, a step function)."""
+    return policy_search.adapt_policies(
+        batched_policy(policy), params, step, task,
+        lambda rollout, t: loss(rollout.states, rollout.actions, t), optimizer,
+        differentiable=differentiable, steps=steps, on_step=on_step,
+    )  # fmt: skip
 
 
 def reach_rollout(X: Tensor, U: Tensor, task: ReachTask) -> Rollout:

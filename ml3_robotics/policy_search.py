@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from controllers.policies import rollout
 from ml3_robotics.errors import FeatureSpecError
 from ml3_robotics.inner import InnerOptimizer, Params, adapt, call, init_params
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss
@@ -40,6 +41,7 @@ __all__ = [
     "Policy",
     "PolicyTrace",
     "System",
+    "adapt_policies",
     "adapt_policy",
     "learned_control_loss",
     "meta_test",
@@ -62,6 +64,7 @@ CONTROL_FEATURES: dict[str, str] = {
 }
 
 TaskLoss = Callable[[Rollout, ControlTask], Tensor]
+StepFn = Callable[[Tensor, Tensor], Tensor]  # step(x (B, nx), u (B, nu)) -> (B, nx)
 
 
 @runtime_checkable
@@ -326,8 +329,11 @@ def learned_control_loss(
     return fn
 
 
-def _stepper(system: System) -> Callable[[Tensor, Tensor], Tensor]:
-    step = system.step  # type: ignore[attr-defined]
+def _stepper(
+    system: System | Callable[[Tensor, Tensor], Tensor],
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``step(x, u)`` of a system, or the step function itself (e.g. a learned model's)."""
+    step = system.step if hasattr(system, "step") else system  # type: ignore[union-attr]
     # Validation calls bool() on tensors; skip it per step where the system allows (inputs come
     # from our own rollout, checked once).
     if "validate" in inspect.signature(step).parameters:
@@ -336,28 +342,25 @@ def _stepper(system: System) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 def policy_rollout(
-    policy: Policy, params: Mapping[str, Tensor], system: System, task: ControlTask
+    policy: Policy,
+    params: Mapping[str, Tensor],
+    system: System | StepFn,
+    task: ControlTask,
 ) -> Rollout:
     """Roll out one feedback policy per problem: ``u_t = pi_b(x_t)``, ``x_{t+1} = f(x_t, u_t)``.
 
     Args:
         policy: a :data:`Policy` (e.g. :class:`BatchedMLP`); it bounds its actions itself.
         params: its parameters, one set per problem, each ``(B, *shape)``.
-        system: anything with ``step(x (B, nx), u (B, nu)) -> (B, nx)``.
-        task: the problems (start states and horizon).
+        system: anything with ``step(x (B, nx), u (B, nu)) -> (B, nx)``, or that function.
+        task: the problems (``start (B, nx)``, cast to the parameters' dtype, and ``horizon``).
 
     Returns:
         The :class:`Rollout`, differentiable in ``params``.
     """
-    step = _stepper(system)
-    x = task.start
-    states, actions = [x], []
-    for _ in range(task.horizon):
-        u = policy(params, x)
-        x = step(x, u)
-        states.append(x)
-        actions.append(u)
-    return Rollout(torch.stack(states, 1), torch.stack(actions, 1))
+    x0 = task.start.to(next(iter(params.values())).dtype)
+    states, actions = rollout(lambda x, _t: policy(params, x), _stepper(system), x0, task.horizon)
+    return Rollout(states, actions)
 
 
 @dataclass
@@ -375,6 +378,34 @@ class PolicyTrace:
     losses: Tensor
 
 
+def adapt_policies(
+    policy: Policy,
+    params: Mapping[str, Tensor],
+    system: System | StepFn,
+    task: ControlTask,
+    loss_fn: TaskLoss,
+    optimizer: InnerOptimizer,
+    *,
+    differentiable: bool = True,
+    steps: int | None = None,
+    on_step: Callable[[int, Params, Tensor], None] | None = None,
+) -> Params:
+    """K inner steps on ``sum_b loss_fn(rollout, task)_b`` for ``B`` independent policies.
+
+    Problems share nothing but the batch, so the gradient of the sum with respect to problem
+    b's parameters is problem b's own: one backward pass adapts every problem (SGD and Adam are
+    elementwise, so each update is exactly its own). ``task`` needs ``start`` and ``horizon``;
+    ``loss_fn`` may read anything else it carries.
+    """
+
+    def objective(p: Params) -> Tensor:
+        return loss_fn(policy_rollout(policy, p, system, task), task).sum()
+
+    return adapt(
+        objective, params, optimizer, differentiable=differentiable, steps=steps, on_step=on_step
+    )
+
+
 def adapt_policy(
     loss_fn: TaskLoss,
     policy: Policy,
@@ -383,15 +414,9 @@ def adapt_policy(
     task: ControlTask,
     optimizer: InnerOptimizer,
 ) -> PolicyTrace:
-    """Train one fresh policy per problem with ``loss_fn`` (plain, not differentiable).
-
-    Each problem's policy sees the gradient of its own loss only: the objective is the *sum*
-    over problems, whose gradient with respect to problem b's parameters is problem b's.
-    """
+    """Train one fresh policy per problem with ``loss_fn`` (plain, not differentiable), and
+    record the rollout before every step and after the last."""
     states, actions, losses = [], [], []
-
-    def objective(p: Params) -> Tensor:
-        return loss_fn(policy_rollout(policy, p, system, task), task).sum()
 
     def record(params: Params) -> None:
         with torch.no_grad():
@@ -400,13 +425,10 @@ def adapt_policy(
             actions.append(r.actions)
             losses.append(loss_fn(r, task))
 
-    final = adapt(
-        objective,
-        policy_init,
-        optimizer,
-        differentiable=False,
+    final = adapt_policies(
+        policy, policy_init, system, task, loss_fn, optimizer, differentiable=False,
         on_step=lambda _k, p, _loss: record(p),
-    )
+    )  # fmt: skip
     record(final)
     return PolicyTrace(torch.stack(states), torch.stack(actions), torch.stack(losses))
 
@@ -470,10 +492,6 @@ def meta_train_loss(
         ``phi``), and the adapted rollout (for metrics).
     """
     learned = learned_control_loss(loss, features, phi)
-
-    def inner_objective(p: Params) -> Tensor:
-        return learned(policy_rollout(policy, p, system, task), task).sum()
-
-    adapted = adapt(inner_objective, policy_init, optimizer)
+    adapted = adapt_policies(policy, policy_init, system, task, learned, optimizer)
     rollout = policy_rollout(policy, adapted, system, task)
     return objective(rollout, task).mean(), rollout
