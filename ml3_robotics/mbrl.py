@@ -39,7 +39,7 @@ from ml3_robotics import policy_search
 from ml3_robotics.inner import InnerOptimizer, Params
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss
 from ml3_robotics.policy_search import StepFn
-from ml3_robotics.task_losses import ExtraTerm, PhysicsPrior, Rollout
+from ml3_robotics.task_losses import ExtraTerm, MetaTrainObjective, PhysicsPrior, Rollout
 from robots.arm import (
     ArmConfig,
     ArmSim,
@@ -300,6 +300,15 @@ def task_loss_fn(X: Tensor, U: Tensor, task: ReachTask) -> Tensor:
     return task.task_loss(X, U)
 
 
+def reach_task_term(rollout: Rollout, task: ReachTask) -> Tensor:
+    """The reach task loss as a meta-train task term (``(rollout, task) -> (G,)``)."""
+    return task.task_loss(rollout.states, rollout.actions)
+
+
+def _on_rollouts(loss: LossFn) -> policy_search.TaskLoss:
+    return lambda rollout, task: loss(rollout.states, rollout.actions, task)
+
+
 def adapt_policies(
     policy: nn.Module,
     params: Params,
@@ -316,8 +325,7 @@ def adapt_policies(
     signature over :func:`ml3_robotics.policy_search.adapt_policies` (``loss(X, U, task)``,
     policy modules, a step function)."""
     return policy_search.adapt_policies(
-        batched_policy(policy), params, step, task,
-        lambda rollout, t: loss(rollout.states, rollout.actions, t), optimizer,
+        batched_policy(policy), params, step, task, _on_rollouts(loss), optimizer,
         differentiable=differentiable, steps=steps, on_step=on_step,
     )  # fmt: skip
 
@@ -358,17 +366,13 @@ def meta_loss(
     Returns the meta-loss (differentiable w.r.t. the learned loss's parameters) and the adapted
     per-goal parameters.
     """
-    for e in extras:
-        if not isinstance(e, ExtraTerm):
-            raise TypeError(f"extras: expected ExtraTerm instances, got {type(e).__name__}")
-    adapted = adapt_policies(policy, params, step, task, learned, optimizer)
-    dtype = next(iter(adapted.values())).dtype
-    X, U = model_rollout(policy, adapted, step, task.x0(dtype), task.horizon)
-    per_goal = task.task_loss(X, U)
-    if extras:
-        rollout = reach_rollout(X, U, task)
-        per_goal = per_goal + sum(e(rollout) for e in extras)
-    return per_goal.mean(), adapted
+    objective = MetaTrainObjective(reach_task_term, extras=tuple(extras))
+    rollout, adapted = policy_search.adapted_rollout(
+        batched_policy(policy), params, step, task, _on_rollouts(learned), optimizer
+    )
+    if extras:  # they read the arm's measurements (joint angles, end effector, kinetic energy)
+        rollout = reach_rollout(rollout.states, rollout.actions, task)
+    return objective(rollout, task).mean(), adapted
 
 
 def meta_test(

@@ -43,6 +43,7 @@ __all__ = [
     "System",
     "adapt_policies",
     "adapt_policy",
+    "adapted_rollout",
     "learned_control_loss",
     "meta_test",
     "meta_train_loss",
@@ -406,6 +407,20 @@ def adapt_policies(
     )
 
 
+def adapted_rollout(
+    policy: Policy,
+    policy_init: Mapping[str, Tensor],
+    system: System | StepFn,
+    task: ControlTask,
+    inner_loss: TaskLoss,
+    optimizer: InnerOptimizer,
+) -> tuple[Rollout, Params]:
+    """The inner loop of every ML3 meta-objective: ``optimizer.steps`` differentiable steps on
+    ``inner_loss`` (the learned loss), then the adapted policies' rollout and parameters."""
+    adapted = adapt_policies(policy, policy_init, system, task, inner_loss, optimizer)
+    return policy_rollout(policy, adapted, system, task), adapted
+
+
 def adapt_policy(
     loss_fn: TaskLoss,
     policy: Policy,
@@ -492,6 +507,5 @@ def meta_train_loss(
         ``phi``), and the adapted rollout (for metrics).
     """
     learned = learned_control_loss(loss, features, phi)
-    adapted = adapt_policies(policy, policy_init, system, task, learned, optimizer)
-    rollout = policy_rollout(policy, adapted, system, task)
+    rollout, _ = adapted_rollout(policy, policy_init, system, task, learned, optimizer)
     return objective(rollout, task).mean(), rollout

@@ -496,7 +496,8 @@ class MetaTrainObjective:
         return out
 
     def __call__(self, rollout: Rollout, task: ControlTask) -> Tensor:
-        return torch.stack(list(self.terms(rollout, task).values())).sum(0)
+        task_value, *extra_values = self.terms(rollout, task).values()
+        return task_value + sum(extra_values)  # (task + (e1 + e2 ...): fixed summation order)
 
     def without_extras(self) -> MetaTrainObjective:
         return dataclasses.replace(self, extras=())
