@@ -13,7 +13,6 @@ MuJoCo dynamics, both executed in MuJoCo with the plan's feedback gains.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +26,6 @@ from ml3_robotics.arm_distribution import ArmDistribution, arm_cycle_from
 from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, init_params
 from ml3_robotics.learned_dynamics import (
     EnsembleConfig,
-    ProbabilisticEnsemble,
-    fit,
 )
 from ml3_robotics.learned_loss import LearnedLoss, LossConfig, check_choice, check_widths
 from ml3_robotics.mbrl import (
@@ -43,18 +40,17 @@ from ml3_robotics.mbrl import (
     reach_feature_spec,
     rest_at_goal_prior,
 )
+from ml3_robotics.mbrl_loop import DynamicsLearner, babble
 from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep, iteration_generator
 from ml3_robotics.reach_eval import (
     REACH_TASK_LR_GRID,
     TEST_INIT_SEED,
-    babble,
     eval_config_from,
     evaluate_reach,
     fresh_policy_params,
     mujoco_model,
     round_figures,
 )
-from ml3_robotics.replay_buffer import ReplayBuffer
 from ml3_robotics.runs import Experiment, RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss, save_learned_loss
 from ml3_robotics.task_losses import Demonstrations, ExtraTerm
@@ -214,30 +210,6 @@ class ReacherConfig:
             )
 
 
-class MBRLState:
-    """Everything of the MBRL loop a checkpoint must hold besides M_phi and Adam: the replay
-    buffer, the model (weights and normalisation) and counters (Stateful for MetaTrainer)."""
-
-    def __init__(self, buffer: ReplayBuffer, model: ProbabilisticEnsemble) -> None:
-        self.buffer = buffer
-        self.model = model
-        self.refits = 0
-        self.monitor_steps = 0  # real steps spent on monitoring evaluations (not on learning)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        out = {f"buffer.{k}": v for k, v in self.buffer.state_dict().items()}
-        out.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
-        out["refits"] = torch.tensor(self.refits)
-        out["monitor_steps"] = torch.tensor(self.monitor_steps)
-        return out
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.buffer.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("buffer.")})
-        self.model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
-        self.refits = int(state["refits"])
-        self.monitor_steps = int(state["monitor_steps"])
-
-
 def run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     threads = torch.get_num_threads()
     torch.set_num_threads(config.torch_threads)
@@ -272,32 +244,21 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         policy, test.n, TEST_INIT_SEED + seed, zero_output_layer=config.policy_zero_output
     )
 
-    buffer = ReplayBuffer(arm.nx, arm.nu, capacity=1_000_000)
-    ens_cfg = EnsembleConfig(
-        n_members=config.ensemble_members,
-        hidden=config.ensemble_hidden,
-        epochs=config.fit_epochs,
-        angle_dims=tuple(range(arm.n_links)),
+    learner = DynamicsLearner(
+        arm,
+        EnsembleConfig(
+            n_members=config.ensemble_members,
+            hidden=config.ensemble_hidden,
+            epochs=config.fit_epochs,
+            angle_dims=tuple(range(arm.n_links)),
+        ),
+        seed,
     )
-    model = ProbabilisticEnsemble(
-        arm.nx, arm.nu, arm.dt, ens_cfg, generator=torch.Generator().manual_seed(seed)
-    )
-    for p in model.parameters():
-        p.requires_grad_(False)  # the meta-gradient never needs the model's weights
-    state = MBRLState(buffer, model)
-
-    def model_step(x: Tensor, u: Tensor) -> Tensor:
-        return model.step(x, u)
+    model, buffer, model_step = learner.model, learner.buffer, learner.step
 
     def refit(epochs: int, generator: torch.Generator) -> None:
         with ctx.phase("model_fit"):
-            for p in model.parameters():
-                p.requires_grad_(True)
-            fit(model, buffer, dataclasses.replace(ens_cfg, epochs=epochs), generator=generator,
-                progress=False)  # fmt: skip
-            for p in model.parameters():
-                p.requires_grad_(False)  # the meta-gradient never needs the model's weights
-            state.refits += 1
+            learner.refit(epochs, generator)
 
     # -- the learned loss: meta-train, or load ------------------------------------------------
     history: list[dict[str, float]] = []
@@ -351,7 +312,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             X, _ = execute_policies(
                 sim, policy, meta_test(loss, policy, test_init, model_step, test, inner), test
             )
-            state.monitor_steps += test.n * T
+            learner.monitor_steps += test.n * T
             metrics["heldout_real_distance_mm"] = float(1000 * test.final_distance(X).mean())
         index = torch.randperm(train.n, generator=g)[: config.goals_per_iteration]
         batch = train.subset(index)
@@ -361,9 +322,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         )
         if (iteration + 1) % config.collect_every == 0:
             with ctx.phase("collect"):
-                X, U = execute_policies(sim, policy, adapted, batch)
-                for x, u in zip(X, U, strict=True):
-                    buffer.add_trajectory(x, u)
+                X, _ = learner.collect(sim, policy, adapted, batch)
             metrics["train_real_distance_mm"] = float(1000 * batch.final_distance(X).mean())
         metrics["buffer_transitions"] = float(buffer.n_transitions_added)
         return OuterStep(value, metrics)
@@ -394,7 +353,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         ),
         checkpoint_path=ctx.checkpoint_path,
         callbacks=[lambda i, row: ctx.metrics_log.append(row), after_update],
-        state=state,
+        state=learner,
         progress=ctx.progress,
     )
     resumed = ctx.resume and trainer.load_checkpoint()
@@ -402,11 +361,9 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         ctx.metrics_log.restart(trainer.history)
     else:
         with ctx.phase("babble"):
-            Xb, Ub = babble(
+            learner.add(*babble(
                 sim, config.babble_trajectories, T, config.babble_hold, np.random.default_rng(seed)
-            )
-            for x, u in zip(Xb, Ub, strict=True):
-                buffer.add_trajectory(x, u)
+            ))  # fmt: skip
         refit(config.fit_epochs, torch.Generator().manual_seed(seed))
         trainer.save_checkpoint()  # babbling and the first fit survive a kill too
     babble_steps = config.babble_trajectories * T
@@ -438,7 +395,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         eval_config_from(config), ctx,
         model_env_steps=model_steps, sim=sim, history=history,
         ml3_extra_env_steps=demo_steps + distribution_steps, ml3_extra_seconds=meta_seconds,
-        ml3_fields={"monitoring_env_steps": state.monitor_steps, "inner_lr": config.inner_lr,
+        ml3_fields={"monitoring_env_steps": learner.monitor_steps, "inner_lr": config.inner_lr,
                     "expert_demo_env_steps": demo_steps,
                     **({"arm_distribution_env_steps": distribution_steps}
                        if distribution_steps else {})},
@@ -459,7 +416,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             "test_goals": test_goals.tolist(),
             "babble_env_steps": babble_steps,
             "model_train_env_steps": model_steps,
-            "model_refits": state.refits,
+            "model_refits": learner.refits,
             "prediction_error_babble_holdout": round_figures(
                 evaluation.model_error["babble_holdout"]
             ),

@@ -31,7 +31,6 @@ from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, Params, init_param
 from ml3_robotics.learned_dynamics import (
     EnsembleConfig,
     ProbabilisticEnsemble,
-    fit,
     prediction_error,
 )
 from ml3_robotics.learned_loss import LearnedLoss, check_choice
@@ -51,6 +50,7 @@ from ml3_robotics.mbrl import (
     task_loss_fn,
     trace_inner_steps,
 )
+from ml3_robotics.mbrl_loop import DynamicsLearner, babble
 from ml3_robotics.plotting import new_figure, save
 from ml3_robotics.replay_buffer import ReplayBuffer
 from ml3_robotics.runs import RunContext
@@ -76,52 +76,6 @@ REACH_TASK_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 TEST_INIT_SEED = 10_000
 TUNE_INIT_SEED = 20_000
 HOLDOUT_BABBLE_SEED = 30_000
-MAX_BABBLE_REDRAWS = 10
-
-
-def babble(
-    sim: ArmSim, n: int, horizon: int, hold: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random babbling from the zero state: uniform torques held for ``hold`` steps.
-
-    Held torques (rather than white noise, which barely moves the arm at dt = 0.01 s) spread the
-    data over the speeds and angles that reaching visits. Trajectories that blow up are redrawn
-    (up to :data:`MAX_BABBLE_REDRAWS` times).
-
-    Returns:
-        ``X (n, horizon+1, nx)`` and ``U (n, horizon, nu)``, float64.
-    """
-    limits = np.asarray(sim.config.torque_limits)
-    n_seg = -(-horizon // hold)
-
-    def draw(k: int) -> np.ndarray:
-        seg = rng.uniform(-1, 1, size=(k, n_seg, sim.nu)) * limits
-        return np.repeat(seg, hold, axis=1)[:, :horizon]
-
-    U = draw(n)
-    try:
-        return sim.rollout(np.zeros((n, sim.nx)), U), U
-    except SimulationError as e:
-        # Long chains with light tip links (arm7_planar) can blow up under some random torque
-        # sequences: keep the trajectories that stay finite and redraw the others.
-        log.warning("babbling: %s; redrawing those trajectories", e)
-    X = np.empty((n, horizon + 1, sim.nx))
-    todo = list(range(n))
-    for _ in range(MAX_BABBLE_REDRAWS):
-        failed = []
-        for i in todo:
-            try:
-                X[i] = sim.rollout(np.zeros((1, sim.nx)), U[i : i + 1])[0]
-            except SimulationError:
-                failed.append(i)
-        if not failed:
-            return X, U
-        U[failed] = draw(len(failed))
-        todo = failed
-    raise SimulationError(
-        f"babbling: {len(todo)} of {n} random-torque rollouts of {sim.config.name!r} still blew up "
-        f"after {MAX_BABBLE_REDRAWS} redraws"
-    )
 
 
 @dataclass(frozen=True)
@@ -166,21 +120,13 @@ def fit_reach_model(
     Returns:
         The fitted model (weights frozen: ``requires_grad=False``) and the buffer it saw.
     """
-    ens_cfg = config.ensemble(arm)
-    model = ProbabilisticEnsemble(
-        arm.nx, arm.nu, arm.dt, ens_cfg, generator=torch.Generator().manual_seed(seed)
-    )
-    buffer = ReplayBuffer(arm.nx, arm.nu, capacity=1_000_000)
-    X, U = babble(
+    learner = DynamicsLearner(arm, config.ensemble(arm), seed)
+    learner.add(*babble(
         sim, config.babble_trajectories, config.horizon, config.babble_hold,
         np.random.default_rng(seed),
-    )  # fmt: skip
-    for x, u in zip(X, U, strict=True):
-        buffer.add_trajectory(x, u)
-    fit(model, buffer, ens_cfg, generator=torch.Generator().manual_seed(seed), progress=False)
-    for p in model.parameters():
-        p.requires_grad_(False)  # evaluation and meta-gradients never need the model's weights
-    return model, buffer
+    ))  # fmt: skip
+    learner.refit(config.fit_epochs, torch.Generator().manual_seed(seed))
+    return learner.model, learner.buffer
 
 
 @dataclass(frozen=True)

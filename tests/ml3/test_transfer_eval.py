@@ -9,7 +9,8 @@ import torch
 from ml3_robotics.cli import main
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.mbrl import reach_feature_spec
-from ml3_robotics.reach_eval import METHODS, babble
+from ml3_robotics.mbrl_loop import babble
+from ml3_robotics.reach_eval import METHODS
 from ml3_robotics.serialization import save_learned_loss
 from ml3_robotics.transfer import transfer_grid
 from robots.arm import SimulationError, load_arm_config
