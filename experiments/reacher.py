@@ -468,4 +468,17 @@ EXPERIMENT = Experiment(
         "landscape_grid": 3,
         "bc_epochs": 5,
     },
+    # `ml3r demo`: a couple of minutes on 2 CPU cores
+    demo={
+        "outer_steps": 200,
+        "n_train_goals": 256,
+        "goals_per_iteration": 16,
+        "n_test_goals": 10,
+        "inner_steps": 1,
+        "fit_epochs": 30,
+        "refit_epochs": 10,
+        "eval_every": 25,
+        "ilqr_iters": 20,
+        "video_goals": 3,
+    },
 )

@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from experiments import reacher
-from ml3_robotics.cli import DEMO_SETTINGS
 from ml3_robotics.learned_loss import LearnedLoss, check_choice
 from ml3_robotics.plotting import new_figure, save
 from ml3_robotics.reach_eval import (
@@ -35,6 +33,7 @@ from ml3_robotics.runs import (
     RunResult,
     build_config,
     execute_run,
+    get_experiment,
     parse_set_options,
 )
 from ml3_robotics.transfer import (
@@ -100,14 +99,15 @@ class TransferConfig(RobotEvalSettings):
 
 def _source_loss(config: TransferConfig, ctx: RunContext) -> tuple[str, dict[str, Any]]:
     """Meta-train the reacher's loss into ``<out>/source`` (a complete reacher run directory)."""
-    sizes = {"smoke": dict(reacher.EXPERIMENT.smoke), "demo": dict(DEMO_SETTINGS), "full": {}}
+    source = get_experiment("reacher")
+    sizes = {"smoke": dict(source.smoke), "demo": dict(source.demo), "full": {}}
     layers = [sizes[config.source_size], parse_set_options(list(config.source_set))]
-    rconfig = build_config(reacher.ReacherConfig, *layers)
+    rconfig = build_config(source.config_type, *layers)
     sub = RunContext(ctx.path("source"), ctx.seed, smoke=config.source_size == "smoke",
                      progress=ctx.progress)  # fmt: skip
     sub.out.mkdir(parents=True, exist_ok=True)
     with ctx.phase("source_meta_train"):
-        result = execute_run(sub, "reacher", rconfig, reacher.run)
+        result = execute_run(sub, source.name, rconfig, source.run)
     summary = {
         name: r["mean_final_distance_mm"]
         for name, r in {"ml3": result.metrics, **result.baselines}.items()

@@ -40,20 +40,8 @@ from robots.yaml_io import dump_yaml
 
 log = logging.getLogger("ml3r")
 
-# `ml3r demo`: the main job at a size that finishes in a couple of minutes on 2 CPU cores.
+# `ml3r demo`: the main job at its demo size (the experiment's `demo` overrides).
 DEMO_EXPERIMENT = "reacher"
-DEMO_SETTINGS: dict[str, Any] = {
-    "outer_steps": 200,
-    "n_train_goals": 256,
-    "goals_per_iteration": 16,
-    "n_test_goals": 10,
-    "inner_steps": 1,
-    "fit_epochs": 30,
-    "refit_epochs": 10,
-    "eval_every": 25,
-    "ilqr_iters": 20,
-    "video_goals": 3,
-}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -431,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 DEMO_EXPERIMENT,
                 seed=args.seed,
                 out=args.out,
-                sets=[f"{k}={v}" for k, v in DEMO_SETTINGS.items()],
+                sets=[f"{k}={v}" for k, v in get_experiment(DEMO_EXPERIMENT).demo.items()],
                 progress=progress,
             )
         else:

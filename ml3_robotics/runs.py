@@ -73,6 +73,7 @@ class Experiment:
         config_type: frozen dataclass with a default for every field.
         run: ``run(config, ctx) -> RunResult``.
         smoke: field overrides for ``--smoke`` (a size the test suite runs end to end).
+        demo: field overrides for the demo size (``ml3r demo``: minutes on 2 CPU cores).
     """
 
     name: str
@@ -80,6 +81,7 @@ class Experiment:
     config_type: type
     run: Callable[[Any, RunContext], RunResult]
     smoke: Mapping[str, Any] = field(default_factory=dict)
+    demo: Mapping[str, Any] = field(default_factory=dict)
 
 
 def discover_experiments() -> dict[str, Experiment]:

@@ -41,3 +41,19 @@ def test_library_code_does_not_print() -> None:
             for node in ast.walk(ast.parse(f.read_text())):
                 if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
                     pytest.fail(f"print() in library code: {f.relative_to(ROOT)}:{node.lineno}")
+
+
+def test_experiments_compose_the_library_not_each_other_or_the_cli() -> None:
+    # An experiment reaches another one through the registry (runs.get_experiment), so each
+    # stays replaceable, and none depends on the user-facing edge.
+    for f in sorted((ROOT / "experiments").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith("experiments"), f"{f.name} imports {name}"
+                assert not name.startswith("ml3_robotics.cli"), f"{f.name} imports {name}"

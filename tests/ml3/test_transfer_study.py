@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ml3_robotics.runs as runs
+from experiments.reacher import EXPERIMENT as REACHER
 from experiments.transfer import EXPERIMENT
 from ml3_robotics.cli import run_experiment
 from ml3_robotics.learned_loss import LearnedLoss, LossConfig
@@ -21,7 +22,9 @@ from ml3_robotics.serialization import save_learned_loss
 
 @pytest.fixture(autouse=True)
 def _registry(monkeypatch):
-    monkeypatch.setattr(runs, "discover_experiments", lambda: {"transfer": EXPERIMENT})
+    # the study meta-trains its source loss with the registered reacher
+    registry = {"transfer": EXPERIMENT, "reacher": REACHER}
+    monkeypatch.setattr(runs, "discover_experiments", lambda: registry)
 
 
 def test_smoke_study_meta_trains_then_transfers(tmp_path):
