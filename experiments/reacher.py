@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from controllers import ILQR, ILQRConfig, MujocoDynamics
+from controllers import ILQRConfig, MujocoDynamics
 from ml3_robotics.arm_distribution import ArmDistribution, arm_cycle_from
 from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, init_params
 from ml3_robotics.learned_dynamics import (
@@ -32,11 +32,11 @@ from ml3_robotics.mbrl import (
     REACH_FEATURES,
     ReachPolicy,
     ReachTask,
-    execute_plan,
     execute_policies,
     learned_loss_fn,
     meta_loss,
     meta_test,
+    plan_and_execute,
     reach_feature_spec,
     rest_at_goal_prior,
 )
@@ -277,7 +277,6 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         )
         loss.reset_parameters(torch.Generator().manual_seed(seed))
     learned = learned_loss_fn(loss)
-    limits = torch.as_tensor(arm.torque_limits, dtype=torch.float64)
     extras: tuple[ExtraTerm, ...] = ()
     demo_steps = 0
     demonstrations = None  # (states, actions, goals) for the behaviour-cloning baseline
@@ -285,14 +284,8 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         # ML3's extra information at meta-train time only: expert trajectories for the TRAINING
         # goals from iLQR on the true simulator, executed in MuJoCo; meta-test never sees them.
         with ctx.phase("expert_demos"):
-            icfg = ILQRConfig(max_iters=config.ilqr_iters)
             dyn = MujocoDynamics(mujoco_model(sim, arm))
-            planner = ILQR(dyn, train.cost, T, lower=-limits, upper=limits, config=icfg)
-            plan = planner.solve(train.x0(torch.float64))
-            Xd, Ud = execute_plan(
-                sim, plan.states.numpy(), plan.controls.numpy(), plan.K.numpy(),
-                arm.torque_limits,
-            )  # fmt: skip
+            _, Xd, Ud = plan_and_execute(sim, dyn, train, ILQRConfig(max_iters=config.ilqr_iters))
         demo_steps = train.n * T
         demo_q = torch.as_tensor(Xd[..., : arm.n_links], dtype=torch.float32)
         demonstrations = (Xd, Ud, train_goals)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from controllers import MLPPolicy, ReachCost
+from controllers import ILQR, Dynamics, ILQRConfig, ILQRResult, MLPPolicy, ReachCost
 from controllers.policies import rollout
 from ml3_robotics import policy_search
 from ml3_robotics.inner import InnerOptimizer, Params
@@ -633,3 +633,23 @@ def execute_plan(
         xs.append(x)
         us.append(u)
     return np.stack(xs, 1), np.stack(us, 1)
+
+
+def plan_and_execute(
+    sim: ArmSim, dynamics: Dynamics, task: ReachTask, config: ILQRConfig
+) -> tuple[ILQRResult, np.ndarray, np.ndarray]:
+    """Box-constrained iLQR on ``dynamics`` (a learned model or the true one) for every goal of
+    ``task`` from the zero state, then the plan executed in the real simulator with its
+    feedback gains (:func:`execute_plan`).
+
+    Returns:
+        The plan, and the real ``X (G, T+1, nx)`` and applied ``U (G, T, nu)``.
+    """
+    limits = torch.as_tensor(task.config.torque_limits, dtype=torch.float64)
+    planner = ILQR(dynamics, task.cost, task.horizon, lower=-limits, upper=limits, config=config)
+    plan = planner.solve(task.x0(torch.float64))
+    X, U = execute_plan(
+        sim, plan.states.double().numpy(), plan.controls.double().numpy(),
+        plan.K.double().numpy(), task.config.torque_limits,
+    )  # fmt: skip
+    return plan, X, U

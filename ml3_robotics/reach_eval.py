@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from controllers import ILQR, ILQRConfig, MujocoDynamics
+from controllers import ILQRConfig, MujocoDynamics
 from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, Params, init_params
 from ml3_robotics.learned_dynamics import (
     EnsembleConfig,
@@ -41,11 +41,11 @@ from ml3_robotics.mbrl import (
     adapt_policies,
     behaviour_cloning,
     execute_goal_policy,
-    execute_plan,
     execute_policies,
     learned_loss_fn,
     loss_landscape,
     meta_test,
+    plan_and_execute,
     steps_to_reach,
     task_loss_fn,
     trace_inner_steps,
@@ -462,7 +462,6 @@ def evaluate_reach(
         )  # fmt: skip
 
     # -- (b, c) iLQR on the learned and on the true model ---------------------------------------
-    limits = torch.as_tensor(arm.torque_limits, dtype=torch.float64)
     ilqr_runs = (
         ("ilqr_learned_model", model, ILQRConfig(max_iters=config.ilqr_iters, dtype=torch.float32)),
         ("ilqr_true_model", MujocoDynamics(mujoco_model(sim, arm)),
@@ -473,12 +472,7 @@ def evaluate_reach(
             continue
         t0 = time.perf_counter()
         with ctx.phase(f"baseline_{name}"):
-            planner = ILQR(dyn, test.cost, T, lower=-limits, upper=limits, config=icfg)
-            plan = planner.solve(test.x0(torch.float64))
-            X, _ = execute_plan(
-                sim, plan.states.double().numpy(), plan.controls.double().numpy(),
-                plan.K.double().numpy(), arm.torque_limits,
-            )  # fmt: skip
+            plan, X, _ = plan_and_execute(sim, dyn, test, icfg)
         paths[name] = X
         d = test.final_distance(X)
         extra: dict[str, Any] = {
