@@ -19,15 +19,15 @@ import time
 import torch
 from torch import nn
 
-from experiments.mountain_car import (
+from ml3_robotics.inner import InnerOptimizer
+from ml3_robotics.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.mountain_car_task import (
     FEATURE_GROUPS,
     FEATURE_SCALE,
     make_policy,
     make_task,
     objective_for,
 )
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.policy_search import ControlFeatures, meta_train_loss
 from robots.mountain_car import MountainCar
 

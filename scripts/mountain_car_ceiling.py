@@ -19,17 +19,16 @@ import argparse
 
 import torch
 
-from experiments.mountain_car import (
-    MountainCarConfig,
+from experiments.mountain_car import MountainCarConfig, heldout_starts
+from ml3_robotics.inner import InnerOptimizer
+from ml3_robotics.mountain_car_task import (
     gain_params,
-    heldout_starts,
     make_policy,
     make_task,
     success,
     success_rates,
     task_term,
 )
-from ml3_robotics.inner import InnerOptimizer
 from ml3_robotics.policy_search import adapt_policy, policy_rollout
 from ml3_robotics.runs import build_config, parse_set_options
 from robots.mountain_car import MountainCar

@@ -10,10 +10,10 @@ from experiments.mountain_car import (
     TASK_LR_GRID,
     MountainCarConfig,
     heldout_starts,
-    objective_for,
     train_starts,
 )
 from ml3_robotics.errors import FeatureSpecError
+from ml3_robotics.mountain_car_task import objective_for
 from ml3_robotics.runs import (
     ConfigError,
     RunContext,

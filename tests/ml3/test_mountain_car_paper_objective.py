@@ -12,20 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.mountain_car import (
+from experiments.mountain_car import PAPER_PROTOCOL, MountainCarConfig
+from ml3_robotics.cli import run_experiment
+from ml3_robotics.inner import InnerOptimizer
+from ml3_robotics.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.mountain_car_task import (
     FEATURE_GROUPS,
     FEATURE_SCALE,
-    PAPER_PROTOCOL,
-    MountainCarConfig,
     energy_shortfall,
     make_policy,
     make_task,
     mechanical_energy,
     objective_for,
 )
-from ml3_robotics.cli import run_experiment
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.policy_search import ControlFeatures, meta_train_loss
 from ml3_robotics.runs import ConfigError, build_config
 from ml3_robotics.task_losses import Rollout
