@@ -50,6 +50,7 @@ from ml3_robotics.reach_eval import (
     fresh_policy_params,
     mujoco_model,
     round_figures,
+    write_reach_figures,
 )
 from ml3_robotics.runs import Experiment, RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss, save_learned_loss
@@ -386,7 +387,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     evaluation = evaluate_reach(
         loss, arm, model, test_goals, train_goals[: config.goals_per_iteration],
         eval_config_from(config), ctx,
-        model_env_steps=model_steps, sim=sim, history=history,
+        model_env_steps=model_steps, sim=sim,
         ml3_extra_env_steps=demo_steps + distribution_steps, ml3_extra_seconds=meta_seconds,
         ml3_fields={"monitoring_env_steps": learner.monitor_steps, "inner_lr": config.inner_lr,
                     "expert_demo_env_steps": demo_steps,
@@ -395,6 +396,8 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         demonstrations=demonstrations,
     )  # fmt: skip
     results = evaluation.results
+    video = write_reach_figures(ctx, evaluation, loss, model, sim, eval_config_from(config),
+                                history=history)  # fmt: skip
 
     def short(r: dict[str, Any]) -> dict[str, Any]:
         keys = ("mean_final_distance_mm", "max_final_distance_mm", "success_rate_10mm",
@@ -424,7 +427,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                 for r in history
                 if "heldout_real_distance_mm" in r
             ],
-            "video": evaluation.video,
+            "video": video,
             "resumed": bool(resumed),
         },
     )

@@ -3,13 +3,14 @@
 The evaluation half of the reacher experiment, as a library function so that ``ml3r eval``, the
 transfer study and the reacher itself share one implementation:
 
-* :func:`babble` and :func:`fit_reach_model`: random babbling in the real simulator and a
-  probabilistic ensemble fitted to it (the learned model of one robot).
+* :func:`fit_reach_model`: random babbling in the real simulator and a probabilistic ensemble
+  fitted to it (the learned model of one robot; :mod:`ml3_robotics.mbrl_loop`).
 * :func:`evaluate_reach`: fresh policies on the given goals, K inner steps under the learned loss
   only (through the learned model), executed in MuJoCo, against (a) the same policies trained
   with the task loss through the same model (its step size tuned on separate goals of the same
   robot), (b) iLQR on the learned model and (c) iLQR on the true MuJoCo dynamics, both executed
-  in MuJoCo with the plan's feedback gains. Writes plots and a video through the run context.
+  in MuJoCo with the plan's feedback gains. Returns data and writes nothing;
+  :func:`write_reach_figures` writes its plots and video into a run folder.
 """
 
 from __future__ import annotations
@@ -220,13 +221,19 @@ class ReachEvaluation:
         paths: per method, real MuJoCo states ``(G, T+1, nx)``.
         model_error: :func:`prediction_error` of the model on held-out babbling
             (``"babble_holdout"``) and on ML3's test rollouts (``"ml3_test_rollouts"``).
-        video: file name of the video inside the run directory, or None.
+        test: the held-out goals' task.
+        test_init: the fresh per-goal policy parameters every method started from.
+        adapted: per policy-based method, its parameters after K steps.
+        policy: the per-goal policy module.
     """
 
     results: dict[str, dict[str, Any]]
     paths: dict[str, np.ndarray] = field(default_factory=dict)
     model_error: dict[str, dict[str, Any]] = field(default_factory=dict)
-    video: str | None = None
+    test: ReachTask | None = None
+    test_init: Params = field(default_factory=dict)
+    adapted: dict[str, Params] = field(default_factory=dict)
+    policy: ReachPolicy | None = None
 
 
 def mujoco_model(sim: ArmSim, arm: ArmConfig) -> mujoco.MjModel:
@@ -285,8 +292,6 @@ def evaluate_reach(
     *,
     model_env_steps: int,
     sim: ArmSim | None = None,
-    history: list[dict[str, float]] | None = None,
-    plots: bool = True,
     ml3_extra_env_steps: int = 0,
     ml3_extra_seconds: float = 0.0,
     ml3_fields: Mapping[str, Any] | None = None,
@@ -307,12 +312,11 @@ def evaluate_reach(
         test_goals: ``(G, 2)`` goals (m) every method is scored on.
         tune_goals: ``(G', 2)`` other goals of the same robot for the baseline's step size.
         config: sizes.
-        ctx: the run (seed, timing phases, output directory for plots and the video).
+        ctx: the run (seed and timing phases; nothing is written: the caller writes the figures
+            with :func:`write_reach_figures`).
         model_env_steps: real transitions the model was trained on (counted for the methods
             that use the model).
         sim: the real simulator of ``arm`` (built when None).
-        history: meta-training rows to plot (``meta_training.png``), if any.
-        plots: write the per-goal, paths (and meta-training) plots.
         ml3_extra_env_steps, ml3_extra_seconds: added to ML3's real steps and wall time (the
             meta-training that produced ``loss``, when this run did it).
         ml3_fields: more entries for ML3's summary.
@@ -494,18 +498,42 @@ def evaluate_reach(
             "ml3_test_rollouts": prediction_error(model, paths["ml3"], U_ml3, horizon=T),
         }
 
+    return ReachEvaluation(
+        results, paths, model_error, test=test, test_init=test_init, adapted=adapted, policy=policy
+    )
+
+
+def write_reach_figures(
+    ctx: RunContext,
+    evaluation: ReachEvaluation,
+    loss: LearnedLoss,
+    model: ProbabilisticEnsemble,
+    sim: ArmSim,
+    config: ReachEvalConfig,
+    *,
+    history: list[dict[str, float]] | None = None,
+    plots: bool = True,
+) -> str | None:
+    """Write an evaluation's figures into the run folder: the per-goal and path plots (and
+    ``meta_training.png`` from ``history``), the loss landscape, and ML3's video.
+
+    Returns:
+        The video's file name in the run folder, or None.
+    """
+    test = evaluation.test
     if plots:
         with ctx.phase("plots"):
-            plot_reach(ctx, results, paths, test, arm, history or [])
-            if config.landscape_grid > 0 and "task_loss" in adapted:
-                plot_landscape(ctx, loss, policy, model_step, test, test_init, adapted,
+            plot_reach(ctx, evaluation.results, evaluation.paths, test, test.config, history or [])
+            if config.landscape_grid > 0 and "task_loss" in evaluation.adapted:
+                plot_landscape(ctx, loss, evaluation.policy, model.step, test,
+                               evaluation.test_init, evaluation.adapted,
                                config.landscape_grid)  # fmt: skip
     video = None
     if config.video_goals > 0:
         with ctx.phase("video"):
-            video = reach_video(ctx, sim, paths["ml3"], test, config.video_goals,
+            video = reach_video(ctx, sim, evaluation.paths["ml3"], test, config.video_goals,
                                 config.video_stride)  # fmt: skip
-    return ReachEvaluation(results, paths, model_error, video)
+    return video
 
 
 def plot_reach(

@@ -35,6 +35,7 @@ from ml3_robotics.reach_eval import (
     fit_reach_model,
     model_config_from,
     round_figures,
+    write_reach_figures,
 )
 from ml3_robotics.replay_buffer import ReplayBuffer
 from ml3_robotics.runs import RunContext, RunResult
@@ -259,8 +260,9 @@ def evaluate_on_robot(
     model, buffer = fitted
     evaluation = evaluate_reach(
         loss, arm, model, test_goals, tune_goals, eval_config, ctx,
-        model_env_steps=buffer.n_transitions_added, sim=sim, plots=plots, methods=methods,
+        model_env_steps=buffer.n_transitions_added, sim=sim, methods=methods,
     )  # fmt: skip
+    video = write_reach_figures(ctx, evaluation, loss, model, sim, eval_config, plots=plots)
     extra = {
         "robot": arm.to_dict(),
         "test_goals": test_goals.tolist(),
@@ -270,7 +272,7 @@ def evaluate_on_robot(
         "prediction_error_ml3_test_rollouts": round_figures(
             evaluation.model_error["ml3_test_rollouts"]
         ),
-        "video": evaluation.video,
+        "video": video,
     }
     return evaluation.results, extra
 

@@ -10,10 +10,18 @@ from ml3_robotics.cli import main
 from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.mbrl import reach_feature_spec
 from ml3_robotics.mbrl_loop import babble
-from ml3_robotics.reach_eval import METHODS
-from ml3_robotics.serialization import save_learned_loss
+from ml3_robotics.reach_eval import (
+    METHODS,
+    ReachEvalConfig,
+    ReachModelConfig,
+    evaluate_reach,
+    fit_reach_model,
+    write_reach_figures,
+)
+from ml3_robotics.runs import RunContext
+from ml3_robotics.serialization import load_learned_loss, save_learned_loss
 from ml3_robotics.transfer import transfer_grid
-from robots.arm import SimulationError, load_arm_config
+from robots.arm import ArmSim, SimulationError, load_arm_config, sample_goals
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +182,32 @@ def test_babbling_redraws_trajectories_that_blow_up():
     assert np.abs(U).max() <= 0.2  # still within the torque limits
     with pytest.raises(SimulationError, match="still blew up"):
         babble(_FragileSim(threshold=-1.0), 3, 10, 4, np.random.default_rng(0))
+
+
+def test_evaluate_reach_writes_nothing_and_the_figure_writer_writes_the_figures(
+    two_link_loss, tmp_path
+):
+    arm = load_arm_config("reacher2")
+    sim = ArmSim(arm, "mujoco")
+    model_config = ReachModelConfig(
+        babble_trajectories=3, horizon=10, ensemble_members=2, ensemble_hidden=(8,), fit_epochs=1
+    )
+    model, buffer = fit_reach_model(arm, sim, model_config, seed=0)
+    config = ReachEvalConfig(
+        horizon=10, inner_steps=1, policy_hidden=(8,), lr_grid=(1e-3,), ilqr_iters=1,
+        n_holdout_trajectories=2, video_goals=0, curve_steps=1, landscape_grid=3,
+        baseline_methods=("sgd",),
+    )  # fmt: skip
+    loss, _ = load_learned_loss(two_link_loss)
+    goals = sample_goals(arm, 4, 0, min_radius=0.3)
+    ctx = RunContext(tmp_path, 0)
+    evaluation = evaluate_reach(
+        loss, arm, model, goals[:2], goals[2:], config, ctx,
+        model_env_steps=buffer.n_transitions_added, sim=sim,
+    )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # data only
+    assert set(evaluation.results) == set(METHODS)
+    assert evaluation.paths["ml3"].shape == (2, 11, arm.nx)
+    write_reach_figures(ctx, evaluation, loss, model, sim, config)
+    written = {p.name for p in tmp_path.iterdir()}
+    assert {"final_distance_per_goal.png", "ee_paths.png", "loss_landscape.png"} <= written
