@@ -23,6 +23,8 @@ import torch
 from mujoco import rollout
 from torch import Tensor
 
+from robots.arm import SimulationError
+
 # MuJoCo's mjMAXVAL: larger qpos/qvel/qacc/ctrl values count as diverged (or are rejected).
 _MAXVAL = 1e10
 _MAXVAL2 = _MAXVAL * _MAXVAL
@@ -91,8 +93,10 @@ def numpy_batch(x: Tensor, u: Tensor, nx: int, nu: int) -> tuple[np.ndarray, np.
     return xn, un
 
 
-class SimulationDiverged(FloatingPointError):
-    """A simulation became unstable (NaN/inf or huge accelerations).
+class SimulationDiverged(SimulationError, FloatingPointError):
+    """A simulation became unstable (NaN/inf or huge accelerations): the one divergence error of
+    the simulators (:class:`robots.arm.SimulationError`), so one ``except`` catches a blow-up
+    whether the arm's simulator or iLQR's MuJoCo dynamics saw it.
 
     Attributes:
         states: ``(B, nx)`` numpy output with NaN in the diverged rows.

@@ -161,6 +161,9 @@ def test_mujoco_divergence_is_reported_not_silently_reset() -> None:
     with pytest.raises(SimulationDiverged, match=r"rows \[1, 2, 3\]") as info:
         dyn.step(torch.from_numpy(x), torch.from_numpy(u))
     assert np.isnan(info.value.states[1]).all()
+    from robots.arm import SimulationError
+
+    assert isinstance(info.value, SimulationError)  # one except for every simulator blow-up
 
 
 def test_mujoco_batched_path_equals_loop_path_and_flags_divergence() -> None:
