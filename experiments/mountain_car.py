@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig, check_widths
+from ml3_robotics.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep
 from ml3_robotics.mountain_car_task import (
     FEATURE_GROUPS,
@@ -66,6 +66,7 @@ from ml3_robotics.serialization import load_learned_loss, save_learned_loss
 from ml3_robotics.task_losses import (
     ControlTask,
 )
+from ml3_robotics.validation import check_ints, check_positive, check_widths
 from robots.mountain_car import MountainCar, MountainCarParams
 
 log = logging.getLogger(__name__)
@@ -179,26 +180,11 @@ class MountainCarConfig:
                         f"{name}: protocol=paper fixes it to {value!r}, got {given!r} (drop one)"
                     )
                 object.__setattr__(self, name, value)
-        for name in (
-            "meta_batch",
-            "heldout",
-            "train_inits",
-            "test_steps",
-            "inner_steps",
-            "policy_hidden",
-            "landscape_grid",
-            "checkpoint_every",
-            "eval_every",
-            "ilqr_iters",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-        if not isinstance(self.outer_steps, int) or self.outer_steps < 0:
-            raise ValueError(f"outer_steps: expected an int >= 0, got {self.outer_steps!r}")
-        for name in ("outer_lr", "inner_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        check_ints(self, ("meta_batch", "heldout", "train_inits", "test_steps", "inner_steps",
+                          "policy_hidden", "landscape_grid", "checkpoint_every", "eval_every",
+                          "ilqr_iters"), 1)  # fmt: skip
+        check_ints(self, ("outer_steps",), 0)
+        check_positive(self, ("outer_lr", "inner_lr"))
         for name in ("goal_weight", "energy_weight"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):

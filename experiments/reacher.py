@@ -27,7 +27,7 @@ from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, init_params
 from ml3_robotics.learned_dynamics import (
     EnsembleConfig,
 )
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig, check_choice, check_widths
+from ml3_robotics.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.mbrl import (
     REACH_FEATURES,
     ReachPolicy,
@@ -55,6 +55,7 @@ from ml3_robotics.reach_eval import (
 from ml3_robotics.runs import Experiment, RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss, save_learned_loss
 from ml3_robotics.task_losses import Demonstrations, ExtraTerm
+from ml3_robotics.validation import check_choice, check_ints, check_positive, check_widths
 from robots.arm import (
     BACKENDS,
     ArmSim,
@@ -174,14 +175,8 @@ class ReacherConfig:
             "eval_every", "checkpoint_every", "ilqr_iters", "n_holdout_trajectories",
             "torch_threads", "video_stride",
         )  # fmt: skip
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-        for name in ("outer_steps", "babble_trajectories", "video_goals"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        check_ints(self, positive, 1)
+        check_ints(self, ("outer_steps", "babble_trajectories", "video_goals"), 0)
         check_choice("extra", self.extra, EXTRAS)
         check_choice("backend", self.backend, BACKENDS)
         if self.goals_per_iteration > self.n_train_goals:
@@ -192,9 +187,7 @@ class ReacherConfig:
         for name in ("demo_weight", "physics_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
-        for name in ("inner_lr", "outer_lr", "outer_lr_final", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        check_positive(self, ("inner_lr", "outer_lr", "outer_lr_final", "grad_clip"))
         if not 0 <= self.goal_min_radius < 1:
             raise ValueError(f"goal_min_radius: expected a fraction in [0, 1), got "
                              f"{self.goal_min_radius}")  # fmt: skip

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig, check_widths
+from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer
 from ml3_robotics.plotting import new_figure, save
 from ml3_robotics.runs import Experiment, RunContext, RunResult
@@ -40,6 +40,7 @@ from ml3_robotics.supervised import (
     shaped_sine_landscape,
     shaped_sine_train,
 )
+from ml3_robotics.validation import check_widths
 
 LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 VARIANTS = ("shaped", "unshaped")

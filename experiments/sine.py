@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig, check_widths
+from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep
 from ml3_robotics.plotting import band, new_figure, save
 from ml3_robotics.runs import Experiment, RunContext, RunResult
@@ -28,6 +28,7 @@ from ml3_robotics.supervised import (
     regressor,
     sine_meta_loss,
 )
+from ml3_robotics.validation import check_widths
 
 TRAIN_TASKS = SineTasks(amplitude=(1.0, 1.0), phase=(math.pi, math.pi), x_range=(-2.0, 2.0))
 TEST_TASKS = SineTasks(amplitude=(0.2, 5.0), phase=(-math.pi, math.pi), x_range=(-5.0, 5.0))

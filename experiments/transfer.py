@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ml3_robotics.learned_loss import LearnedLoss, check_choice
+from ml3_robotics.learned_loss import LearnedLoss
 from ml3_robotics.plotting import new_figure, save
 from ml3_robotics.reach_eval import (
     METHODS,
@@ -47,6 +47,7 @@ from ml3_robotics.transfer import (
     plot_transfer_heatmap,
     transfer_grid,
 )
+from ml3_robotics.validation import check_choice
 from robots.arm import ArmSim, SimulationError
 
 log = logging.getLogger(__name__)

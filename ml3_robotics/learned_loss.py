@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ml3_robotics.errors import FeatureSpecError
+from ml3_robotics.validation import check_choice, check_widths
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -21,28 +21,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "softplus": nn.Softplus,
 }
 OUTPUT_ACTIVATIONS: dict[str, type[nn.Module]] = {"none": nn.Identity, "softplus": nn.Softplus}
-
-
-def check_choice(argument: str, value: str, choices: Sequence[str]) -> None:
-    """Raise ValueError naming ``argument`` when ``value`` is not in ``choices``, with a hint."""
-    if value in choices:
-        return
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"{argument}: got {value!r}, expected one of {sorted(choices)}{hint}")
-
-
-MAX_WIDTH = 65_536  # far above any network here; a typo like 4000000 is refused, not allocated
-
-
-def check_widths(argument: str, widths: Sequence[int]) -> None:
-    """Raise ValueError naming ``argument`` unless ``widths`` is a non-empty list of layer
-    widths: integers in ``[1, MAX_WIDTH]``."""
-    if not widths or not all(type(w) is int and 1 <= w <= MAX_WIDTH for w in widths):
-        raise ValueError(
-            f"{argument}: expected a non-empty list of layer widths (integers from 1 to "
-            f"{MAX_WIDTH}), got {tuple(widths)!r}"
-        )
 
 
 @dataclass(frozen=True)

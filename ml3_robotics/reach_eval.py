@@ -34,7 +34,7 @@ from ml3_robotics.learned_dynamics import (
     ProbabilisticEnsemble,
     prediction_error,
 )
-from ml3_robotics.learned_loss import LearnedLoss, check_choice
+from ml3_robotics.learned_loss import LearnedLoss
 from ml3_robotics.mbrl import (
     ReachPolicy,
     ReachTask,
@@ -55,6 +55,7 @@ from ml3_robotics.mbrl_loop import DynamicsLearner, babble
 from ml3_robotics.plotting import new_figure, save
 from ml3_robotics.replay_buffer import ReplayBuffer
 from ml3_robotics.runs import RunContext
+from ml3_robotics.validation import check_choice, check_ints, check_positive
 from robots.arm import (
     ArmConfig,
     ArmSim,
@@ -91,10 +92,7 @@ class ReachModelConfig:
     fit_epochs: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("babble_hold", "horizon", "ensemble_members", "fit_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        check_ints(self, ("babble_hold", "horizon", "ensemble_members", "fit_epochs"), 1)
         if not isinstance(self.babble_trajectories, int) or self.babble_trajectories < 2:
             raise ValueError(
                 f"babble_trajectories: expected >= 2 to fit a model, got "
@@ -192,16 +190,9 @@ class ReachEvalConfig:
             check_choice("baseline_methods", m, INNER_METHODS)
         positive = ("horizon", "inner_steps", "ilqr_iters", "n_holdout_trajectories",
                     "babble_hold", "video_stride", "curve_steps", "bc_epochs")  # fmt: skip
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-        for name in ("video_goals", "landscape_grid"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
-        if not self.inner_lr > 0:
-            raise ValueError(f"inner_lr: expected a positive number, got {self.inner_lr}")
+        check_ints(self, positive, 1)
+        check_ints(self, ("video_goals", "landscape_grid"), 0)
+        check_positive(self, ("inner_lr",))
         check_choice("inner_method", self.inner_method, INNER_METHODS)
         if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
             raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid}")

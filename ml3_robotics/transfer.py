@@ -40,6 +40,7 @@ from ml3_robotics.reach_eval import (
 from ml3_robotics.replay_buffer import ReplayBuffer
 from ml3_robotics.runs import RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss
+from ml3_robotics.validation import check_ints
 from robots.arm import ArmConfig, ArmSim, check_goals, load_arm_config, sample_goals
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,7 @@ class RobotEvalSettings:
     curve_steps: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("n_goals", "n_tune_goals", "policy_width"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        check_ints(self, ("n_goals", "n_tune_goals", "policy_width"), 1)
         if self.inner_steps is not None and (
             not isinstance(self.inner_steps, int) or self.inner_steps < 1
         ):

@@ -11,10 +11,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from experiments.mountain_car import MountainCarConfig
+from experiments.reacher import ReacherConfig
 from experiments.sine import SineConfig
 from ml3_robotics.cli import _table, main, run_experiment
 from ml3_robotics.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.mbrl import reach_feature_spec
+from ml3_robotics.reach_eval import ReachModelConfig
 from ml3_robotics.runs import (
     RUN_MARKER,
     ConfigError,
@@ -466,3 +469,20 @@ def test_mountain_car_starts_outside_the_car_are_refused(capsys, tmp_path, start
 def test_config_yaml_round_trips_strings_that_look_like_numbers(text):
     doc = {"config": {"loss_path": text, "lr": 1e-5, "n": 10, "flag": True, "none": None}}
     assert parse_yaml(dump_yaml(doc), "config.yaml") == doc
+
+
+@pytest.mark.parametrize(
+    ("config_type", "field", "value", "message"),
+    [
+        ("reacher", "inner_steps", True, r"^inner_steps: expected an integer >= 1, got True"),
+        ("reacher", "outer_steps", -1, r"^outer_steps: expected an integer >= 0, got -1"),
+        ("reacher", "outer_lr", float("inf"), r"^outer_lr: expected a positive number, got inf"),
+        ("mountain", "meta_batch", 0, r"^meta_batch: expected an integer >= 1, got 0"),
+        ("mountain", "inner_lr", float("nan"), r"^inner_lr: expected a positive number, got nan"),
+        ("model", "fit_epochs", 2.5, r"^fit_epochs: expected an integer >= 1, got 2.5"),
+    ],
+)
+def test_config_fields_share_one_validation_with_one_message(config_type, field, value, message):
+    kind = {"reacher": ReacherConfig, "mountain": MountainCarConfig, "model": ReachModelConfig}
+    with pytest.raises(ValueError, match=message):
+        kind[config_type](**{field: value})
