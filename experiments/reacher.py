@@ -50,8 +50,8 @@ from ml3_robotics.reach_eval import (
     fresh_policy_params,
     mujoco_model,
     round_figures,
-    write_reach_figures,
 )
+from ml3_robotics.reach_figures import write_reach_figures
 from ml3_robotics.runs import Experiment, RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss, save_learned_loss
 from ml3_robotics.task_losses import Demonstrations, ExtraTerm

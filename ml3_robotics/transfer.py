@@ -35,8 +35,8 @@ from ml3_robotics.reach_eval import (
     fit_reach_model,
     model_config_from,
     round_figures,
-    write_reach_figures,
 )
+from ml3_robotics.reach_figures import write_reach_figures
 from ml3_robotics.replay_buffer import ReplayBuffer
 from ml3_robotics.runs import RunContext, RunResult
 from ml3_robotics.serialization import load_learned_loss

@@ -16,8 +16,8 @@ from ml3_robotics.reach_eval import (
     ReachModelConfig,
     evaluate_reach,
     fit_reach_model,
-    write_reach_figures,
 )
+from ml3_robotics.reach_figures import write_reach_figures
 from ml3_robotics.runs import RunContext
 from ml3_robotics.serialization import load_learned_loss, save_learned_loss
 from ml3_robotics.transfer import transfer_grid
