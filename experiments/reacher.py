@@ -24,9 +24,7 @@ from torch import Tensor
 from controllers import ILQRConfig, MujocoDynamics
 from ml3_robotics.arm_distribution import ArmDistribution, arm_cycle_from
 from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, init_params
-from ml3_robotics.learned_dynamics import (
-    EnsembleConfig,
-)
+from ml3_robotics.learned_dynamics import EnsembleConfig
 from ml3_robotics.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.mbrl import (
     REACH_FEATURES,
@@ -377,9 +375,9 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     meta_seconds = ctx.timing.get("meta_train", 0.0)
 
     # -- meta-test (ml3_robotics.reach_eval): ML3, task loss, iLQR on both models -------------
+    eval_config = eval_config_from(config)
     evaluation = evaluate_reach(
-        loss, arm, model, test_goals, train_goals[: config.goals_per_iteration],
-        eval_config_from(config), ctx,
+        loss, arm, model, test_goals, train_goals[: config.goals_per_iteration], eval_config, ctx,
         model_env_steps=model_steps, sim=sim,
         ml3_extra_env_steps=demo_steps + distribution_steps, ml3_extra_seconds=meta_seconds,
         ml3_fields={"monitoring_env_steps": learner.monitor_steps, "inner_lr": config.inner_lr,
@@ -389,8 +387,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         demonstrations=demonstrations,
     )  # fmt: skip
     results = evaluation.results
-    video = write_reach_figures(ctx, evaluation, loss, model, sim, eval_config_from(config),
-                                history=history)  # fmt: skip
+    video = write_reach_figures(ctx, evaluation, loss, model, sim, eval_config, history=history)
 
     def short(r: dict[str, Any]) -> dict[str, Any]:
         keys = ("mean_final_distance_mm", "max_final_distance_mm", "success_rate_10mm",

@@ -300,11 +300,6 @@ def task_loss_fn(X: Tensor, U: Tensor, task: ReachTask) -> Tensor:
     return task.task_loss(X, U)
 
 
-def reach_task_term(rollout: Rollout, task: ReachTask) -> Tensor:
-    """The reach task loss as a meta-train task term (``(rollout, task) -> (G,)``)."""
-    return task.task_loss(rollout.states, rollout.actions)
-
-
 def _on_rollouts(loss: LossFn) -> policy_search.TaskLoss:
     return lambda rollout, task: loss(rollout.states, rollout.actions, task)
 
@@ -366,7 +361,7 @@ def meta_loss(
     Returns the meta-loss (differentiable w.r.t. the learned loss's parameters) and the adapted
     per-goal parameters.
     """
-    objective = MetaTrainObjective(reach_task_term, extras=tuple(extras))
+    objective = MetaTrainObjective(_on_rollouts(task_loss_fn), extras=tuple(extras))
     rollout, adapted = policy_search.adapted_rollout(
         batched_policy(policy), params, step, task, _on_rollouts(learned), optimizer
     )

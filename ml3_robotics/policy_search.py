@@ -330,9 +330,7 @@ def learned_control_loss(
     return fn
 
 
-def _stepper(
-    system: System | Callable[[Tensor, Tensor], Tensor],
-) -> Callable[[Tensor, Tensor], Tensor]:
+def _stepper(system: System | StepFn) -> StepFn:
     """``step(x, u)`` of a system, or the step function itself (e.g. a learned model's)."""
     step = system.step if hasattr(system, "step") else system  # type: ignore[union-attr]
     # Validation calls bool() on tensors; skip it per step where the system allows (inputs come
