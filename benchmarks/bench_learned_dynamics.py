@@ -21,7 +21,7 @@ import time
 import torch
 from torch.func import jacrev, vmap
 
-from ml3_robotics.learned_dynamics import (
+from ml3_robotics.models.learned_dynamics import (
     EnsembleConfig,
     ProbabilisticEnsemble,
     fit,

@@ -19,16 +19,16 @@ import time
 import torch
 from torch import nn
 
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
-from ml3_robotics.mountain_car_task import (
+from ml3_robotics.core.inner import InnerOptimizer
+from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.core.policy_search import ControlFeatures, meta_train_loss
+from ml3_robotics.tasks.mountain_car import (
     FEATURE_GROUPS,
     FEATURE_SCALE,
     make_policy,
     make_task,
     objective_for,
 )
-from ml3_robotics.policy_search import ControlFeatures, meta_train_loss
 from robots.mountain_car import MountainCar
 
 ITERS, ROUNDS, T = 20, 5, 35

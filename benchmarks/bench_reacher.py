@@ -3,8 +3,8 @@
 Both compute the same meta-gradient (checked below) for G training goals, K inner SGD steps and
 65-step rollouts through the same learned ensemble:
 
-* ``batched`` (ml3_robotics.mbrl.meta_loss): all goals in one batch, per-goal policies as stacked
-  parameters evaluated with one batched matmul per layer, inner steps with torch.func.
+* ``batched`` (ml3_robotics.tasks.reach.meta_loss): all goals in one batch, per-goal policies as
+  stacked parameters evaluated with one batched matmul per layer, inner steps with torch.func.
 * ``reference``: the structure of the paper's code: for each goal, for each inner step, a Python
   loop rollout of a single-goal policy module through the model, torch.autograd.grad with
   create_graph, functional parameter updates (what `higher` does), no vmap, no batching.
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ml3_robotics.inner import InnerOptimizer, init_params
-from ml3_robotics.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble, fit
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
-from ml3_robotics.mbrl import (
+from ml3_robotics.core.inner import InnerOptimizer, init_params
+from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.models.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble, fit
+from ml3_robotics.tasks.reach import (
     ReachPolicy,
     ReachTask,
     learned_loss_fn,

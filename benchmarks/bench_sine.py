@@ -9,10 +9,10 @@ import time
 import torch
 
 from experiments.sine import TRAIN_TASKS
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
-from ml3_robotics.meta_trainer import iteration_generator
-from ml3_robotics.supervised import SINE_FEATURES, regressor, sine_meta_loss
+from ml3_robotics.core.inner import InnerOptimizer
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.meta_trainer import iteration_generator
+from ml3_robotics.tasks.sine import SINE_FEATURES, regressor, sine_meta_loss
 
 
 def time_outer_iteration(batch: int, vectorize: bool, repeats: int) -> float:

@@ -31,10 +31,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
-from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep
-from ml3_robotics.mountain_car_task import (
+from ml3_robotics.app.runs import Experiment, RunResult
+from ml3_robotics.core.inner import InnerOptimizer
+from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep
+from ml3_robotics.core.policy_search import (
+    BatchedMLP,
+    ControlFeatures,
+    PolicyTrace,
+    adapt_policy,
+    learned_control_loss,
+    meta_test,
+    meta_train_loss,
+)
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.task_losses import (
+    ControlTask,
+)
+from ml3_robotics.core.validation import check_ints, check_positive, check_widths
+from ml3_robotics.reporting.plotting import new_figure, save
+from ml3_robotics.tasks.mountain_car import (
     FEATURE_GROUPS,
     FEATURE_SCALE,
     POWER_GROUP,
@@ -51,22 +68,6 @@ from ml3_robotics.mountain_car_task import (
     success_rates,
     task_term,
 )
-from ml3_robotics.plotting import new_figure, save
-from ml3_robotics.policy_search import (
-    BatchedMLP,
-    ControlFeatures,
-    PolicyTrace,
-    adapt_policy,
-    learned_control_loss,
-    meta_test,
-    meta_train_loss,
-)
-from ml3_robotics.runs import Experiment, RunContext, RunResult
-from ml3_robotics.serialization import load_learned_loss, save_learned_loss
-from ml3_robotics.task_losses import (
-    ControlTask,
-)
-from ml3_robotics.validation import check_ints, check_positive, check_widths
 from robots.mountain_car import MountainCar, MountainCarParams
 
 log = logging.getLogger(__name__)
@@ -574,7 +575,7 @@ def _plot_success(ctx: RunContext, traces, car: MountainCar, ilqr_result) -> Non
 
 def _plot_landscape(ctx: RunContext, config, losses, car: MountainCar, policy: BatchedMLP) -> None:
     """Losses over the gains (a, b) of the linear policy ``u = bound(a p + b v)``."""
-    from ml3_robotics.policy_search import policy_rollout
+    from ml3_robotics.core.policy_search import policy_rollout
 
     m = config.landscape_grid
     a = torch.linspace(-40, 40, m)

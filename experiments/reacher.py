@@ -22,11 +22,33 @@ import torch
 from torch import Tensor
 
 from controllers import ILQRConfig, MujocoDynamics
-from ml3_robotics.arm_distribution import ArmDistribution, arm_cycle_from
-from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, init_params
-from ml3_robotics.learned_dynamics import EnsembleConfig
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
-from ml3_robotics.mbrl import (
+from ml3_robotics.app.runs import Experiment, RunResult
+from ml3_robotics.core.inner import INNER_METHODS, InnerOptimizer, init_params
+from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.core.meta_trainer import (
+    MetaTrainConfig,
+    MetaTrainer,
+    OuterStep,
+    iteration_generator,
+)
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.task_losses import Demonstrations, ExtraTerm
+from ml3_robotics.core.validation import check_choice, check_ints, check_positive, check_widths
+from ml3_robotics.evaluation.reach import (
+    REACH_TASK_LR_GRID,
+    TEST_INIT_SEED,
+    eval_config_from,
+    evaluate_reach,
+    fresh_policy_params,
+    mujoco_model,
+    round_figures,
+)
+from ml3_robotics.mbrl.arm_distribution import ArmDistribution, arm_cycle_from
+from ml3_robotics.mbrl.loop import DynamicsLearner, babble
+from ml3_robotics.models.learned_dynamics import EnsembleConfig
+from ml3_robotics.reporting.reach_figures import write_reach_figures
+from ml3_robotics.tasks.reach import (
     REACH_FEATURES,
     ReachPolicy,
     ReachTask,
@@ -38,22 +60,6 @@ from ml3_robotics.mbrl import (
     reach_feature_spec,
     rest_at_goal_prior,
 )
-from ml3_robotics.mbrl_loop import DynamicsLearner, babble
-from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep, iteration_generator
-from ml3_robotics.reach_eval import (
-    REACH_TASK_LR_GRID,
-    TEST_INIT_SEED,
-    eval_config_from,
-    evaluate_reach,
-    fresh_policy_params,
-    mujoco_model,
-    round_figures,
-)
-from ml3_robotics.reach_figures import write_reach_figures
-from ml3_robotics.runs import Experiment, RunContext, RunResult
-from ml3_robotics.serialization import load_learned_loss, save_learned_loss
-from ml3_robotics.task_losses import Demonstrations, ExtraTerm
-from ml3_robotics.validation import check_choice, check_ints, check_positive, check_widths
 from robots.arm import (
     BACKENDS,
     ArmSim,
@@ -159,7 +165,7 @@ class ReacherConfig:
     torch_threads: int = 1
     loss_path: str | None = None
     # "" = the single arm; else ArmDistribution.parse spec, e.g. "links=2,3,4 length=0.7:1.4
-    # mass=0.5:2 n=6": meta-train over those arms too (ml3_robotics.arm_distribution).
+    # mass=0.5:2 n=6": meta-train over those arms too (ml3_robotics.mbrl.arm_distribution).
     arm_distribution: str = ""
 
     def __post_init__(self) -> None:
@@ -366,7 +372,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                 "outer_steps": trainer.iteration,
                 "inner_steps": config.inner_steps,
                 "inner_lr": config.inner_lr,
-                "features": "per time step, joint-count independent (ml3_robotics.mbrl)",
+                "features": "per time step, joint-count independent (ml3_robotics.tasks.reach)",
                 "extra_information": config.extra,
                 "arm_distribution": config.arm_distribution,
             },
@@ -374,7 +380,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     model_steps = buffer.n_transitions_added  # real transitions the model was trained on
     meta_seconds = ctx.timing.get("meta_train", 0.0)
 
-    # -- meta-test (ml3_robotics.reach_eval): ML3, task loss, iLQR on both models -------------
+    # -- meta-test (ml3_robotics.evaluation.reach): ML3, task loss, iLQR on both models ---------
     eval_config = eval_config_from(config)
     evaluation = evaluate_reach(
         loss, arm, model, test_goals, train_goals[: config.goals_per_iteration], eval_config, ctx,

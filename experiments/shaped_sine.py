@@ -23,13 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
-from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer
-from ml3_robotics.plotting import new_figure, save
-from ml3_robotics.runs import Experiment, RunContext, RunResult
-from ml3_robotics.serialization import load_learned_loss, save_learned_loss
-from ml3_robotics.supervised import (
+from ml3_robotics.app.runs import Experiment, RunResult
+from ml3_robotics.core.inner import InnerOptimizer
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.validation import check_widths
+from ml3_robotics.reporting.plotting import new_figure, save
+from ml3_robotics.tasks.sine import (
     SHAPED_SINE_FEATURES,
     ShapedLossFn,
     ShapedSineStepper,
@@ -40,7 +42,6 @@ from ml3_robotics.supervised import (
     shaped_sine_landscape,
     shaped_sine_train,
 )
-from ml3_robotics.validation import check_widths
 
 LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 VARIANTS = ("shaped", "unshaped")

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
-from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep
-from ml3_robotics.plotting import band, new_figure, save
-from ml3_robotics.runs import Experiment, RunContext, RunResult
-from ml3_robotics.serialization import load_learned_loss, save_learned_loss
-from ml3_robotics.supervised import (
+from ml3_robotics.app.runs import Experiment, RunResult
+from ml3_robotics.core.inner import InnerOptimizer
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.validation import check_widths
+from ml3_robotics.reporting.plotting import band, new_figure, save
+from ml3_robotics.tasks.sine import (
     SINE_FEATURES,
     SineTasks,
     evaluate_sine,
@@ -28,7 +30,6 @@ from ml3_robotics.supervised import (
     regressor,
     sine_meta_loss,
 )
-from ml3_robotics.validation import check_widths
 
 TRAIN_TASKS = SineTasks(amplitude=(1.0, 1.0), phase=(math.pi, math.pi), x_range=(-2.0, 2.0))
 TEST_TASKS = SineTasks(amplitude=(0.2, 5.0), phase=(-math.pi, math.pi), x_range=(-5.0, 5.0))

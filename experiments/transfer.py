@@ -2,7 +2,7 @@
 
 Takes a saved loss (``loss_path``) or meta-trains the reacher's loss first (``source_size``:
 the reacher's smoke, demo or full size, into ``<out>/source``). Then, for every configuration of
-the grid (:func:`ml3_robotics.transfer.transfer_grid`: lengths and masses scaled 0.5x..2x,
+the grid (:func:`ml3_robotics.evaluation.robots.transfer_grid`: lengths and masses scaled 0.5x..2x,
 damping, torque limits, the shipped 2-link variants, 3-, 4- and 7-link arms), it babbles on that
 robot, fits that robot's own learned model and compares, on fresh goals of that robot, ML3 (K
 steps under the loss only) with the task loss (step size tuned on other goals of the same robot)
@@ -20,34 +20,31 @@ from typing import Any
 
 import numpy as np
 
-from ml3_robotics.learned_loss import LearnedLoss
-from ml3_robotics.plotting import new_figure, save
-from ml3_robotics.reach_eval import (
-    METHODS,
-    SUCCESS_MM,
-    fit_reach_model,
-)
-from ml3_robotics.runs import (
+from ml3_robotics.app.robot_eval import evaluate_and_report
+from ml3_robotics.app.runs import (
     Experiment,
-    RunContext,
     RunResult,
     build_config,
     execute_run,
     get_experiment,
     parse_set_options,
 )
-from ml3_robotics.transfer import (
+from ml3_robotics.core.learned_loss import LearnedLoss
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.validation import check_choice
+from ml3_robotics.evaluation.reach import METHODS, SUCCESS_MM
+from ml3_robotics.evaluation.robots import (
     DEFAULT_INNER_LR,
     DEFAULT_INNER_STEPS,
     RobotEvalSettings,
-    evaluate_on_robot,
     grid_configs,
     inner_settings,
     load_reach_loss,
-    plot_transfer_heatmap,
     transfer_grid,
 )
-from ml3_robotics.validation import check_choice
+from ml3_robotics.mbrl.loop import fit_reach_model
+from ml3_robotics.reporting.plotting import new_figure, save
+from ml3_robotics.reporting.reach_figures import plot_transfer_heatmap
 from robots.arm import ArmSim, SimulationError
 
 log = logging.getLogger(__name__)
@@ -72,7 +69,7 @@ class TransferConfig(RobotEvalSettings):
         depth_robots: robots the sweep runs on.
         baselines: run the task-loss and iLQR baselines (False: the learned losses only; with
             the same seed, robots, goals and fresh policies are those of a full study).
-        the rest: :class:`~ml3_robotics.transfer.RobotEvalSettings`, as in ``ml3r eval``.
+        the rest: :class:`~ml3_robotics.evaluation.robots.RobotEvalSettings`, as in ``ml3r eval``.
     """
 
     loss_path: str | None = None
@@ -153,7 +150,7 @@ def run(config: TransferConfig, ctx: RunContext) -> RunResult:
             wanted = methods if name == "ml3" else ("ml3",)
             try:
                 fit = model_of(label, arm)
-                results, extra = evaluate_on_robot(
+                results, extra = evaluate_and_report(
                     lss, arm, eval_config, model_config, ctx,
                     n_goals=config.n_goals, n_tune_goals=config.n_tune_goals,
                     goal_min_radius=config.goal_min_radius,

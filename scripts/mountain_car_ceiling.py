@@ -20,8 +20,10 @@ import argparse
 import torch
 
 from experiments.mountain_car import MountainCarConfig, heldout_starts
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.mountain_car_task import (
+from ml3_robotics.app.runs import build_config, parse_set_options
+from ml3_robotics.core.inner import InnerOptimizer
+from ml3_robotics.core.policy_search import adapt_policy, policy_rollout
+from ml3_robotics.tasks.mountain_car import (
     gain_params,
     make_policy,
     make_task,
@@ -29,8 +31,6 @@ from ml3_robotics.mountain_car_task import (
     success_rates,
     task_term,
 )
-from ml3_robotics.policy_search import adapt_policy, policy_rollout
-from ml3_robotics.runs import build_config, parse_set_options
 from robots.mountain_car import MountainCar
 
 LRS = (0.1, 1.0, 10.0, 100.0, 1000.0)

@@ -17,7 +17,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from ml3_robotics.cli import run_experiment
+from ml3_robotics.app.cli import run_experiment
 
 STEPS = (0, 1, 2, 5)
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from experiments.mountain_car import PAPER_PROTOCOL
-from ml3_robotics.cli import run_experiment
+from ml3_robotics.app.cli import run_experiment
 
 STEPS = (1, 2, 5)
 

@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 # start the CLI; sys.argv[1] is kill_at.
 SIGKILL_AT_ITERATION = """
 import os, signal, sys
-import ml3_robotics.meta_trainer as mt
+import ml3_robotics.core.meta_trainer as mt
 _kill_at = int(sys.argv.pop(1))
 _step = mt.MetaTrainer.step
 def _step_or_die(self):

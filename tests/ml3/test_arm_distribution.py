@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-import ml3_robotics.runs as runs
+import ml3_robotics.app.runs as runs
 from experiments.reacher import EXPERIMENT
-from ml3_robotics.arm_distribution import BASE_ARMS, ArmDistribution, sample_arm_configs
-from ml3_robotics.cli import run_experiment
-from ml3_robotics.runs import ConfigError
+from ml3_robotics.app.cli import run_experiment
+from ml3_robotics.app.runs import ConfigError
+from ml3_robotics.mbrl.arm_distribution import BASE_ARMS, ArmDistribution, sample_arm_configs
 from robots.arm import load_arm_config
 
 

@@ -7,9 +7,9 @@ import sys
 import pytest
 import yaml
 
-from ml3_robotics.cli import main
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
-from ml3_robotics.serialization import save_learned_loss
+from ml3_robotics.app.cli import main
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.serialization import save_learned_loss
 
 
 def _smoke(out, *sets: str) -> list[str]:
@@ -163,6 +163,6 @@ def test_bad_config_file(capsys, tmp_path):
 
 def test_console_script_exit_code(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "ml3_robotics.cli", "run", "nope"], capture_output=True, text=True
+        [sys.executable, "-m", "ml3_robotics", "run", "nope"], capture_output=True, text=True
     )
     assert done.returncode == 2 and done.stderr.startswith("ml3r: error: unknown experiment")

@@ -14,14 +14,9 @@ from safetensors.torch import load_file, save_file
 from experiments.mountain_car import MountainCarConfig
 from experiments.reacher import ReacherConfig
 from experiments.sine import SineConfig
-from ml3_robotics.cli import _table, main, run_experiment
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
-from ml3_robotics.mbrl import reach_feature_spec
-from ml3_robotics.reach_eval import ReachModelConfig
-from ml3_robotics.runs import (
-    RUN_MARKER,
+from ml3_robotics.app.cli import _table, main, run_experiment
+from ml3_robotics.app.runs import (
     ConfigError,
-    RunContext,
     RunResult,
     describe_config,
     discover_experiments,
@@ -30,7 +25,11 @@ from ml3_robotics.runs import (
     read_config_file,
     write_results,
 )
-from ml3_robotics.serialization import atomic_write_bytes, save_learned_loss
+from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.core.run_context import RUN_MARKER, RunContext
+from ml3_robotics.core.serialization import atomic_write_bytes, save_learned_loss
+from ml3_robotics.mbrl.loop import ReachModelConfig
+from ml3_robotics.tasks.reach import reach_feature_spec
 from robots.arm import load_arm_config
 from robots.yaml_io import dump_yaml, parse_yaml
 

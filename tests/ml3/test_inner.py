@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from ml3_robotics.inner import InnerOptimizer, adapt, call, module_params, stack_params
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.inner import InnerOptimizer, adapt, call, module_params, stack_params
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 
 
 def _model() -> nn.Module:

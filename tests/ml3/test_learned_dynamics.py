@@ -13,14 +13,14 @@ from safetensors.torch import load_file, save_file
 from torch.func import functional_call, grad, jacrev, vmap
 
 from controllers.protocols import Dynamics
-from ml3_robotics.learned_dynamics import (
+from ml3_robotics.models.learned_dynamics import (
     EnsembleConfig,
     FitReport,
     ProbabilisticEnsemble,
     fit,
     prediction_error,
 )
-from ml3_robotics.replay_buffer import ReplayBuffer
+from ml3_robotics.models.replay_buffer import ReplayBuffer
 
 
 @pytest.fixture(scope="module", autouse=True)

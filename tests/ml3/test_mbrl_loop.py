@@ -1,12 +1,12 @@
-"""The MBRL loop's data and model (ml3_robotics.mbrl_loop): babble, collect, refit, checkpoint."""
+"""The MBRL loop's data and model (ml3_robotics.mbrl.loop): babble, collect, refit, checkpoint."""
 
 import numpy as np
 import torch
 
-from ml3_robotics.inner import init_params
-from ml3_robotics.learned_dynamics import EnsembleConfig
-from ml3_robotics.mbrl import ReachPolicy, ReachTask
-from ml3_robotics.mbrl_loop import DynamicsLearner, babble
+from ml3_robotics.core.inner import init_params
+from ml3_robotics.mbrl.loop import DynamicsLearner, babble
+from ml3_robotics.models.learned_dynamics import EnsembleConfig
+from ml3_robotics.tasks.reach import ReachPolicy, ReachTask
 from robots.arm import ArmSim, load_arm_config, sample_goals
 
 SMALL = EnsembleConfig(n_members=2, hidden=(16,), batch_size=32, epochs=2, angle_dims=(0, 1))

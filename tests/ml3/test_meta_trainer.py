@@ -11,10 +11,10 @@ from conftest import SIGKILL_AT_ITERATION
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ml3_robotics.cli import main
-from ml3_robotics.errors import NonFiniteError
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
-from ml3_robotics.meta_trainer import MetaTrainConfig, MetaTrainer
+from ml3_robotics.app.cli import main
+from ml3_robotics.core.errors import NonFiniteError
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
 
 
 def _quadratic_problem():
@@ -126,7 +126,7 @@ def test_bad_meta_config():
         MetaTrainConfig(3, checkpoint_every=0)
 
 
-CLI = "from ml3_robotics.cli import main; raise SystemExit(main(sys.argv[1:]))"
+CLI = "from ml3_robotics.app.cli import main; raise SystemExit(main(sys.argv[1:]))"
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):

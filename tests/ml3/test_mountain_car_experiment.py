@@ -12,16 +12,11 @@ from experiments.mountain_car import (
     heldout_starts,
     train_starts,
 )
-from ml3_robotics.errors import FeatureSpecError
-from ml3_robotics.mountain_car_task import objective_for
-from ml3_robotics.runs import (
-    ConfigError,
-    RunContext,
-    build_config,
-    parse_set_options,
-    write_results,
-)
-from ml3_robotics.task_losses import IntermediateGoal
+from ml3_robotics.app.runs import ConfigError, build_config, parse_set_options, write_results
+from ml3_robotics.core.errors import FeatureSpecError
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.task_losses import IntermediateGoal
+from ml3_robotics.tasks.mountain_car import objective_for
 from robots.mountain_car import MountainCarParams
 
 

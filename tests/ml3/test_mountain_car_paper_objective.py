@@ -13,10 +13,13 @@ import pytest
 import torch
 
 from experiments.mountain_car import PAPER_PROTOCOL, MountainCarConfig
-from ml3_robotics.cli import run_experiment
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
-from ml3_robotics.mountain_car_task import (
+from ml3_robotics.app.cli import run_experiment
+from ml3_robotics.app.runs import ConfigError, build_config
+from ml3_robotics.core.inner import InnerOptimizer
+from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.core.policy_search import ControlFeatures, meta_train_loss
+from ml3_robotics.core.task_losses import Rollout
+from ml3_robotics.tasks.mountain_car import (
     FEATURE_GROUPS,
     FEATURE_SCALE,
     energy_shortfall,
@@ -25,9 +28,6 @@ from ml3_robotics.mountain_car_task import (
     mechanical_energy,
     objective_for,
 )
-from ml3_robotics.policy_search import ControlFeatures, meta_train_loss
-from ml3_robotics.runs import ConfigError, build_config
-from ml3_robotics.task_losses import Rollout
 from robots.mountain_car import MountainCar, MountainCarParams
 
 F64 = torch.float64

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from ml3_robotics.errors import FeatureSpecError
-from ml3_robotics.inner import InnerOptimizer, init_params
-from ml3_robotics.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
-from ml3_robotics.mbrl import (
+from ml3_robotics.core.errors import FeatureSpecError
+from ml3_robotics.core.inner import InnerOptimizer, init_params
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.task_losses import Demonstrations
+from ml3_robotics.models.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble
+from ml3_robotics.tasks.reach import (
     REACH_FEATURES,
     GoalConditionedPolicy,
     ReachPolicy,
@@ -31,7 +32,6 @@ from ml3_robotics.mbrl import (
     task_loss_fn,
     trace_inner_steps,
 )
-from ml3_robotics.task_losses import Demonstrations
 from robots.arm import forward_kinematics, load_arm_config, sample_goals
 
 

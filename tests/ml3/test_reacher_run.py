@@ -18,16 +18,16 @@ import torch
 from conftest import SIGKILL_AT_ITERATION
 from safetensors.torch import load_file
 
-import ml3_robotics.runs as runs
+import ml3_robotics.app.runs as runs
 from experiments.reacher import EXPERIMENT
-from ml3_robotics.cli import run_experiment
-from ml3_robotics.reach_eval import METHODS
+from ml3_robotics.app.cli import run_experiment
+from ml3_robotics.evaluation.reach import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = (
-    "import sys; import ml3_robotics.runs as r; from experiments.reacher import EXPERIMENT; "
+    "import sys; import ml3_robotics.app.runs as r; from experiments.reacher import EXPERIMENT; "
     "r.discover_experiments = lambda: {'reacher': EXPERIMENT}; "
-    "from ml3_robotics.cli import main; raise SystemExit(main(sys.argv[1:]))"
+    "from ml3_robotics.app.cli import main; raise SystemExit(main(sys.argv[1:]))"
 )
 FAST = ["video_goals=0", "lr_grid=[0.001]", "ilqr_iters=1", "n_holdout_trajectories=1"]
 

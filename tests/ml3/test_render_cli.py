@@ -4,8 +4,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from ml3_robotics.cli import main
-from ml3_robotics.render import pumping_rollout
+from ml3_robotics.app.cli import main
+from ml3_robotics.reporting.render import pumping_rollout
 from robots.mountain_car import MountainCar
 
 

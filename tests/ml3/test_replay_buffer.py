@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ml3_robotics.replay_buffer import ReplayBuffer
+from ml3_robotics.models.replay_buffer import ReplayBuffer
 
 
 def traj(start: float, T: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from ml3_robotics.errors import FeatureSpecError, LossFileError
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
-from ml3_robotics.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.errors import FeatureSpecError, LossFileError
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
 
 
 def _loss() -> LearnedLoss:

@@ -11,19 +11,19 @@ import pytest
 import torch
 
 from experiments import shaped_sine
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
-from ml3_robotics.meta_trainer import MetaTrainConfig
-from ml3_robotics.runs import (
+from ml3_robotics.app.runs import (
     ConfigError,
-    RunContext,
     build_config,
     config_to_dict,
     parse_set_options,
     write_results,
 )
-from ml3_robotics.serialization import load_learned_loss
-from ml3_robotics.supervised import (
+from ml3_robotics.core.inner import InnerOptimizer
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.meta_trainer import MetaTrainConfig
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.serialization import load_learned_loss
+from ml3_robotics.tasks.sine import (
     SHAPED_SINE_FEATURES,
     ShapedSineStepper,
     ShapedSineTasks,

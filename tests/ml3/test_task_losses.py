@@ -10,11 +10,11 @@ from collections.abc import Mapping
 import pytest
 import torch
 
-import ml3_robotics.policy_search as policy_search
-from ml3_robotics.errors import FeatureSpecError
-from ml3_robotics.inner import InnerOptimizer
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
-from ml3_robotics.policy_search import (
+import ml3_robotics.core.policy_search as policy_search
+from ml3_robotics.core.errors import FeatureSpecError
+from ml3_robotics.core.inner import InnerOptimizer
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.policy_search import (
     BatchedMLP,
     ControlFeatures,
     ModulePolicy,
@@ -23,8 +23,8 @@ from ml3_robotics.policy_search import (
     meta_train_loss,
     policy_rollout,
 )
-from ml3_robotics.serialization import load_learned_loss, save_learned_loss
-from ml3_robotics.task_losses import (
+from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.task_losses import (
     ControlEffort,
     ControlTask,
     Demonstrations,
@@ -156,7 +156,7 @@ def test_policy_search_module_does_not_import_extra_terms():
     imported = {
         a.name
         for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module == "ml3_robotics.task_losses"
+        if isinstance(node, ast.ImportFrom) and node.module == "ml3_robotics.core.task_losses"
         for a in node.names
     }
     assert imported == {"ControlTask", "Rollout"}

@@ -6,21 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from ml3_robotics.cli import main
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
-from ml3_robotics.mbrl import reach_feature_spec
-from ml3_robotics.mbrl_loop import babble
-from ml3_robotics.reach_eval import (
-    METHODS,
-    ReachEvalConfig,
-    ReachModelConfig,
-    evaluate_reach,
-    fit_reach_model,
-)
-from ml3_robotics.reach_figures import write_reach_figures
-from ml3_robotics.runs import RunContext
-from ml3_robotics.serialization import load_learned_loss, save_learned_loss
-from ml3_robotics.transfer import transfer_grid
+from ml3_robotics.app.cli import main
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.evaluation.reach import METHODS, ReachEvalConfig, evaluate_reach
+from ml3_robotics.evaluation.robots import transfer_grid
+from ml3_robotics.mbrl.loop import ReachModelConfig, babble, fit_reach_model
+from ml3_robotics.reporting.reach_figures import write_reach_figures
+from ml3_robotics.tasks.reach import reach_feature_spec
 from robots.arm import ArmSim, SimulationError, load_arm_config, sample_goals
 
 

@@ -9,15 +9,15 @@ import json
 import pytest
 import torch
 
-import ml3_robotics.runs as runs
+import ml3_robotics.app.runs as runs
 from experiments.reacher import EXPERIMENT as REACHER
 from experiments.transfer import EXPERIMENT
-from ml3_robotics.cli import run_experiment
-from ml3_robotics.learned_loss import LearnedLoss, LossConfig
-from ml3_robotics.mbrl import reach_feature_spec
-from ml3_robotics.reach_eval import METHODS
-from ml3_robotics.runs import ConfigError
-from ml3_robotics.serialization import save_learned_loss
+from ml3_robotics.app.cli import run_experiment
+from ml3_robotics.app.runs import ConfigError
+from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.core.serialization import save_learned_loss
+from ml3_robotics.evaluation.reach import METHODS
+from ml3_robotics.tasks.reach import reach_feature_spec
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ml3_robotics.replay_buffer import ReplayBuffer
+from ml3_robotics.models.replay_buffer import ReplayBuffer
 
 __all__ = [
     "ACTIVATIONS",

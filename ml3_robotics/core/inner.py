@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
-from ml3_robotics.validation import check_choice
+from ml3_robotics.core.validation import check_choice
 
 Params = dict[str, Tensor]
 INNER_METHODS = ("sgd", "adam")

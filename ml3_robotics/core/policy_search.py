@@ -7,7 +7,7 @@
   through ``system.step``.
 * :func:`meta_train_loss` is the ML3 meta-objective: K differentiable inner steps on the learned
   loss, then any meta-train objective (a task term plus extra-information terms, see
-  :mod:`ml3_robotics.task_losses`) on the adapted policy's rollout.
+  :mod:`ml3_robotics.core.task_losses`) on the adapted policy's rollout.
 * :func:`meta_test` trains fresh policies with the learned loss alone. Its inputs are the learned
   loss, the policy, its initial parameters, the system, the :class:`ControlTask` s and the inner
   optimizer: no argument can carry extra information, and this module does not import the
@@ -28,10 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from controllers.policies import rollout
-from ml3_robotics.errors import FeatureSpecError
-from ml3_robotics.inner import InnerOptimizer, Params, adapt, call, init_params
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss
-from ml3_robotics.task_losses import ControlTask, Rollout
+from ml3_robotics.core.errors import FeatureSpecError
+from ml3_robotics.core.inner import InnerOptimizer, Params, adapt, call, init_params
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss
+from ml3_robotics.core.task_losses import ControlTask, Rollout
 
 __all__ = [
     "CONTROL_FEATURES",

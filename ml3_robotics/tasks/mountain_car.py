@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ml3_robotics.inner import Params
-from ml3_robotics.policy_search import BatchedMLP, PolicyTrace
-from ml3_robotics.task_losses import (
+from ml3_robotics.core.inner import Params
+from ml3_robotics.core.policy_search import BatchedMLP, PolicyTrace
+from ml3_robotics.core.task_losses import (
     ControlTask,
     ExtraTerm,
     FinalDistance,

@@ -7,7 +7,7 @@ The pieces the reacher experiment composes:
   symmetrically across joints), so one learned loss applies to 2-, 3- and 4-link arms.
 * :class:`ReachPolicy`: the paper's tanh MLP feedback policy with normalised inputs, one
   independent parameter set per goal stacked along a leading axis
-  (:func:`ml3_robotics.inner.init_params` draws them).
+  (:func:`ml3_robotics.core.inner.init_params` draws them).
 * :func:`model_rollout`: closed-loop rollouts of ``G`` per-goal policies through a differentiable
   model in one batch (the policy is vmapped over goals, the model steps the whole batch).
 * :class:`ReachTask`: goals, the joint-space goals from IK and the task loss (the paper's,
@@ -35,11 +35,11 @@ from torch.func import functional_call, vmap
 
 from controllers import ILQR, Dynamics, ILQRConfig, ILQRResult, MLPPolicy, ReachCost
 from controllers.policies import rollout
-from ml3_robotics import policy_search
-from ml3_robotics.inner import InnerOptimizer, Params
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss
-from ml3_robotics.policy_search import StepFn
-from ml3_robotics.task_losses import ExtraTerm, MetaTrainObjective, PhysicsPrior, Rollout
+from ml3_robotics.core import policy_search
+from ml3_robotics.core.inner import InnerOptimizer, Params
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss
+from ml3_robotics.core.policy_search import StepFn
+from ml3_robotics.core.task_losses import ExtraTerm, MetaTrainObjective, PhysicsPrior, Rollout
 from robots.arm import (
     ArmConfig,
     ArmSim,
@@ -317,7 +317,7 @@ def adapt_policies(
     on_step: Callable[[int, Params, Tensor], None] | None = None,
 ) -> Params:
     """K inner steps on ``sum_g loss_g`` for ``G`` independent per-goal policies: the reacher's
-    signature over :func:`ml3_robotics.policy_search.adapt_policies` (``loss(X, U, task)``,
+    signature over :func:`ml3_robotics.core.policy_search.adapt_policies` (``loss(X, U, task)``,
     policy modules, a step function)."""
     return policy_search.adapt_policies(
         batched_policy(policy), params, step, task, _on_rollouts(loss), optimizer,
@@ -354,8 +354,8 @@ def meta_loss(
     """ML3's meta-objective: mean task loss of the K-step adapted policies' model rollouts.
 
     Args:
-        extras: extra-information terms (:class:`ml3_robotics.task_losses.ExtraTerm`, e.g.
-            :class:`~ml3_robotics.task_losses.Demonstrations` or :func:`rest_at_goal_prior`)
+        extras: extra-information terms (:class:`ml3_robotics.core.task_losses.ExtraTerm`, e.g.
+            :class:`~ml3_robotics.core.task_losses.Demonstrations` or :func:`rest_at_goal_prior`)
             added to the task loss at meta-train time; :func:`meta_test` has no way to take them.
 
     Returns the meta-loss (differentiable w.r.t. the learned loss's parameters) and the adapted

@@ -1,6 +1,8 @@
 """The model-based RL loop's data and model (issue 12: the loop lives in the library).
 
 * :func:`babble`: random held-torque trajectories on a real simulator, the first data.
+* :class:`ReachModelConfig`, :func:`fit_reach_model`: babbling and an ensemble fitted to it,
+  the learned model of one robot (the reacher's first fit, ``ml3r eval``, the transfer study).
 * :class:`DynamicsLearner`: the replay buffer, the probabilistic ensemble fitted to it and the
   loop's counters; it adds trajectories (babbling, executed policies), refits the model, and is
   ``Stateful`` so a meta-training checkpoint holds all of it.
@@ -11,14 +13,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ml3_robotics.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble, fit
-from ml3_robotics.mbrl import ReachTask, execute_policies
-from ml3_robotics.replay_buffer import ReplayBuffer
+from ml3_robotics.core.validation import check_ints, config_from
+from ml3_robotics.models.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble, fit
+from ml3_robotics.models.replay_buffer import ReplayBuffer
+from ml3_robotics.tasks.reach import ReachTask, execute_policies
 from robots.arm import ArmConfig, ArmSim, SimulationError
 
 log = logging.getLogger(__name__)
@@ -137,3 +142,56 @@ class DynamicsLearner:
         self.model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
         self.refits = int(state["refits"])
         self.monitor_steps = int(state["monitor_steps"])
+
+
+@dataclass(frozen=True)
+class ReachModelConfig:
+    """Babbling and ensemble settings of :func:`fit_reach_model` (the reacher's defaults)."""
+
+    babble_trajectories: int = 100
+    babble_hold: int = 8
+    horizon: int = 65
+    ensemble_members: int = 5
+    ensemble_hidden: tuple[int, ...] = (128, 128)
+    fit_epochs: int = 100
+
+    def __post_init__(self) -> None:
+        check_ints(self, ("babble_hold", "horizon", "ensemble_members", "fit_epochs"), 1)
+        if not isinstance(self.babble_trajectories, int) or self.babble_trajectories < 2:
+            raise ValueError(
+                f"babble_trajectories: expected >= 2 to fit a model, got "
+                f"{self.babble_trajectories!r}"
+            )
+
+    def ensemble(self, arm: ArmConfig) -> EnsembleConfig:
+        """The ensemble's config for ``arm`` (its joint angles are periodic inputs)."""
+        return EnsembleConfig(
+            n_members=self.ensemble_members,
+            hidden=tuple(self.ensemble_hidden),
+            epochs=self.fit_epochs,
+            angle_dims=tuple(range(arm.n_links)),
+        )
+
+
+def fit_reach_model(
+    arm: ArmConfig, sim: ArmSim, config: ReachModelConfig, seed: int
+) -> tuple[ProbabilisticEnsemble, ReplayBuffer]:
+    """Babble on ``sim`` and fit a fresh ensemble: the learned model of one robot.
+
+    Same draws as the reacher's first fit for the same seed (model init, babbling, fit).
+
+    Returns:
+        The fitted model (weights frozen: ``requires_grad=False``) and the buffer it saw.
+    """
+    learner = DynamicsLearner(arm, config.ensemble(arm), seed)
+    learner.add(*babble(
+        sim, config.babble_trajectories, config.horizon, config.babble_hold,
+        np.random.default_rng(seed),
+    ))  # fmt: skip
+    learner.refit(config.fit_epochs, torch.Generator().manual_seed(seed))
+    return learner.model, learner.buffer
+
+
+def model_config_from(source: Any, **changes: Any) -> ReachModelConfig:
+    """A :class:`ReachModelConfig` from the same-named fields of ``source``, then ``changes``."""
+    return config_from(ReachModelConfig, source, changes)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ml3_robotics.validation import check_choice
+from ml3_robotics.core.validation import check_choice
 from robots.arm import ArmConfig, ArmSim, load_arm_config, render_rollout
 from robots.mountain_car import MountainCar, render_trajectory
 from robots.video import write_video

@@ -1,23 +1,31 @@
-"""Figures and videos of a reach evaluation (the reporting layer): they take what
-:func:`ml3_robotics.reach_eval.evaluate_reach` measured and write files into the run folder."""
+"""Figures and videos of a reach evaluation, and the transfer study's heatmap (the reporting
+layer): they take what :func:`ml3_robotics.evaluation.reach.evaluate_reach` measured and write
+files into the run folder."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ml3_robotics.inner import Params
-from ml3_robotics.learned_dynamics import ProbabilisticEnsemble
-from ml3_robotics.learned_loss import LearnedLoss
-from ml3_robotics.mbrl import ReachPolicy, ReachTask, learned_loss_fn, loss_landscape, task_loss_fn
-from ml3_robotics.plotting import new_figure, save
-from ml3_robotics.policy_search import StepFn
-from ml3_robotics.reach_eval import SUCCESS_MM, ReachEvalConfig, ReachEvaluation
-from ml3_robotics.runs import RunContext
+from ml3_robotics.core.inner import Params
+from ml3_robotics.core.learned_loss import LearnedLoss
+from ml3_robotics.core.policy_search import StepFn
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.evaluation.reach import SUCCESS_MM, ReachEvalConfig, ReachEvaluation
+from ml3_robotics.models.learned_dynamics import ProbabilisticEnsemble
+from ml3_robotics.reporting.plotting import new_figure, save
+from ml3_robotics.tasks.reach import (
+    ReachPolicy,
+    ReachTask,
+    learned_loss_fn,
+    loss_landscape,
+    task_loss_fn,
+)
 from robots.arm import (
     ArmConfig,
     ArmSim,
@@ -190,3 +198,42 @@ def reach_video(
     fps = max(1, round(1.0 / (sim.dt * stride)))  # real time
     path = write_video(np.concatenate(frames), ctx.path("meta_test_ml3.gif"), fps=fps)
     return path.name
+
+
+def plot_transfer_heatmap(
+    path: Path, table: Sequence[Mapping[str, Any]], methods: Sequence[str], title: str
+) -> Path:
+    """Heatmap of the mean final distance (mm, log colour scale) per row and method.
+
+    Args:
+        path: the PNG to write (inside a run directory).
+        table: rows with ``"label"`` and, per method, ``"<method>_mm"`` (None: not run/failed).
+        methods: the columns.
+        title: the figure title.
+    """
+    from matplotlib.colors import LogNorm
+
+    labels = [r["label"] for r in table]
+    values = np.array(
+        [[np.nan if r.get(f"{m}_mm") is None else r[f"{m}_mm"] for m in methods] for r in table],
+        dtype=float,
+    )
+    fig, axes = new_figure(1, size=(1.6 * len(methods) + 3.0, 0.38 * len(labels) + 1.6))
+    ax = axes[0, 0]
+    finite = values[np.isfinite(values)]
+    lo = max(0.1, float(finite.min())) if finite.size else 0.1
+    hi = max(lo * 10, float(finite.max())) if finite.size else 1000.0
+    im = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto",
+                   norm=LogNorm(vmin=lo, vmax=hi))  # fmt: skip
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            v = values[i, j]
+            text = "fail" if not np.isfinite(v) else f"{v:.3g}"
+            weight = "bold" if np.isfinite(v) and v < SUCCESS_MM else "normal"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w"
+                    if np.isfinite(v) and v > np.sqrt(lo * hi) else "k", weight=weight)  # fmt: skip
+    ax.set_xticks(range(len(methods)), list(methods), rotation=20, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="mean final distance (mm)")
+    return save(fig, path)

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ml3_robotics.inner import InnerOptimizer, init_params
-from ml3_robotics.mbrl import LossFn, ReachPolicy, ReachTask, meta_loss
-from ml3_robotics.meta_trainer import OuterStep
-from ml3_robotics.reach_eval import ReachModelConfig, fit_reach_model, model_config_from
+from ml3_robotics.core.inner import InnerOptimizer, init_params
+from ml3_robotics.core.meta_trainer import OuterStep
+from ml3_robotics.mbrl.loop import ReachModelConfig, fit_reach_model, model_config_from
+from ml3_robotics.tasks.reach import LossFn, ReachPolicy, ReachTask, meta_loss
 from robots.arm import ArmConfig, ArmSim, load_arm_config, sample_goals
 
 log = logging.getLogger(__name__)

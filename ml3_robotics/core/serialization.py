@@ -19,8 +19,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ml3_robotics.errors import LossFileError
-from ml3_robotics.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.errors import LossFileError
+from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 
 FORMAT = "ml3r-learned-loss"
 FORMAT_VERSION = 1
@@ -172,7 +172,7 @@ def load_learned_loss(
     Args:
         path: ``X.safetensors``, ``X.json`` or the common stem ``X``.
         expect_features: when given, the loss must read exactly these features, in this order
-            (raises :class:`~ml3_robotics.errors.FeatureSpecError` otherwise).
+            (raises :class:`~ml3_robotics.core.errors.FeatureSpecError` otherwise).
 
     Returns:
         ``(loss, sidecar)``: the module in float32 and the sidecar document.

@@ -17,11 +17,9 @@ from typing import Any, NoReturn
 
 import torch
 
-from ml3_robotics.errors import ML3Error
-from ml3_robotics.render import render_system
-from ml3_robotics.runs import (
+from ml3_robotics.app.robot_eval import EVAL_SMOKE, ReachEvalRunConfig, run_reach_eval
+from ml3_robotics.app.runs import (
     ConfigError,
-    RunContext,
     RunResult,
     build_config,
     describe_config,
@@ -34,7 +32,10 @@ from ml3_robotics.runs import (
     read_config_file,
     read_run_config,
 )
-from ml3_robotics.transfer import EVAL_SMOKE, ReachEvalRunConfig, load_reach_loss, run_reach_eval
+from ml3_robotics.core.errors import ML3Error
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.evaluation.robots import load_reach_loss
+from ml3_robotics.reporting.render import render_system
 from robots.arm import load_arm_config
 from robots.yaml_io import dump_yaml
 
@@ -216,7 +217,8 @@ def eval_loss(
     progress: bool = False,
 ) -> tuple[RunContext, RunResult]:
     """``ml3r eval``: resolve the config, refuse a loss or robot that cannot be used before
-    touching ``out``, run :func:`ml3_robotics.transfer.run_reach_eval`, write the artefacts."""
+    touching ``out``, run :func:`ml3_robotics.app.robot_eval.run_reach_eval`, write the
+    artefacts."""
     _check_seed(seed)
     options = {"loss": str(loss), "robot": robot, "n_goals": goals, "inner_steps": steps,
                "policy_depth": policy_depth, "policy_width": policy_width}  # fmt: skip

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ml3_robotics.errors import FeatureSpecError
-from ml3_robotics.validation import check_choice, check_widths
+from ml3_robotics.core.errors import FeatureSpecError
+from ml3_robotics.core.validation import check_choice, check_widths
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

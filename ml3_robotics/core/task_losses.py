@@ -10,9 +10,9 @@ the term was built with. Two kinds of terms, deliberately different types:
   :class:`PhysicsPrior`, all :class:`ExtraTerm`) read a rollout and *their own* data (a waypoint,
   expert trajectories, a physics law). They are combined with a task term into a
   :class:`MetaTrainObjective`, the only place they are accepted. Meta-test code
-  (:func:`ml3_robotics.policy_search.meta_test`) takes a learned loss, a policy initialisation,
+  (:func:`ml3_robotics.core.policy_search.meta_test`) takes a learned loss, a policy initialisation,
   a system and :class:`ControlTask` s, none of which can carry an extra term; the learned loss
-  reads only the per-step features of :data:`ml3_robotics.policy_search.CONTROL_FEATURES`.
+  reads only the per-step features of :data:`ml3_robotics.core.policy_search.CONTROL_FEATURES`.
 
 All terms return one value per rollout, shape ``(B,)``, and are weighted by ``weight``; ``+``
 composes task terms into a :class:`TermSum`.

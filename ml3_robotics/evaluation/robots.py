@@ -1,12 +1,13 @@
 """Applying a saved learned reach loss to other robots and policy architectures.
 
-* :class:`ReachEvalRunConfig` and :func:`run_reach_eval`: what ``ml3r eval`` does. Load a saved
-  loss (refused unless it reads :data:`ml3_robotics.mbrl.REACH_FEATURES`), babble on the given arm
-  and fit its own learned model, then :func:`ml3_robotics.reach_eval.evaluate_reach` on fresh
-  goals of that arm: ML3 vs the task loss (step size tuned on separate goals of the same arm) vs
-  iLQR on the learned and on the true model, all executed in MuJoCo.
+* :func:`load_reach_loss`: a saved loss, refused unless it reads
+  :data:`ml3_robotics.tasks.reach.REACH_FEATURES`.
+* :func:`evaluate_on_robot`: babble on the given arm and fit its own learned model, then
+  :func:`ml3_robotics.evaluation.reach.evaluate_reach` on fresh goals of that arm: ML3 vs the task
+  loss (step size tuned on separate goals of the same arm) vs iLQR on the learned and on the true
+  model, all executed in MuJoCo. Returns data; ``ml3r eval`` (:mod:`ml3_robotics.app.robot_eval`)
+  and the transfer study write the files.
 * :func:`transfer_grid`: the robot configurations of the transfer study.
-* :func:`plot_transfer_heatmap`: final distance per configuration and method.
 """
 
 from __future__ import annotations
@@ -20,28 +21,24 @@ from typing import Any
 
 import numpy as np
 
-from ml3_robotics.learned_dynamics import ProbabilisticEnsemble
-from ml3_robotics.learned_loss import LearnedLoss
-from ml3_robotics.mbrl import REACH_FEATURES
-from ml3_robotics.plotting import new_figure, save
-from ml3_robotics.reach_eval import (
+from ml3_robotics.core.learned_loss import LearnedLoss
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.serialization import load_learned_loss
+from ml3_robotics.core.validation import check_ints
+from ml3_robotics.evaluation.reach import (
     METHODS,
     REACH_TASK_LR_GRID,
-    SUCCESS_MM,
     ReachEvalConfig,
-    ReachModelConfig,
+    ReachEvaluation,
     eval_config_from,
     evaluate_reach,
-    fit_reach_model,
-    model_config_from,
     round_figures,
 )
-from ml3_robotics.reach_figures import write_reach_figures
-from ml3_robotics.replay_buffer import ReplayBuffer
-from ml3_robotics.runs import RunContext, RunResult
-from ml3_robotics.serialization import load_learned_loss
-from ml3_robotics.validation import check_ints
-from robots.arm import ArmConfig, ArmSim, check_goals, load_arm_config, sample_goals
+from ml3_robotics.mbrl.loop import ReachModelConfig, fit_reach_model, model_config_from
+from ml3_robotics.models.learned_dynamics import ProbabilisticEnsemble
+from ml3_robotics.models.replay_buffer import ReplayBuffer
+from ml3_robotics.tasks.reach import REACH_FEATURES
+from robots.arm import ArmConfig, ArmSim, load_arm_config, sample_goals
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +55,7 @@ def load_reach_loss(path: str | Path) -> tuple[LearnedLoss, dict[str, Any]]:
 
     Raises:
         FeatureSpecError: the loss was trained on features other than
-            :data:`~ml3_robotics.mbrl.REACH_FEATURES` (one-line message for the CLI).
+            :data:`~ml3_robotics.tasks.reach.REACH_FEATURES` (one-line message for the CLI).
         LossFileError: missing or corrupt files.
     """
     return load_learned_loss(path, expect_features=REACH_FEATURES)
@@ -88,7 +85,7 @@ class RobotEvalSettings:
         goal_separation: m between any two goals (evaluation vs tuning too).
         horizon: steps per rollout.
         babble_trajectories, babble_hold, ensemble_members, ensemble_hidden, fit_epochs: the
-            robot's learned model (see :class:`~ml3_robotics.reach_eval.ReachModelConfig`).
+            robot's learned model (see :class:`~ml3_robotics.evaluation.reach.ReachModelConfig`).
         lr_grid: task-loss step sizes tried on the tuning goals.
         ilqr_iters: iLQR iterations.
         n_holdout_trajectories: held-out babbling for the model-error figures.
@@ -148,61 +145,6 @@ class RobotEvalSettings:
         )
 
 
-@dataclass(frozen=True)
-class ReachEvalRunConfig(RobotEvalSettings):
-    """``ml3r eval``: one saved loss on one robot and one policy architecture.
-
-    Attributes:
-        loss: path of the saved loss (``X.safetensors``, ``X.json`` or ``X``).
-        robot: shipped arm name or YAML path.
-        policy_depth: hidden layers of the fresh policies.
-        goals: evaluation goals ``[[x, z], ...]`` in m instead of ``n_goals`` sampled ones
-            (``n_goals`` becomes their number).
-        video_goals, video_stride: the ML3 video (0 goals: none).
-        landscape_grid: points per axis of the loss-landscape plot (0: none).
-        the rest: :class:`RobotEvalSettings`.
-    """
-
-    loss: str = ""
-    robot: str = "reacher2"
-    policy_depth: int = 2
-    goals: tuple[tuple[float, float], ...] = ()
-    video_goals: int = 4
-    video_stride: int = 3
-    landscape_grid: int = 21
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.loss, str) or not self.loss:
-            raise ValueError(f"loss: expected the path of a saved learned loss, got {self.loss!r}")
-        depth = self.policy_depth
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"policy_depth: expected an integer >= 1, got {depth!r}")
-        if self.goals:
-            check_goals(self.robot, self.goals)
-            object.__setattr__(self, "n_goals", len(self.goals))
-        super().__post_init__()
-        self.eval_config(DEFAULT_INNER_STEPS, DEFAULT_INNER_LR, depth)
-
-
-#: Field overrides of :class:`ReachEvalRunConfig` for ``ml3r eval --smoke`` (tests).
-EVAL_SMOKE: dict[str, Any] = {
-    "n_goals": 2,
-    "n_tune_goals": 2,
-    "babble_trajectories": 4,
-    "ensemble_members": 2,
-    "ensemble_hidden": (16, 16),
-    "fit_epochs": 2,
-    "lr_grid": (1e-3, 1e-2),
-    "ilqr_iters": 2,
-    "n_holdout_trajectories": 2,
-    "video_goals": 1,
-    "video_stride": 16,
-    "policy_width": 8,
-    "curve_steps": 1,
-    "landscape_grid": 3,
-}
-
-
 def robot_goals(
     arm: ArmConfig,
     n: int,
@@ -222,6 +164,17 @@ def robot_goals(
     return test, tune
 
 
+@dataclass
+class RobotEvaluation:
+    """What :func:`evaluate_on_robot` measured on one robot, and the model and simulator it
+    measured with (the figures need them)."""
+
+    evaluation: ReachEvaluation
+    model: ProbabilisticEnsemble
+    sim: ArmSim
+    extra: dict[str, Any]
+
+
 def evaluate_on_robot(
     loss: LearnedLoss,
     arm: ArmConfig,
@@ -235,18 +188,18 @@ def evaluate_on_robot(
     goal_separation: float = 0.02,
     goals: np.ndarray | None = None,
     methods: Sequence[str] = METHODS,
-    plots: bool = True,
     fitted: tuple[ProbabilisticEnsemble, ReplayBuffer] | None = None,
-) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Fit ``arm``'s learned model by babbling, then evaluate ``loss`` and the baselines on it.
+) -> RobotEvaluation:
+    """Fit ``arm``'s learned model by babbling, then evaluate ``loss`` and the baselines on it
+    (data only: :func:`ml3_robotics.app.robot_eval.evaluate_and_report` adds the figures).
 
     ``fitted``: ``arm``'s model and buffer from an earlier :func:`fit_reach_model` with the same
     seed and ``model_config`` (skips the fit; the transfer study evaluates several losses and
     policy sizes per robot).
 
     Returns:
-        ``(results per method, extra)`` where extra holds the goals, the model's real steps
-        and prediction errors, and the video name.
+        The evaluation, the robot's model and simulator, and ``extra``: the robot, the goals,
+        the model's real steps and its prediction errors.
     """
     sim = ArmSim(arm, "mujoco")
     test_goals, tune_goals = robot_goals(
@@ -260,7 +213,6 @@ def evaluate_on_robot(
         loss, arm, model, test_goals, tune_goals, eval_config, ctx,
         model_env_steps=buffer.n_transitions_added, sim=sim, methods=methods,
     )  # fmt: skip
-    video = write_reach_figures(ctx, evaluation, loss, model, sim, eval_config, plots=plots)
     extra = {
         "robot": arm.to_dict(),
         "test_goals": test_goals.tolist(),
@@ -270,32 +222,8 @@ def evaluate_on_robot(
         "prediction_error_ml3_test_rollouts": round_figures(
             evaluation.model_error["ml3_test_rollouts"]
         ),
-        "video": video,
     }
-    return evaluation.results, extra
-
-
-def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
-    """``ml3r eval``: apply the loss at ``config.loss`` to ``config.robot`` (see module doc)."""
-    loss, sidecar = load_reach_loss(config.loss)
-    arm = load_arm_config(config.robot)
-    steps, lr = inner_settings(sidecar)
-    eval_config = config.eval_config(steps, lr, config.policy_depth)
-    results, extra = evaluate_on_robot(
-        loss, arm, eval_config, config.model_config(), ctx,
-        n_goals=config.n_goals, n_tune_goals=config.n_tune_goals,
-        goal_min_radius=config.goal_min_radius, goal_separation=config.goal_separation,
-        goals=np.asarray(config.goals, dtype=np.float64) if config.goals else None,
-    )  # fmt: skip
-    extra["inner_steps"] = eval_config.inner_steps
-    extra["inner_lr"] = eval_config.inner_lr
-    extra["policy_hidden"] = list(eval_config.policy_hidden)
-    extra["loss_provenance"] = sidecar.get("provenance", {})
-    return RunResult(
-        metrics=results["ml3"],
-        baselines={name: results[name] for name in METHODS[1:]},
-        extra=extra,
-    )
+    return RobotEvaluation(evaluation, model, sim, extra)
 
 
 # -- the transfer grid ---------------------------------------------------------------------------
@@ -337,42 +265,3 @@ def grid_configs(labels: Sequence[str], base: str | ArmConfig = "reacher2") -> d
             )
         out[label] = grid[label]
     return out
-
-
-def plot_transfer_heatmap(
-    path: Path, table: Sequence[Mapping[str, Any]], methods: Sequence[str], title: str
-) -> Path:
-    """Heatmap of the mean final distance (mm, log colour scale) per row and method.
-
-    Args:
-        path: the PNG to write (inside a run directory).
-        table: rows with ``"label"`` and, per method, ``"<method>_mm"`` (None: not run/failed).
-        methods: the columns.
-        title: the figure title.
-    """
-    from matplotlib.colors import LogNorm
-
-    labels = [r["label"] for r in table]
-    values = np.array(
-        [[np.nan if r.get(f"{m}_mm") is None else r[f"{m}_mm"] for m in methods] for r in table],
-        dtype=float,
-    )
-    fig, axes = new_figure(1, size=(1.6 * len(methods) + 3.0, 0.38 * len(labels) + 1.6))
-    ax = axes[0, 0]
-    finite = values[np.isfinite(values)]
-    lo = max(0.1, float(finite.min())) if finite.size else 0.1
-    hi = max(lo * 10, float(finite.max())) if finite.size else 1000.0
-    im = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto",
-                   norm=LogNorm(vmin=lo, vmax=hi))  # fmt: skip
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            v = values[i, j]
-            text = "fail" if not np.isfinite(v) else f"{v:.3g}"
-            weight = "bold" if np.isfinite(v) and v < SUCCESS_MM else "normal"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w"
-                    if np.isfinite(v) and v > np.sqrt(lo * hi) else "k", weight=weight)  # fmt: skip
-    ax.set_xticks(range(len(methods)), list(methods), rotation=20, ha="right", fontsize=8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="mean final distance (mm)")
-    return save(fig, path)

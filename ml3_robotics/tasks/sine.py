@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ml3_robotics.inner import InnerOptimizer, Params, adapt, call, stack_params
-from ml3_robotics.meta_trainer import OuterStep
+from ml3_robotics.core.inner import InnerOptimizer, Params, adapt, call, stack_params
+from ml3_robotics.core.meta_trainer import OuterStep
 
 SINE_FEATURES = ("y_pred", "y_target")
 SHAPED_SINE_FEATURES = ("x", "y_pred", "y_target")
@@ -361,7 +361,7 @@ class ShapedSineStepper:
     M_phi's loss, the task loss of the updated theta is backpropagated into phi, and theta is
     detached before its next step. Here each call is one such step for a vmapped batch of tasks;
     every ``inner.steps`` calls a fresh batch is drawn. The in-flight batch (targets, inputs,
-    current theta) is the problem state that :class:`~ml3_robotics.meta_trainer.MetaTrainer`
+    current theta) is the problem state that :class:`~ml3_robotics.core.meta_trainer.MetaTrainer`
     checkpoints, so a resumed run repeats an uninterrupted one exactly.
 
     Use it as the trainer's ``objective`` and ``state``; one outer iteration of the paper

@@ -3,9 +3,10 @@ field, what was expected and what it got (the CLI prints it as one line)."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 MAX_WIDTH = 65_536  # far above any network here; a typo like 4000000 is refused, not allocated
@@ -43,3 +44,10 @@ def check_positive(owner: Any, names: Sequence[str]) -> None:
         value = getattr(owner, name)
         if isinstance(value, bool) or not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name}: expected a positive number, got {value!r}")
+
+
+def config_from(kind: Any, source: Any, changes: Mapping[str, Any]) -> Any:
+    """A ``kind`` config from the same-named fields of ``source``, then ``changes``."""
+    names = {f.name for f in dataclasses.fields(kind)}
+    values = {k: getattr(source, k) for k in names if hasattr(source, k)}
+    return kind(**(values | dict(changes)))

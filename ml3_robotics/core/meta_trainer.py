@@ -22,9 +22,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ml3_robotics.errors import NonFiniteError
-from ml3_robotics.progress import progress_bar
-from ml3_robotics.serialization import atomic_save_tensors
+from ml3_robotics.core.errors import NonFiniteError
+from ml3_robotics.core.progress import progress_bar
+from ml3_robotics.core.serialization import atomic_save_tensors
 
 log = logging.getLogger(__name__)
 

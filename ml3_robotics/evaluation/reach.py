@@ -3,14 +3,12 @@
 The evaluation half of the reacher experiment, as a library function so that ``ml3r eval``, the
 transfer study and the reacher itself share one implementation:
 
-* :func:`fit_reach_model`: random babbling in the real simulator and a probabilistic ensemble
-  fitted to it (the learned model of one robot; :mod:`ml3_robotics.mbrl_loop`).
 * :func:`evaluate_reach`: fresh policies on the given goals, K inner steps under the learned loss
   only (through the learned model), executed in MuJoCo, against (a) the same policies trained
   with the task loss through the same model (its step size tuned on separate goals of the same
   robot), (b) iLQR on the learned model and (c) iLQR on the true MuJoCo dynamics, both executed
   in MuJoCo with the plan's feedback gains. Returns data and writes nothing;
-  :func:`ml3_robotics.reach_figures.write_reach_figures` writes its plots and video.
+  :func:`ml3_robotics.reporting.reach_figures.write_reach_figures` writes its plots and video.
 """
 
 from __future__ import annotations
@@ -28,14 +26,16 @@ import torch
 from torch import Tensor
 
 from controllers import ILQRConfig, MujocoDynamics
-from ml3_robotics.inner import INNER_METHODS, InnerOptimizer, Params, init_params
-from ml3_robotics.learned_dynamics import (
-    EnsembleConfig,
+from ml3_robotics.core.inner import INNER_METHODS, InnerOptimizer, Params, init_params
+from ml3_robotics.core.learned_loss import LearnedLoss
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.validation import check_choice, check_ints, check_positive, config_from
+from ml3_robotics.mbrl.loop import babble
+from ml3_robotics.models.learned_dynamics import (
     ProbabilisticEnsemble,
     prediction_error,
 )
-from ml3_robotics.learned_loss import LearnedLoss
-from ml3_robotics.mbrl import (
+from ml3_robotics.tasks.reach import (
     ReachPolicy,
     ReachTask,
     adapt_policies,
@@ -48,10 +48,6 @@ from ml3_robotics.mbrl import (
     task_loss_fn,
     trace_inner_steps,
 )
-from ml3_robotics.mbrl_loop import DynamicsLearner, babble
-from ml3_robotics.replay_buffer import ReplayBuffer
-from ml3_robotics.runs import RunContext
-from ml3_robotics.validation import check_choice, check_ints, check_positive
 from robots.arm import (
     ArmConfig,
     ArmSim,
@@ -70,54 +66,6 @@ REACH_TASK_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 TEST_INIT_SEED = 10_000
 TUNE_INIT_SEED = 20_000
 HOLDOUT_BABBLE_SEED = 30_000
-
-
-@dataclass(frozen=True)
-class ReachModelConfig:
-    """Babbling and ensemble settings of :func:`fit_reach_model` (the reacher's defaults)."""
-
-    babble_trajectories: int = 100
-    babble_hold: int = 8
-    horizon: int = 65
-    ensemble_members: int = 5
-    ensemble_hidden: tuple[int, ...] = (128, 128)
-    fit_epochs: int = 100
-
-    def __post_init__(self) -> None:
-        check_ints(self, ("babble_hold", "horizon", "ensemble_members", "fit_epochs"), 1)
-        if not isinstance(self.babble_trajectories, int) or self.babble_trajectories < 2:
-            raise ValueError(
-                f"babble_trajectories: expected >= 2 to fit a model, got "
-                f"{self.babble_trajectories!r}"
-            )
-
-    def ensemble(self, arm: ArmConfig) -> EnsembleConfig:
-        """The ensemble's config for ``arm`` (its joint angles are periodic inputs)."""
-        return EnsembleConfig(
-            n_members=self.ensemble_members,
-            hidden=tuple(self.ensemble_hidden),
-            epochs=self.fit_epochs,
-            angle_dims=tuple(range(arm.n_links)),
-        )
-
-
-def fit_reach_model(
-    arm: ArmConfig, sim: ArmSim, config: ReachModelConfig, seed: int
-) -> tuple[ProbabilisticEnsemble, ReplayBuffer]:
-    """Babble on ``sim`` and fit a fresh ensemble: the learned model of one robot.
-
-    Same draws as the reacher's first fit for the same seed (model init, babbling, fit).
-
-    Returns:
-        The fitted model (weights frozen: ``requires_grad=False``) and the buffer it saw.
-    """
-    learner = DynamicsLearner(arm, config.ensemble(arm), seed)
-    learner.add(*babble(
-        sim, config.babble_trajectories, config.horizon, config.babble_hold,
-        np.random.default_rng(seed),
-    ))  # fmt: skip
-    learner.refit(config.fit_epochs, torch.Generator().manual_seed(seed))
-    return learner.model, learner.buffer
 
 
 @dataclass(frozen=True)
@@ -289,14 +237,14 @@ def evaluate_reach(
     ``config.lr_grid`` that ends closest in MuJoCo on ``tune_goals``.
 
     Args:
-        loss: the learned loss (reads :data:`ml3_robotics.mbrl.REACH_FEATURES`).
+        loss: the learned loss (reads :data:`ml3_robotics.tasks.reach.REACH_FEATURES`).
         arm: the robot.
         model: its learned dynamics (frozen), e.g. from :func:`fit_reach_model`.
         test_goals: ``(G, 2)`` goals (m) every method is scored on.
         tune_goals: ``(G', 2)`` other goals of the same robot for the baseline's step size.
         config: sizes.
         ctx: the run (seed and timing phases; nothing is written: the caller writes the figures
-            with :func:`ml3_robotics.reach_figures.write_reach_figures`).
+            with :func:`ml3_robotics.reporting.reach_figures.write_reach_figures`).
         model_env_steps: real transitions the model was trained on (counted for the methods
             that use the model).
         sim: the real simulator of ``arm`` (built when None).
@@ -486,18 +434,7 @@ def evaluate_reach(
     )
 
 
-def _config_from(kind: Any, source: Any, changes: Mapping[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(kind)}
-    values = {k: getattr(source, k) for k in names if hasattr(source, k)}
-    return kind(**(values | dict(changes)))
-
-
 def eval_config_from(source: Any, **changes: Any) -> ReachEvalConfig:
     """A :class:`ReachEvalConfig` from the same-named fields of ``source`` (e.g. a reacher
     config), then ``changes``."""
-    return _config_from(ReachEvalConfig, source, changes)
-
-
-def model_config_from(source: Any, **changes: Any) -> ReachModelConfig:
-    """A :class:`ReachModelConfig` from the same-named fields of ``source``, then ``changes``."""
-    return _config_from(ReachModelConfig, source, changes)
+    return config_from(ReachEvalConfig, source, changes)

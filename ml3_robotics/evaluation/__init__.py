@@ -1,0 +1,1 @@
+"""Meta-test and baselines on held-out goals, starts and robots; returns data and writes nothing."""

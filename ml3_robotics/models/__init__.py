@@ -1,0 +1,1 @@
+"""Learned dynamics: the probabilistic ensemble, its fitting and the replay buffer."""

@@ -1,0 +1,1 @@
+"""Plots, loss landscapes and videos: take results, write files where they are told."""

@@ -1,0 +1,1 @@
+"""The tasks: reach (features, task loss, policies, execution), MountainCar, sine."""
