@@ -14,7 +14,7 @@ MuJoCo dynamics, both executed in MuJoCo with the plan's feedback gains.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,8 +45,7 @@ from ml3_robotics.evaluation.reach import (
     round_figures,
 )
 from ml3_robotics.mbrl.arm_distribution import ArmDistribution, arm_cycle_from
-from ml3_robotics.mbrl.loop import DynamicsLearner, babble
-from ml3_robotics.models.learned_dynamics import EnsembleConfig
+from ml3_robotics.mbrl.loop import DynamicsLearner, ReachModelConfig, babble
 from ml3_robotics.reporting.reach_figures import write_reach_figures
 from ml3_robotics.tasks.reach import (
     REACH_FEATURES,
@@ -94,12 +93,10 @@ class ReacherConfig:
         loss_init_scale: starting value of the learned output scale.
         policy_hidden: hidden widths of the tanh policy MLP.
         policy_zero_output: start fresh policies with a zero output layer (zero torques).
-        babble_trajectories: random-torque trajectories that seed the replay buffer.
         collect_every: meta-updates between on-policy data collections in the real simulator.
         refit_every: meta-updates between model refits on the replay buffer.
-        ensemble_members: members of the probabilistic dynamics ensemble.
-        ensemble_hidden: hidden widths of each ensemble member.
-        fit_epochs: epochs of the first model fit (after babbling).
+        model: the learned model's babbling and ensemble (the ``model`` group,
+            :class:`~ml3_robotics.mbrl.loop.ReachModelConfig`; ``--set model.fit_epochs=30``).
         refit_epochs: epochs of each later refit.
         eval_every: meta-updates between held-out evaluations logged to metrics.csv.
         checkpoint_every: meta-updates between checkpoints (resume starts from the last).
@@ -147,13 +144,9 @@ class ReacherConfig:
     curve_steps: int = 10  # meta-test curves: real distance after each of this many inner steps
     landscape_grid: int = 21  # loss_landscape.png resolution (0: none)
     bc_epochs: int = 2000  # behaviour-cloning baseline (extra=demos)
-    babble_trajectories: int = 100
-    babble_hold: int = 8  # babbling torques are held for this many steps (coloured noise)
     collect_every: int = 20
     refit_every: int = 40
-    ensemble_members: int = 5
-    ensemble_hidden: tuple[int, ...] = (128, 128)
-    fit_epochs: int = 100
+    model: ReachModelConfig = field(default_factory=ReachModelConfig)
     refit_epochs: int = 30
     eval_every: int = 20
     checkpoint_every: int = 10
@@ -171,16 +164,14 @@ class ReacherConfig:
     def __post_init__(self) -> None:
         check_widths("loss_hidden", self.loss_hidden)
         check_widths("policy_hidden", self.policy_hidden)
-        check_widths("ensemble_hidden", self.ensemble_hidden)
         positive = (
             "horizon", "n_train_goals", "goals_per_iteration", "n_test_goals", "inner_steps",
-            "babble_hold",
-            "collect_every", "refit_every", "ensemble_members", "fit_epochs", "refit_epochs",
+            "collect_every", "refit_every", "refit_epochs",
             "eval_every", "checkpoint_every", "ilqr_iters", "n_holdout_trajectories",
             "torch_threads", "video_stride",
         )  # fmt: skip
         check_ints(self, positive, 1)
-        check_ints(self, ("outer_steps", "babble_trajectories", "video_goals"), 0)
+        check_ints(self, ("outer_steps", "video_goals"), 0)
         check_choice("extra", self.extra, EXTRAS)
         check_choice("backend", self.backend, BACKENDS)
         if self.goals_per_iteration > self.n_train_goals:
@@ -202,10 +193,6 @@ class ReacherConfig:
         if self.goals:
             check_goals(self.arm, self.goals)
             object.__setattr__(self, "n_test_goals", len(self.goals))
-        if self.babble_trajectories < 2 and self.loss_path is None:
-            raise ValueError(
-                f"babble_trajectories: expected >= 2 to fit a model, got {self.babble_trajectories}"
-            )
 
 
 def run(config: ReacherConfig, ctx: RunContext) -> RunResult:
@@ -242,16 +229,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         policy, test.n, TEST_INIT_SEED + seed, zero_output_layer=config.policy_zero_output
     )
 
-    learner = DynamicsLearner(
-        arm,
-        EnsembleConfig(
-            n_members=config.ensemble_members,
-            hidden=config.ensemble_hidden,
-            epochs=config.fit_epochs,
-            angle_dims=tuple(range(arm.n_links)),
-        ),
-        seed,
-    )
+    learner = DynamicsLearner(arm, config.model.ensemble(arm), seed)
     model, buffer, model_step = learner.model, learner.buffer, learner.step
 
     def refit(epochs: int, generator: torch.Generator) -> None:
@@ -353,11 +331,12 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     else:
         with ctx.phase("babble"):
             learner.add(*babble(
-                sim, config.babble_trajectories, T, config.babble_hold, np.random.default_rng(seed)
+                sim, config.model.babble_trajectories, T, config.model.babble_hold,
+                np.random.default_rng(seed),
             ))  # fmt: skip
-        refit(config.fit_epochs, torch.Generator().manual_seed(seed))
+        refit(config.model.fit_epochs, torch.Generator().manual_seed(seed))
         trainer.save_checkpoint()  # babbling and the first fit survive a kill too
-    babble_steps = config.babble_trajectories * T
+    babble_steps = config.model.babble_trajectories * T
     if config.loss_path is None:
         with ctx.phase("meta_train"):
             trainer.run()
@@ -381,7 +360,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     meta_seconds = ctx.timing.get("meta_train", 0.0)
 
     # -- meta-test (ml3_robotics.evaluation.reach): ML3, task loss, iLQR on both models ---------
-    eval_config = eval_config_from(config)
+    eval_config = eval_config_from(config, babble_hold=config.model.babble_hold)
     evaluation = evaluate_reach(
         loss, arm, model, test_goals, train_goals[: config.goals_per_iteration], eval_config, ctx,
         model_env_steps=model_steps, sim=sim,
@@ -442,12 +421,14 @@ EXPERIMENT = Experiment(
         "outer_steps": 3,
         "loss_hidden": [16, 16],
         "policy_hidden": [8, 8],
-        "babble_trajectories": 4,
+        "model": {
+            "babble_trajectories": 4,
+            "ensemble_members": 2,
+            "ensemble_hidden": [16, 16],
+            "fit_epochs": 2,
+        },
         "collect_every": 2,
         "refit_every": 2,
-        "ensemble_members": 2,
-        "ensemble_hidden": [16, 16],
-        "fit_epochs": 2,
         "refit_epochs": 1,
         "eval_every": 2,
         "checkpoint_every": 1,
@@ -467,7 +448,7 @@ EXPERIMENT = Experiment(
         "goals_per_iteration": 16,
         "n_test_goals": 10,
         "inner_steps": 1,
-        "fit_epochs": 30,
+        "model.fit_epochs": 30,
         "refit_epochs": 10,
         "eval_every": 25,
         "ilqr_iters": 20,

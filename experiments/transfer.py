@@ -128,7 +128,7 @@ def run(config: TransferConfig, ctx: RunContext) -> RunResult:
         losses[f"ml3[{label.strip()}]"] = (other, other_sidecar, path)
     steps, lr = inner_settings(sidecar)
     robots = grid_configs(config.robots) if config.robots else transfer_grid()
-    model_config = config.model_config()
+    model_config = config.model
 
     table: list[dict[str, Any]] = []
     per_robot: dict[str, Any] = {}
@@ -137,7 +137,9 @@ def run(config: TransferConfig, ctx: RunContext) -> RunResult:
     def model_of(label: str, arm: Any) -> Any:
         if label not in fitted:
             with ctx.phase("model_fit"):
-                fitted[label] = fit_reach_model(arm, ArmSim(arm, "mujoco"), model_config, ctx.seed)
+                fitted[label] = fit_reach_model(
+                    arm, ArmSim(arm, "mujoco"), model_config, config.horizon, ctx.seed
+                )
         return fitted[label]
 
     def evaluate(label: str, arm: Any, depth: int, methods: tuple[str, ...]) -> dict[str, Any]:
@@ -259,10 +261,12 @@ EXPERIMENT = Experiment(
         "policy_width": 8,
         "n_goals": 2,
         "n_tune_goals": 2,
-        "babble_trajectories": 4,
-        "ensemble_members": 2,
-        "ensemble_hidden": [16, 16],
-        "fit_epochs": 2,
+        "model": {
+            "babble_trajectories": 4,
+            "ensemble_members": 2,
+            "ensemble_hidden": [16, 16],
+            "fit_epochs": 2,
+        },
         "lr_grid": [1e-3, 1e-2],
         "ilqr_iters": 2,
         "n_holdout_trajectories": 2,

@@ -93,10 +93,12 @@ class ReachEvalRunConfig(RobotEvalSettings):
 EVAL_SMOKE: dict[str, Any] = {
     "n_goals": 2,
     "n_tune_goals": 2,
-    "babble_trajectories": 4,
-    "ensemble_members": 2,
-    "ensemble_hidden": (16, 16),
-    "fit_epochs": 2,
+    "model": {
+        "babble_trajectories": 4,
+        "ensemble_members": 2,
+        "ensemble_hidden": (16, 16),
+        "fit_epochs": 2,
+    },
     "lr_grid": (1e-3, 1e-2),
     "ilqr_iters": 2,
     "n_holdout_trajectories": 2,
@@ -116,7 +118,7 @@ def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
     steps, lr = inner_settings(sidecar)
     eval_config = config.eval_config(steps, lr, config.policy_depth)
     results, extra = evaluate_and_report(
-        loss, arm, eval_config, config.model_config(), ctx,
+        loss, arm, eval_config, config.model, ctx,
         n_goals=config.n_goals, n_tune_goals=config.n_tune_goals,
         goal_min_radius=config.goal_min_radius, goal_separation=config.goal_separation,
         goals=np.asarray(config.goals, dtype=np.float64) if config.goals else None,

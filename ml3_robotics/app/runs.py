@@ -160,25 +160,67 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise TypeError(f"field {key}: unsupported annotation {annotation!r}")
 
 
+def _is_config(annotation: Any) -> bool:
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+
+
+def _field_names(config_type: type) -> list[str]:
+    """Every key ``config_type`` takes: its fields, and ``group.name`` for each field of a
+    nested config group (also written as a mapping under ``group``)."""
+    hints = typing.get_type_hints(config_type)
+    names = []
+    for f in dataclasses.fields(config_type):
+        names.append(f.name)
+        if _is_config(hints[f.name]):
+            names += [f"{f.name}.{sub}" for sub in _field_names(hints[f.name])]
+    return names
+
+
 def build_config(
     config_type: type,
     *layers: Mapping[str, Any],
 ) -> Any:
     """Instantiate ``config_type`` from its defaults overridden by ``layers`` in order.
 
+    A field that is itself a config dataclass (a group, e.g. ``model``) takes a mapping of its
+    fields or dotted keys (``model.fit_epochs``); a layer changes only the keys it names.
     Unknown keys raise :class:`ConfigError` suggesting the nearest field; values are checked
     against the field types; the dataclass's own ``__post_init__`` validates the rest.
     """
     hints = typing.get_type_hints(config_type)
-    names = [f.name for f in dataclasses.fields(config_type)]
     values: dict[str, Any] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    known = _field_names(config_type)
+
+    def check_known(key: str) -> None:
+        if key not in known:
+            # A field of a group named without its group ("fit_epochs") is pointed to exactly.
+            close = [k for k in known if k.endswith("." + key)]
+            close = close or difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+
     for layer in layers:
         for key, value in layer.items():
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"unknown config key {key!r}{hint}")
-            values[key] = _coerce(key, value, hints[key])
+            check_known(str(key))
+            name, dot, sub = str(key).partition(".")
+            if not _is_config(hints[name]):
+                values[name] = _coerce(key, value, hints[name])
+                continue
+            if dot:
+                value = {sub: value}
+            elif isinstance(value, hints[name]):
+                value = config_to_dict(value)
+            elif not isinstance(value, Mapping):
+                raise ConfigError(f"{name}: expected a mapping of its fields, got {value!r}")
+            for sub_key in value:
+                check_known(f"{name}.{sub_key}")
+            groups.setdefault(name, []).append(dict(value))
+    for name, group_layers in groups.items():
+        try:
+            values[name] = build_config(hints[name], *group_layers)
+        except ConfigError as e:  # "field: expected ..." names the field inside the group
+            raise ConfigError(f"{name}.{e}") from e
     try:
         return config_type(**values)
     except (ValueError, TypeError) as e:
@@ -247,21 +289,25 @@ def _source_comments(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe_config(config_type: type) -> list[FieldHelp]:
+def describe_config(config_type: type, prefix: str = "") -> list[FieldHelp]:
     """Every field of a config dataclass: name, type, default and its documentation (the
-    class's ``Attributes:`` docstring, else the comment beside or above the field)."""
+    class's ``Attributes:`` docstring, else the comment beside or above the field); the fields
+    of a nested group follow as ``group.field``."""
     hints = typing.get_type_hints(config_type)
     docs = {**_source_comments(config_type), **_docstring_attributes(config_type)}
     out = []
     for f in dataclasses.fields(config_type):
+        hint = hints[f.name]
+        if _is_config(hint):
+            out += describe_config(hint, f"{prefix}{f.name}.")
+            continue
         if f.default is not dataclasses.MISSING:
             default = f.default
         else:
             default = f.default_factory()  # type: ignore[misc]
-        hint = hints[f.name]
         type_name = hint.__name__ if isinstance(hint, type) else str(hint)
         type_name = re.sub(r"\b(typing|builtins)\.", "", type_name)
-        out.append(FieldHelp(f.name, type_name, default, docs.get(f.name, "")))
+        out.append(FieldHelp(prefix + f.name, type_name, default, docs.get(f.name, "")))
     return out
 
 
@@ -306,7 +352,11 @@ def plain_value(value: Any) -> Any:
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A plain YAML/JSON-friendly dict of a config dataclass (tuples become lists)."""
-    return {f.name: plain_value(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    return {
+        f.name: config_to_dict(value) if dataclasses.is_dataclass(value) else plain_value(value)
+        for f in dataclasses.fields(config)
+        for value in [getattr(config, f.name)]
+    }
 
 
 # -- the run directory -----------------------------------------------------------------------

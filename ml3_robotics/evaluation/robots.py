@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from ml3_robotics.evaluation.reach import (
     evaluate_reach,
     round_figures,
 )
-from ml3_robotics.mbrl.loop import ReachModelConfig, fit_reach_model, model_config_from
+from ml3_robotics.mbrl.loop import ReachModelConfig, fit_reach_model
 from ml3_robotics.models.learned_dynamics import ProbabilisticEnsemble
 from ml3_robotics.models.replay_buffer import ReplayBuffer
 from ml3_robotics.tasks.reach import REACH_FEATURES
@@ -84,8 +84,8 @@ class RobotEvalSettings:
         goal_min_radius: goals at least this fraction of the reach from the base.
         goal_separation: m between any two goals (evaluation vs tuning too).
         horizon: steps per rollout.
-        babble_trajectories, babble_hold, ensemble_members, ensemble_hidden, fit_epochs: the
-            robot's learned model (see :class:`~ml3_robotics.evaluation.reach.ReachModelConfig`).
+        model: the robot's learned model (the ``model`` group,
+            :class:`~ml3_robotics.mbrl.loop.ReachModelConfig`).
         lr_grid: task-loss step sizes tried on the tuning goals.
         ilqr_iters: iLQR iterations.
         n_holdout_trajectories: held-out babbling for the model-error figures.
@@ -102,11 +102,7 @@ class RobotEvalSettings:
     goal_min_radius: float = 0.3
     goal_separation: float = 0.02
     horizon: int = 65
-    babble_trajectories: int = 100
-    babble_hold: int = 8
-    ensemble_members: int = 5
-    ensemble_hidden: tuple[int, ...] = (128, 128)
-    fit_epochs: int = 100
+    model: ReachModelConfig = field(default_factory=ReachModelConfig)
     lr_grid: tuple[float, ...] = REACH_TASK_LR_GRID
     ilqr_iters: int = 30
     n_holdout_trajectories: int = 20
@@ -126,11 +122,7 @@ class RobotEvalSettings:
             )
         if not self.goal_separation >= 0:
             raise ValueError(f"goal_separation: expected >= 0 m, got {self.goal_separation}")
-        # The nested configs validate the remaining fields now, not halfway through a run.
-        self.model_config()
-
-    def model_config(self) -> ReachModelConfig:
-        return model_config_from(self)
+        check_ints(self, ("horizon",), 1)
 
     def eval_config(self, steps: int, lr: float, depth: int, **changes: Any) -> ReachEvalConfig:
         """The evaluation settings for policies ``depth`` hidden layers deep, with K and the
@@ -141,6 +133,7 @@ class RobotEvalSettings:
             inner_steps=self.inner_steps if self.inner_steps is not None else steps,
             inner_lr=self.inner_lr if self.inner_lr is not None else lr,
             policy_hidden=(self.policy_width,) * depth,
+            babble_hold=self.model.babble_hold,
             **changes,
         )
 
@@ -207,7 +200,7 @@ def evaluate_on_robot(
     )
     if fitted is None:
         with ctx.phase("model_fit"):
-            fitted = fit_reach_model(arm, sim, model_config, ctx.seed)
+            fitted = fit_reach_model(arm, sim, model_config, eval_config.horizon, ctx.seed)
     model, buffer = fitted
     evaluation = evaluate_reach(
         loss, arm, model, test_goals, tune_goals, eval_config, ctx,

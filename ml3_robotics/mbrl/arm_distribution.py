@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ml3_robotics.core.inner import InnerOptimizer, init_params
 from ml3_robotics.core.meta_trainer import OuterStep
-from ml3_robotics.mbrl.loop import ReachModelConfig, fit_reach_model, model_config_from
+from ml3_robotics.mbrl.loop import ReachModelConfig, fit_reach_model
 from ml3_robotics.tasks.reach import LossFn, ReachPolicy, ReachTask, meta_loss
 from robots.arm import ArmConfig, ArmSim, load_arm_config, sample_goals
 
@@ -178,7 +178,7 @@ class ArmCycle:
         self.env_steps = 0
         for i, arm in enumerate(self.arms):
             sim = ArmSim(arm, "mujoco")
-            model, buffer = fit_reach_model(arm, sim, model_config, seed + 1 + i)
+            model, buffer = fit_reach_model(arm, sim, model_config, horizon, seed + 1 + i)
             self.models.append(model)
             self.env_steps += buffer.n_transitions_added
             goals = sample_goals(arm, n_goals, seed + GOAL_SEED + i, min_radius=goal_min_radius,
@@ -234,8 +234,7 @@ class ArmCycle:
 def arm_cycle_from(config: Any, seed: int) -> ArmCycle:
     """The :class:`ArmCycle` of a reacher-like config (fields read by name: ``arm_distribution``,
     ``horizon``, ``n_train_goals``, ``goals_per_iteration`` (optional), ``goal_min_radius``,
-    ``goal_separation``, ``policy_hidden``, ``policy_zero_output``, ``babble_trajectories``,
-    ``babble_hold``, ``ensemble_members``, ``ensemble_hidden``, ``fit_epochs``)."""
+    ``goal_separation``, ``policy_hidden``, ``policy_zero_output``, ``model``)."""
     return ArmCycle(
         sample_arm_configs(ArmDistribution.parse(config.arm_distribution), seed),
         seed,
@@ -245,6 +244,6 @@ def arm_cycle_from(config: Any, seed: int) -> ArmCycle:
         goal_separation=config.goal_separation,
         policy_hidden=config.policy_hidden,
         zero_output_layer=config.policy_zero_output,
-        model_config=model_config_from(config),
+        model_config=config.model,
         goals_per_iteration=getattr(config, "goals_per_iteration", None),
     )

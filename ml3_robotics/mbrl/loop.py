@@ -14,13 +14,12 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ml3_robotics.core.validation import check_ints, config_from
+from ml3_robotics.core.validation import check_ints, check_widths
 from ml3_robotics.models.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble, fit
 from ml3_robotics.models.replay_buffer import ReplayBuffer
 from ml3_robotics.tasks.reach import ReachTask, execute_policies
@@ -146,22 +145,28 @@ class DynamicsLearner:
 
 @dataclass(frozen=True)
 class ReachModelConfig:
-    """Babbling and ensemble settings of :func:`fit_reach_model` (the reacher's defaults)."""
+    """One robot's learned model: babbling and ensemble settings (the reacher's defaults); the
+    ``model`` group of the reacher, ``ml3r eval`` and the transfer study (``--set model.X=...``).
+
+    Attributes:
+        babble_trajectories: random-torque trajectories that seed the replay buffer (>= 2).
+        babble_hold: babbling torques are held for this many steps (coloured noise: white noise
+            at dt = 0.01 s barely moves the arm).
+        ensemble_members: members of the probabilistic dynamics ensemble.
+        ensemble_hidden: hidden widths of each ensemble member.
+        fit_epochs: epochs of the first model fit (after babbling).
+    """
 
     babble_trajectories: int = 100
     babble_hold: int = 8
-    horizon: int = 65
     ensemble_members: int = 5
     ensemble_hidden: tuple[int, ...] = (128, 128)
     fit_epochs: int = 100
 
     def __post_init__(self) -> None:
-        check_ints(self, ("babble_hold", "horizon", "ensemble_members", "fit_epochs"), 1)
-        if not isinstance(self.babble_trajectories, int) or self.babble_trajectories < 2:
-            raise ValueError(
-                f"babble_trajectories: expected >= 2 to fit a model, got "
-                f"{self.babble_trajectories!r}"
-            )
+        check_ints(self, ("babble_hold", "ensemble_members", "fit_epochs"), 1)
+        check_ints(self, ("babble_trajectories",), 2)  # a model needs data to fit
+        check_widths("ensemble_hidden", self.ensemble_hidden)
 
     def ensemble(self, arm: ArmConfig) -> EnsembleConfig:
         """The ensemble's config for ``arm`` (its joint angles are periodic inputs)."""
@@ -174,9 +179,10 @@ class ReachModelConfig:
 
 
 def fit_reach_model(
-    arm: ArmConfig, sim: ArmSim, config: ReachModelConfig, seed: int
+    arm: ArmConfig, sim: ArmSim, config: ReachModelConfig, horizon: int, seed: int
 ) -> tuple[ProbabilisticEnsemble, ReplayBuffer]:
-    """Babble on ``sim`` and fit a fresh ensemble: the learned model of one robot.
+    """Babble on ``sim`` (trajectories of ``horizon`` steps) and fit a fresh ensemble: the
+    learned model of one robot.
 
     Same draws as the reacher's first fit for the same seed (model init, babbling, fit).
 
@@ -185,13 +191,8 @@ def fit_reach_model(
     """
     learner = DynamicsLearner(arm, config.ensemble(arm), seed)
     learner.add(*babble(
-        sim, config.babble_trajectories, config.horizon, config.babble_hold,
+        sim, config.babble_trajectories, horizon, config.babble_hold,
         np.random.default_rng(seed),
     ))  # fmt: skip
     learner.refit(config.fit_epochs, torch.Generator().manual_seed(seed))
     return learner.model, learner.buffer
-
-
-def model_config_from(source: Any, **changes: Any) -> ReachModelConfig:
-    """A :class:`ReachModelConfig` from the same-named fields of ``source``, then ``changes``."""
-    return config_from(ReachModelConfig, source, changes)

@@ -18,6 +18,8 @@ from ml3_robotics.app.cli import _table, main, run_experiment
 from ml3_robotics.app.runs import (
     ConfigError,
     RunResult,
+    build_config,
+    config_to_dict,
     describe_config,
     discover_experiments,
     get_experiment,
@@ -485,3 +487,43 @@ def test_config_fields_share_one_validation_with_one_message(config_type, field,
     kind = {"reacher": ReacherConfig, "mountain": MountainCarConfig, "model": ReachModelConfig}
     with pytest.raises(ValueError, match=message):
         kind[config_type](**{field: value})
+
+
+# -- nested config groups (--set model.fit_epochs=...) -------------------------------------------
+
+
+def test_config_group_takes_dotted_keys_and_mappings_layer_by_layer():
+    config = build_config(
+        ReacherConfig,
+        {"model": {"fit_epochs": 3, "ensemble_members": 2}},  # e.g. the smoke size
+        parse_set_options(["model.fit_epochs=7", "horizon=20"]),  # a later layer wins per key
+    )
+    assert config.model == ReachModelConfig(fit_epochs=7, ensemble_members=2)
+    assert config.horizon == 20
+    # config.yaml holds the group as a mapping and reads back to the same config
+    assert config_to_dict(config)["model"]["fit_epochs"] == 7
+    assert build_config(ReacherConfig, config_to_dict(config)) == config
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ({"fit_epochs": 3}, r"unknown config key 'fit_epochs'; did you mean 'model.fit_epochs'"),
+        ({"model.fit_epoch": 3}, r"unknown config key 'model.fit_epoch'; did you mean"),
+        ({"model": {"fit_epoch": 3}}, r"unknown config key 'model.fit_epoch'"),
+        ({"model": 3}, r"^model: expected a mapping of its fields, got 3"),
+        ({"horizon.x": 3}, r"unknown config key 'horizon.x'"),
+        ({"model.fit_epochs": 2.5}, r"^model.fit_epochs: expected an integer, got 2.5"),
+        ({"model.babble_trajectories": 1}, r"^model.babble_trajectories: expected an integer >= 2"),
+    ],
+)
+def test_config_group_errors_name_the_full_key(layer, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(ReacherConfig, layer)
+
+
+def test_show_lists_group_fields_with_their_docs():
+    fields = {f.name: f for f in describe_config(ReacherConfig)}
+    assert "model" not in fields and "fit_epochs" not in fields
+    assert fields["model.fit_epochs"].default == 100
+    assert "first model fit" in fields["model.fit_epochs"].doc

@@ -184,9 +184,9 @@ def test_evaluate_reach_writes_nothing_and_the_figure_writer_writes_the_figures(
     arm = load_arm_config("reacher2")
     sim = ArmSim(arm, "mujoco")
     model_config = ReachModelConfig(
-        babble_trajectories=3, horizon=10, ensemble_members=2, ensemble_hidden=(8,), fit_epochs=1
+        babble_trajectories=3, ensemble_members=2, ensemble_hidden=(8,), fit_epochs=1
     )
-    model, buffer = fit_reach_model(arm, sim, model_config, seed=0)
+    model, buffer = fit_reach_model(arm, sim, model_config, horizon=10, seed=0)
     config = ReachEvalConfig(
         horizon=10, inner_steps=1, policy_hidden=(8,), lr_grid=(1e-3,), ilqr_iters=1,
         n_holdout_trajectories=2, video_goals=0, curve_steps=1, landscape_grid=3,
