@@ -9,7 +9,17 @@ Both compute the same meta-gradient (checked below) for G training goals, K inne
   loop rollout of a single-goal policy module through the model, torch.autograd.grad with
   create_graph, functional parameter updates (what `higher` does), no vmap, no batching.
 
-Usage: ``python benchmarks/bench_reacher.py [--goals 16] [--inner-steps 1] [--reps 3]``.
+``--levers`` (issue 22) times the batched iteration at K = 10 as it was before each speed lever
+and with it, side by side, and checks that the exact levers leave the meta-gradient unchanged:
+
+* exact: ``torch.autograd.grad(create_graph=True)`` instead of ``torch.func`` in the inner loop;
+  the policy's weight transposes taken once per rollout (``ReachPolicy.bind``), not per step;
+  the ensemble's deterministic step without its log-variance head;
+* approximate (change the meta-gradient): a truncated meta-gradient through the last steps
+  only; a smaller M_phi (64-64).
+
+Usage: ``python benchmarks/bench_reacher.py [--goals 16] [--inner-steps 1] [--reps 3]
+[--levers]``.
 """
 
 from __future__ import annotations
@@ -21,15 +31,18 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ml3_robotics.core.inner import InnerOptimizer, init_params
+from ml3_robotics.core.inner import InnerOptimizer, adapt, init_params
 from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.core.policy_search import policy_rollout
 from ml3_robotics.models.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble, fit
 from ml3_robotics.tasks.reach import (
     ReachPolicy,
     ReachTask,
+    batched_policy,
     learned_loss_fn,
     meta_loss,
     reach_feature_spec,
+    task_loss_fn,
 )
 from robots.arm import ArmSim, load_arm_config, sample_goals
 
@@ -64,11 +77,90 @@ def reference_meta_gradient(policy, params, model, task, loss, lr, K):
     return total
 
 
+def full_head_step(model: ProbabilisticEnsemble):
+    """The ensemble's deterministic step as it was before the mean-only head (it computed the
+    log-variance head too and dropped it)."""
+
+    def step(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        z, lead = model._flat(x, u)
+        mean_n, _ = model.forward_normalized(z)
+        return x + model.denormalize_delta(mean_n.mean(dim=0)).reshape(*lead, model.nx)
+
+    return step
+
+
+def lever_meta_gradient(policy, params, model, task, loss, opt, *, gradients, bind, mean_head,
+                        differentiable_steps=None):  # fmt: skip
+    """The reacher's meta-gradient with each speed lever on or off (the library's meta_loss is
+    all levers on)."""
+    pol = batched_policy(policy)
+    if not bind:  # per-step transposes: a plain function has no bind
+        pol = lambda p, x: policy.bind(p)(x)  # noqa: E731
+    step = model.step if mean_head else full_head_step(model)
+    learned = learned_loss_fn(loss)
+
+    def objective(p):
+        r = policy_rollout(pol, p, step, task)
+        return learned(r.states, r.actions, task).sum()
+
+    adapted = adapt(objective, params, opt, gradients=gradients,
+                    differentiable_steps=differentiable_steps)  # fmt: skip
+    r = policy_rollout(pol, adapted, step, task)
+    value = task_loss_fn(r.states, r.actions, task).mean()
+    loss.zero_grad(set_to_none=True)
+    value.backward()
+    return float(value.detach()), [p.grad.clone() for p in loss.parameters()]
+
+
+def compare_levers(policy, params, model, task, reps: int) -> None:
+    K = 10
+    opt = InnerOptimizer("sgd", lr=1e-3, steps=K)
+    spec = reach_feature_spec()
+    big = LearnedLoss(LossConfig(spec, hidden=(400, 400), activation="elu", learn_scale=True))
+    small = LearnedLoss(LossConfig(spec, hidden=(64, 64), activation="elu", learn_scale=True))
+    before = {"gradients": "func", "bind": False, "mean_head": False}
+    variants = [
+        ("before (torch.func, per-step policy, full model head)", big, before),
+        ("+ autograd.grad inner loop", big, before | {"gradients": "autograd"}),
+        ("+ policy bound once per rollout", big, before | {"gradients": "autograd", "bind": True}),
+        ("+ mean-only model step (= library)", big, {"gradients": "autograd", "bind": True,
+                                                     "mean_head": True}),
+    ]  # fmt: skip
+    exact = variants[-1][2]
+    variants += [
+        ("~ meta-gradient through last 3 steps", big, exact | {"differentiable_steps": 3}),
+        ("~ meta-gradient through last step", big, exact | {"differentiable_steps": 1}),
+        ("~ M_phi 64-64", small, exact),
+        ("~ M_phi 64-64, last 3 steps", small, exact | {"differentiable_steps": 3}),
+    ]
+    print(f"\nspeed levers at K={K}, G={task.n}, T=65, best of {reps} (~: approximate)")
+    print(f"{'variant':58s}{'s / outer iteration':>20s}{'speed-up':>10s}")
+    grads, base = {}, None
+    for name, loss, options in variants:
+        times = []
+        for _ in range(reps + 1):  # the first call warms up
+            t0 = time.perf_counter()
+            value, g = lever_meta_gradient(policy, params, model, task, loss, opt, **options)
+            times.append(time.perf_counter() - t0)
+        grads[name] = (value, g)
+        best = min(times[1:])
+        base = base or best
+        print(f"{name:58s}{best:20.3f}{base / best:9.2f}x")
+    (v0, g0), (v1, g1) = grads[variants[0][0]], grads[variants[3][0]]
+    err = max(
+        float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(g1, g0, strict=True)
+    )
+    lib_value, _ = meta_loss(policy, params, model.step, task, learned_loss_fn(big), opt)
+    print(f"exact levers: meta-loss {v1:.6g} vs {v0:.6g} before (library meta_loss "
+          f"{float(lib_value):.6g}); meta-gradient max rel diff {err:.1e}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--goals", type=int, default=16)
     ap.add_argument("--inner-steps", type=int, default=1)  # the reacher's K
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--levers", action="store_true", help="time the K = 10 speed levers only")
     args = ap.parse_args()
     torch.set_num_threads(1)
     arm = load_arm_config("reacher2")
@@ -94,6 +186,9 @@ def main() -> None:
         LossConfig(reach_feature_spec(), hidden=(400, 400), activation="elu", learn_scale=True)
     )
     params = init_params(policy, task.n, torch.Generator().manual_seed(0))
+    if args.levers:
+        compare_levers(policy, params, model, task, args.reps)
+        return
     lr, K = 1e-3, args.inner_steps
     opt = InnerOptimizer("sgd", lr=lr, steps=K)
 

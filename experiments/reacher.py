@@ -127,6 +127,9 @@ class ReacherConfig:
     inner_steps: int = 1
     inner_lr: float = 1e-3
     inner_method: str = "sgd"  # "sgd" or "adam", for ML3 and the task-loss baseline alike
+    # The meta-gradient flows through the last this many inner steps only (0: all K). A
+    # truncated meta-gradient makes large K cheaper (benchmarks/bench_reacher.py).
+    meta_gradient_steps: int = 0
     outer_steps: int = 300
     outer_lr: float = 1e-2
     outer_lr_final: float = 1e-3  # cosine decay of the meta lr to this (the end point is stable)
@@ -171,7 +174,7 @@ class ReacherConfig:
             "torch_threads", "video_stride",
         )  # fmt: skip
         check_ints(self, positive, 1)
-        check_ints(self, ("outer_steps", "video_goals"), 0)
+        check_ints(self, ("outer_steps", "video_goals", "meta_gradient_steps"), 0)
         check_choice("extra", self.extra, EXTRAS)
         check_choice("backend", self.backend, BACKENDS)
         if self.goals_per_iteration > self.n_train_goals:
@@ -287,8 +290,9 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         batch = train.subset(index)
         params = init_params(policy, batch.n, g, **zero)
         value, adapted = meta_loss(
-            policy, params, model_step, batch, learned, inner, batch_extras(index)
-        )
+            policy, params, model_step, batch, learned, inner, batch_extras(index),
+            differentiable_steps=config.meta_gradient_steps or None,
+        )  # fmt: skip
         if (iteration + 1) % config.collect_every == 0:
             with ctx.phase("collect"):
                 X, _ = learner.collect(sim, policy, adapted, batch)

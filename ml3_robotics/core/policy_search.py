@@ -44,6 +44,7 @@ __all__ = [
     "adapt_policies",
     "adapt_policy",
     "adapted_rollout",
+    "bound_policy",
     "learned_control_loss",
     "meta_test",
     "meta_train_loss",
@@ -76,12 +77,22 @@ class System(Protocol):
     def step(self, x: Tensor, u: Tensor) -> Tensor: ...
 
 
+def bound_policy(policy: Policy, params: Mapping[str, Tensor]) -> Callable[[Tensor], Tensor]:
+    """``x -> policy(params, x)``; through ``policy.bind(params)`` when the policy has one (it
+    does the per-rollout work, such as transposing weights, once instead of at every step)."""
+    bind = getattr(policy, "bind", None)
+    if bind is not None:
+        return bind(params)
+    return lambda x: policy(params, x)
+
+
 @runtime_checkable
 class Policy(Protocol):
     """A batch of feedback policies, one parameter set per problem.
 
     ``policy(params, x (B, nx)) -> u (B, nu)`` where every tensor in ``params`` has a leading
     problem axis ``B``; ``policy.init(n, generator, dtype)`` draws ``n`` fresh parameter sets.
+    A policy may also offer ``bind(params) -> (x -> u)`` (see :func:`bound_policy`).
     """
 
     def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor: ...
@@ -358,7 +369,8 @@ def policy_rollout(
         The :class:`Rollout`, differentiable in ``params``.
     """
     x0 = task.start.to(next(iter(params.values())).dtype)
-    states, actions = rollout(lambda x, _t: policy(params, x), _stepper(system), x0, task.horizon)
+    act = bound_policy(policy, params)
+    states, actions = rollout(lambda x, _t: act(x), _stepper(system), x0, task.horizon)
     return Rollout(states, actions)
 
 
@@ -386,10 +398,13 @@ def adapt_policies(
     optimizer: InnerOptimizer,
     *,
     differentiable: bool = True,
+    differentiable_steps: int | None = None,
     steps: int | None = None,
     on_step: Callable[[int, Params, Tensor], None] | None = None,
 ) -> Params:
-    """K inner steps on ``sum_b loss_fn(rollout, task)_b`` for ``B`` independent policies.
+    """K inner steps on ``sum_b loss_fn(rollout, task)_b`` for ``B`` independent policies
+    (``differentiable_steps``: a truncated meta-gradient, see
+    :func:`~ml3_robotics.core.inner.adapt`).
 
     Problems share nothing but the batch, so the gradient of the sum with respect to problem
     b's parameters is problem b's own: one backward pass adapts every problem (SGD and Adam are
@@ -400,9 +415,11 @@ def adapt_policies(
     def objective(p: Params) -> Tensor:
         return loss_fn(policy_rollout(policy, p, system, task), task).sum()
 
+    # The problems are batched here, not vmapped: autograd.grad is the cheaper gradient.
     return adapt(
-        objective, params, optimizer, differentiable=differentiable, steps=steps, on_step=on_step
-    )
+        objective, params, optimizer, differentiable=differentiable, steps=steps,
+        differentiable_steps=differentiable_steps, gradients="autograd", on_step=on_step,
+    )  # fmt: skip
 
 
 def adapted_rollout(
@@ -412,10 +429,17 @@ def adapted_rollout(
     task: ControlTask,
     inner_loss: TaskLoss,
     optimizer: InnerOptimizer,
+    *,
+    differentiable_steps: int | None = None,
 ) -> tuple[Rollout, Params]:
     """The inner loop of every ML3 meta-objective: ``optimizer.steps`` differentiable steps on
-    ``inner_loss`` (the learned loss), then the adapted policies' rollout and parameters."""
-    adapted = adapt_policies(policy, policy_init, system, task, inner_loss, optimizer)
+    ``inner_loss`` (the learned loss; the meta-gradient through the last
+    ``differentiable_steps`` of them, all when None), then the adapted policies' rollout and
+    parameters."""
+    adapted = adapt_policies(
+        policy, policy_init, system, task, inner_loss, optimizer,
+        differentiable_steps=differentiable_steps,
+    )  # fmt: skip
     return policy_rollout(policy, adapted, system, task), adapted
 
 

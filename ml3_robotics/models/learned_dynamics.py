@@ -270,13 +270,18 @@ class ProbabilisticEnsemble(nn.Module):
         return delta_n * self.out_std + self.out_mean
 
     # ---------------------------------------------------------------------------- network pass
-    def forward_normalized(self, z: Tensor, member: int | None = None) -> tuple[Tensor, Tensor]:
+    def forward_normalized(
+        self, z: Tensor, member: int | None = None, *, mean_only: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """Raw ensemble pass in normalised units.
 
         Args:
             z: normalised inputs, ``(B, n_features)`` shared by all members, or
                 ``(E, B, n_features)`` with one batch per member (bootstrapped training).
             member: evaluate only this member (``z`` must then be ``(B, n_features)``).
+            mean_only: skip the log-variance head (None is returned for it): the
+                deterministic step, called at every step of every differentiable rollout,
+                needs only the mean.
 
         Returns:
             ``(mean, logvar)`` of the normalised delta, each ``(E, B, nx)`` (``E = 1`` when
@@ -295,6 +300,8 @@ class ProbabilisticEnsemble(nn.Module):
         h = z if z.ndim == 3 else z.unsqueeze(0).expand(E, *z.shape)
         last = len(ws) - 1
         for i, (w, b) in enumerate(zip(ws, bs, strict=True)):
+            if i == last and mean_only:
+                return torch.baddbmm(b[..., : self.nx], h, w[..., : self.nx]), None
             h = torch.baddbmm(b, h, w)
             if i < last:
                 h = self._act(h)
@@ -349,7 +356,7 @@ class ProbabilisticEnsemble(nn.Module):
             under ``torch.func`` (no in-place ops on inputs, no host synchronisation).
         """
         z, lead = self._flat(x, u)
-        mean_n, _ = self.forward_normalized(z)
+        mean_n, _ = self.forward_normalized(z, mean_only=True)
         delta = self.denormalize_delta(mean_n.mean(dim=0))
         return x + delta.reshape(*lead, self.nx)
 
@@ -380,7 +387,7 @@ class ProbabilisticEnsemble(nn.Module):
     def step_member(self, x: Tensor, u: Tensor, member: int) -> Tensor:
         """Next state ``(B, nx)`` from the mean of one member only (differentiable)."""
         z, lead = self._flat(x, u)
-        mean_n, _ = self.forward_normalized(z, member=member)
+        mean_n, _ = self.forward_normalized(z, member=member, mean_only=True)
         return x + self.denormalize_delta(mean_n[0]).reshape(*lead, self.nx)
 
     def sample(

@@ -38,7 +38,7 @@ from controllers.policies import rollout
 from ml3_robotics.core import policy_search
 from ml3_robotics.core.inner import InnerOptimizer, Params
 from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss
-from ml3_robotics.core.policy_search import StepFn
+from ml3_robotics.core.policy_search import StepFn, bound_policy
 from ml3_robotics.core.task_losses import ExtraTerm, MetaTrainObjective, PhysicsPrior, Rollout
 from robots.arm import (
     ArmConfig,
@@ -157,33 +157,48 @@ class ReachPolicy(nn.Module):
         """Torques ``(..., n)`` for states ``x (..., 2n)``."""
         return self.mlp(x / self.input_scale.to(x))
 
-    def batched(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        """Goal ``g``'s policy on state row ``g``: ``params (G, ...)``, ``x (G, 2n)`` -> ``(G, n)``.
+    def bind(self, params: Mapping[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        """Goal ``g``'s policy on state row ``g``, ``params (G, ...)`` fixed: ``x (G, 2n)`` ->
+        ``(G, n)``.
 
         The same function as ``vmap(functional_call(self, ...))``, written with one batched
-        matmul per layer: measured about 3x cheaper per call than the vmapped module, and the
-        policy is called at every step of every rollout.
+        matmul per layer (measured about 3x cheaper per call than the vmapped module); the
+        weights' transposes and bias rows are taken once here, not at every step of a rollout.
         """
-        h = (x / self.input_scale.to(x))[:, None, :]
-        layers = [(i, m) for i, m in enumerate(self.mlp.net) if isinstance(m, nn.Linear)]
-        for j, (i, _) in enumerate(layers):
-            w = params[f"mlp.net.{i}.weight"]
-            b = params[f"mlp.net.{i}.bias"]
-            h = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
-            if j < len(layers) - 1:
-                h = torch.tanh(h)
-        bound = self.mlp.action_bound.to(h)
-        return bound * torch.tanh(h[:, 0]) if self.mlp.bounded else h[:, 0]
+        layers = [i for i, m in enumerate(self.mlp.net) if isinstance(m, nn.Linear)]
+        weights = [params[f"mlp.net.{i}.weight"].transpose(1, 2) for i in layers]
+        biases = [params[f"mlp.net.{i}.bias"][:, None, :] for i in layers]
+        bound = self.mlp.action_bound if self.mlp.bounded else None
+
+        def act(x: Tensor) -> Tensor:
+            h = (x / self.input_scale.to(x))[:, None, :]
+            for j, (w, b) in enumerate(zip(weights, biases, strict=True)):
+                h = torch.baddbmm(b, h, w)
+                if j < len(weights) - 1:
+                    h = torch.tanh(h)
+            return h[:, 0] if bound is None else bound.to(h) * torch.tanh(h[:, 0])
+
+        return act
+
+
+class _BoundPolicy:
+    """A module with ``bind(params)`` as a policy-search :data:`Policy` (``policy(params, x)``
+    and ``bind``, which the rollout calls once per rollout)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.bind = module.bind
+
+    def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        return self.bind(params)(x)
 
 
 def batched_policy(policy: nn.Module) -> Callable[[Params, Tensor], Tensor]:
     """``f(params (G, ...), x (G, nx)) -> u (G, nu)``: goal g's policy on state row g.
 
-    Uses the policy's own ``batched`` method when it has one, else vmaps the module.
+    Uses the policy's own ``bind`` when it has one, else vmaps the module.
     """
-    fast = getattr(policy, "batched", None)
-    if fast is not None:
-        return fast
+    if hasattr(policy, "bind"):
+        return _BoundPolicy(policy)
     return vmap(lambda p, x: functional_call(policy, p, (x,)))
 
 
@@ -206,8 +221,8 @@ def model_rollout(
     Returns:
         ``X (G, T+1, nx)``, ``U (G, T, nu)``.
     """
-    act = batched_policy(policy)
-    return rollout(lambda x, _t: act(params, x), step, x0, horizon)
+    act = bound_policy(batched_policy(policy), params)
+    return rollout(lambda x, _t: act(x), step, x0, horizon)
 
 
 # -- the task ------------------------------------------------------------------------------------
@@ -350,6 +365,8 @@ def meta_loss(
     learned: LossFn,
     optimizer: InnerOptimizer,
     extras: Sequence[ExtraTerm] = (),
+    *,
+    differentiable_steps: int | None = None,
 ) -> tuple[Tensor, Params]:
     """ML3's meta-objective: mean task loss of the K-step adapted policies' model rollouts.
 
@@ -357,14 +374,17 @@ def meta_loss(
         extras: extra-information terms (:class:`ml3_robotics.core.task_losses.ExtraTerm`, e.g.
             :class:`~ml3_robotics.core.task_losses.Demonstrations` or :func:`rest_at_goal_prior`)
             added to the task loss at meta-train time; :func:`meta_test` has no way to take them.
+        differentiable_steps: the meta-gradient flows through the last this many inner steps
+            only (None: all K; a truncated meta-gradient is cheaper at large K).
 
     Returns the meta-loss (differentiable w.r.t. the learned loss's parameters) and the adapted
     per-goal parameters.
     """
     objective = MetaTrainObjective(_on_rollouts(task_loss_fn), extras=tuple(extras))
     rollout, adapted = policy_search.adapted_rollout(
-        batched_policy(policy), params, step, task, _on_rollouts(learned), optimizer
-    )
+        batched_policy(policy), params, step, task, _on_rollouts(learned), optimizer,
+        differentiable_steps=differentiable_steps,
+    )  # fmt: skip
     if extras:  # they read the arm's measurements (joint angles, end effector, kinetic energy)
         rollout = reach_rollout(rollout.states, rollout.actions, task)
     return objective(rollout, task).mean(), adapted

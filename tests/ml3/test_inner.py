@@ -47,7 +47,7 @@ def test_plain_run_equals_torch_optim(method):
     assert max((ours[n] - start[n]).abs().max().item() for n in ours) > 1e-3
 
 
-def _meta_loss_fn(method: str, steps: int):
+def _meta_loss_fn(method: str, steps: int, **adapt_options):
     x, y = _data()
     xq = torch.linspace(-2, 2, 9, dtype=torch.float64).unsqueeze(1)
     yq = torch.sin(xq)
@@ -66,7 +66,7 @@ def _meta_loss_fn(method: str, steps: int):
             pred = call(model, p, x)
             return call(loss, phi, torch.cat([pred, y], dim=1)).mean()
 
-        adapted = adapt(inner_objective, theta0, opt_cfg)
+        adapted = adapt(inner_objective, theta0, opt_cfg, **adapt_options)
         return ((call(model, adapted, xq) - yq) ** 2).mean()
 
     phi0 = [p.detach().clone().requires_grad_(True) for _, p in loss.named_parameters()]
@@ -74,14 +74,66 @@ def _meta_loss_fn(method: str, steps: int):
     return meta_loss, phi0
 
 
+@pytest.mark.parametrize("gradients", ["func", "autograd"])
 @pytest.mark.parametrize("method", ["sgd", "adam"])
 @pytest.mark.parametrize("steps", [1, 3])
-def test_meta_gradient_gradcheck(method, steps):
-    meta_loss, phi0 = _meta_loss_fn(method, steps)
+def test_meta_gradient_gradcheck(method, steps, gradients):
+    meta_loss, phi0 = _meta_loss_fn(method, steps, gradients=gradients)
     assert torch.autograd.gradcheck(meta_loss, tuple(phi0), eps=1e-6, atol=1e-7, rtol=1e-5)
     # the meta-gradient is not trivially zero
     grads = torch.autograd.grad(meta_loss(*phi0), phi0)
     assert sum(g.abs().sum() for g in grads) > 1e-6
+
+
+@pytest.mark.parametrize("method", ["sgd", "adam"])
+def test_autograd_gradients_give_the_same_meta_loss_and_meta_gradient_as_torch_func(method):
+    values, grads = {}, {}
+    for gradients in ("func", "autograd"):
+        meta_loss, phi0 = _meta_loss_fn(method, 3, gradients=gradients)
+        values[gradients] = meta_loss(*phi0)
+        grads[gradients] = torch.autograd.grad(values[gradients], phi0)
+    torch.testing.assert_close(values["autograd"], values["func"], rtol=1e-12, atol=0)
+    for a, b in zip(grads["autograd"], grads["func"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("gradients", ["func", "autograd"])
+@pytest.mark.parametrize("method", ["sgd", "adam"])
+def test_truncated_meta_gradient_flows_through_the_last_steps_only(method, gradients):
+    """K = 4 with the meta-gradient through the last 2 steps equals: 2 plain steps, then a
+    2-step differentiable run from their (constant) result; and it differs from the full one."""
+    x, y = _data()
+    model = _model()
+    theta0 = {k: v.detach() for k, v in module_params(model).items()}
+    loss = LearnedLoss(LossConfig(FeatureSpec(("y_pred", "y")), hidden=(6,), activation="tanh"))
+    loss.double()
+    opt = InnerOptimizer(method=method, lr=0.1, steps=4)
+
+    def inner_objective(p):
+        return loss(torch.cat([call(model, p, x), y], dim=1)).mean()
+
+    def meta_gradient(adapted):
+        value = ((call(model, adapted, x) - y) ** 2).mean()
+        return torch.autograd.grad(value, list(loss.parameters()))
+
+    adapted = adapt(inner_objective, theta0, opt, differentiable_steps=2, gradients=gradients)
+    # truncation changes the meta-gradient only: the adapted parameters are the same numbers
+    for k, v in adapt(inner_objective, theta0, opt, differentiable=False).items():
+        torch.testing.assert_close(adapted[k].detach(), v, rtol=1e-13, atol=1e-15)
+    truncated = meta_gradient(adapted)
+    if method == "sgd":  # SGD keeps no state across steps: the two-stage run is the same run
+        midway = adapt(inner_objective, theta0, opt, steps=2, differentiable=False)
+        two_stage = meta_gradient(adapt(inner_objective, midway, opt, steps=2))
+        for a, b in zip(truncated, two_stage, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    full = meta_gradient(adapt(inner_objective, theta0, opt, gradients=gradients))
+    assert max(float((a - b).abs().max()) for a, b in zip(truncated, full, strict=True)) > 1e-8
+    # all steps tracked: the same as no truncation
+    same = meta_gradient(
+        adapt(inner_objective, theta0, opt, differentiable_steps=4, gradients=gradients)
+    )
+    for a, b in zip(same, full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
 
 
 def test_vmap_over_tasks_equals_loop():
@@ -115,3 +167,8 @@ def test_bad_inner_config():
         InnerOptimizer(steps=0)
     with pytest.raises(ValueError, match="lr"):
         InnerOptimizer(lr=-1.0)
+    theta = {"w": torch.zeros(2)}
+    with pytest.raises(ValueError, match=r"gradients: got 'autgrad'.*did you mean 'autograd'"):
+        adapt(lambda p: p["w"].sum(), theta, InnerOptimizer(), gradients="autgrad")
+    with pytest.raises(ValueError, match=r"differentiable_steps: expected an int >= 1, got 0"):
+        adapt(lambda p: p["w"].sum(), theta, InnerOptimizer(), differentiable_steps=0)
