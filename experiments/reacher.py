@@ -14,6 +14,7 @@ MuJoCo dynamics, both executed in MuJoCo with the plan's feedback gains.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,15 +50,20 @@ from ml3_robotics.mbrl.loop import DynamicsLearner, ReachModelConfig, babble
 from ml3_robotics.reporting.reach_figures import write_reach_figures
 from ml3_robotics.tasks.reach import (
     REACH_FEATURES,
+    GoalConditionedPolicy,
     ReachPolicy,
     ReachTask,
+    end_effector_fn,
     execute_policies,
     learned_loss_fn,
     meta_loss,
     meta_test,
     plan_and_execute,
+    pretrain_goal_policy,
+    ramp_weights,
     reach_feature_spec,
     rest_at_goal_prior,
+    task_loss_fn,
 )
 from robots.arm import (
     BACKENDS,
@@ -70,6 +76,34 @@ from robots.arm import (
 log = logging.getLogger(__name__)
 
 EXTRAS = ("none", "demos", "physics")
+META_OBJECTIVES = ("last_step", "ramp")
+META_DISTANCES = ("task_loss", "end_effector")
+POLICY_CLASSES = ("per_goal", "goal_conditioned")
+
+
+class _RunState:
+    """What a checkpoint holds besides M_phi: the MBRL loop's data and model, and the
+    pre-trained goal-conditioned policy when there is one (it was trained on the first model,
+    which later refits replace, so it cannot be retrained on resume)."""
+
+    def __init__(self, learner: DynamicsLearner) -> None:
+        self.learner = learner
+        self.start_policy: GoalConditionedPolicy | None = None
+
+    def state_dict(self) -> dict[str, Tensor]:
+        state = self.learner.state_dict()
+        if self.start_policy is not None:
+            state |= {f"start_policy.{k}": v for k, v in self.start_policy.state_dict().items()}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.learner.load_state_dict({k: v for k, v in state.items()
+                                      if not k.startswith("start_policy.")})  # fmt: skip
+        if self.start_policy is not None:
+            self.start_policy.load_state_dict(
+                {k[len("start_policy.") :]: v for k, v in state.items()
+                 if k.startswith("start_policy.")}
+            )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -130,6 +164,19 @@ class ReacherConfig:
     # The meta-gradient flows through the last this many inner steps only (0: all K). A
     # truncated meta-gradient makes large K cheaper (benchmarks/bench_reacher.py).
     meta_gradient_steps: int = 0
+    # "last_step": the meta-objective scores the rollout after the K-th step (the paper's);
+    # "ramp": sum_k k / sum(1..K) times the score after step k, so no step may undo the policy.
+    meta_objective: str = "last_step"
+    # What the meta-objective scores: "task_loss" (the paper's joint-space loss) or
+    # "end_effector" (final end-effector distance in cm: no IK branch cut can mislead it).
+    meta_distance: str = "task_loss"
+    # "per_goal": a fresh policy per goal (the paper's); "goal_conditioned": one policy over the
+    # training goals (pre-trained through the learned model) whose per-goal copies every method
+    # fine-tunes (issue 22).
+    policy_class: str = "per_goal"
+    pretrain_steps: int = 1500  # Adam steps of the goal-conditioned policy's pre-training
+    pretrain_lr: float = 1e-3  # Adam step size of that pre-training
+    budgets: tuple[int, ...] = (1, 2, 5, 10)  # step budgets the baselines are tuned for
     outer_steps: int = 300
     outer_lr: float = 1e-2
     outer_lr_final: float = 1e-3  # cosine decay of the meta lr to this (the end point is stable)
@@ -175,6 +222,17 @@ class ReacherConfig:
         )  # fmt: skip
         check_ints(self, positive, 1)
         check_ints(self, ("outer_steps", "video_goals", "meta_gradient_steps"), 0)
+        check_ints(self, ("pretrain_steps",), 1)
+        check_choice("meta_objective", self.meta_objective, META_OBJECTIVES)
+        check_choice("meta_distance", self.meta_distance, META_DISTANCES)
+        check_choice("policy_class", self.policy_class, POLICY_CLASSES)
+        check_positive(self, ("pretrain_lr",))
+        if not self.budgets or any(isinstance(b, bool) or b < 1 for b in self.budgets):
+            raise ValueError(f"budgets: expected step counts >= 1, got {self.budgets}")
+        if self.policy_class == "goal_conditioned" and self.arm_distribution:
+            raise ValueError(
+                "policy_class: goal_conditioned does not combine with arm_distribution"
+            )
         check_choice("extra", self.extra, EXTRAS)
         check_choice("backend", self.backend, BACKENDS)
         if self.goals_per_iteration > self.n_train_goals:
@@ -276,26 +334,40 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             return (Demonstrations(weight=config.demo_weight, states=demo_q[index], output="q"),)
         return extras
 
+    task_term = task_loss_fn if config.meta_distance == "task_loss" else end_effector_fn
+    step_weights = ramp_weights(config.inner_steps) if config.meta_objective == "ramp" else None
+    state = _RunState(learner)
+
     def objective(iteration: int, g: torch.Generator) -> OuterStep:
         metrics: dict[str, float] = {}
         if iteration % config.eval_every == 0:
             # Visible progress in the real simulator: fresh policies on the held-out goals, K
             # steps on the current M_phi, executed in MuJoCo (monitoring only, never selection).
+            if state.start_policy is None:
+                test_policy, init = policy, test_init
+            else:
+                test_policy = state.start_policy.for_goals(test.goals)
+                init = state.start_policy.stacked(test.n)
             X, _ = execute_policies(
-                sim, policy, meta_test(loss, policy, test_init, model_step, test, inner), test
+                sim, test_policy, meta_test(loss, test_policy, init, model_step, test, inner), test
             )
             learner.monitor_steps += test.n * T
             metrics["heldout_real_distance_mm"] = float(1000 * test.final_distance(X).mean())
         index = torch.randperm(train.n, generator=g)[: config.goals_per_iteration]
         batch = train.subset(index)
-        params = init_params(policy, batch.n, g, **zero)
+        if state.start_policy is None:
+            batch_policy, params = policy, init_params(policy, batch.n, g, **zero)
+        else:
+            batch_policy = state.start_policy.for_goals(batch.goals)
+            params = state.start_policy.stacked(batch.n)
         value, adapted = meta_loss(
-            policy, params, model_step, batch, learned, inner, batch_extras(index),
+            batch_policy, params, model_step, batch, learned, inner, batch_extras(index),
             differentiable_steps=config.meta_gradient_steps or None,
+            task_term=task_term, step_weights=step_weights,
         )  # fmt: skip
         if (iteration + 1) % config.collect_every == 0:
             with ctx.phase("collect"):
-                X, _ = learner.collect(sim, policy, adapted, batch)
+                X, _ = learner.collect(sim, batch_policy, adapted, batch)
             metrics["train_real_distance_mm"] = float(1000 * batch.final_distance(X).mean())
         metrics["buffer_transitions"] = float(buffer.n_transitions_added)
         return OuterStep(value, metrics)
@@ -326,9 +398,11 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         ),
         checkpoint_path=ctx.checkpoint_path,
         callbacks=[lambda i, row: ctx.metrics_log.append(row), after_update],
-        state=learner,
+        state=state,
         progress=ctx.progress,
     )
+    if config.policy_class == "goal_conditioned":  # its place in the checkpoint's state
+        state.start_policy = GoalConditionedPolicy(arm, config.policy_hidden)
     resumed = ctx.resume and trainer.load_checkpoint()
     if resumed:
         ctx.metrics_log.restart(trainer.history)
@@ -339,6 +413,13 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                 np.random.default_rng(seed),
             ))  # fmt: skip
         refit(config.model.fit_epochs, torch.Generator().manual_seed(seed))
+        if config.policy_class == "goal_conditioned":
+            with ctx.phase("pretrain_policy"):  # on the training goals, through the model
+                state.start_policy = pretrain_goal_policy(
+                    arm, model_step, train, hidden=config.policy_hidden,
+                    steps=config.pretrain_steps, lr=config.pretrain_lr,
+                    generator=torch.Generator().manual_seed(seed + 3),
+                )  # fmt: skip
         trainer.save_checkpoint()  # babbling and the first fit survive a kill too
     babble_steps = config.model.babble_trajectories * T
     if config.loss_path is None:
@@ -373,7 +454,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                     "expert_demo_env_steps": demo_steps,
                     **({"arm_distribution_env_steps": distribution_steps}
                        if distribution_steps else {})},
-        demonstrations=demonstrations,
+        demonstrations=demonstrations, start_policy=state.start_policy,
     )  # fmt: skip
     results = evaluation.results
     video = write_reach_figures(ctx, evaluation, loss, model, sim, eval_config, history=history)

@@ -44,6 +44,7 @@ __all__ = [
     "adapt_policies",
     "adapt_policy",
     "adapted_rollout",
+    "adapted_rollouts",
     "bound_policy",
     "learned_control_loss",
     "meta_test",
@@ -441,6 +442,33 @@ def adapted_rollout(
         differentiable_steps=differentiable_steps,
     )  # fmt: skip
     return policy_rollout(policy, adapted, system, task), adapted
+
+
+def adapted_rollouts(
+    policy: Policy,
+    policy_init: Mapping[str, Tensor],
+    system: System | StepFn,
+    task: ControlTask,
+    inner_loss: TaskLoss,
+    optimizer: InnerOptimizer,
+    *,
+    differentiable_steps: int | None = None,
+) -> tuple[list[Rollout], Params]:
+    """:func:`adapted_rollout` with the rollout after every step: ``K`` rollouts, after steps
+    ``1..K``, each differentiable through the steps before it (for meta-objectives that weigh
+    every step). The rollouts the inner loss already made are reused, not rerun."""
+    made: list[Rollout] = []
+
+    def recording_loss(rollout: Rollout, t: ControlTask) -> Tensor:
+        made.append(rollout)
+        return inner_loss(rollout, t)
+
+    adapted = adapt_policies(
+        policy, policy_init, system, task, recording_loss, optimizer,
+        differentiable_steps=differentiable_steps,
+    )  # fmt: skip
+    # made[k] is the rollout of the parameters after k steps (k = 0..K-1)
+    return [*made[1:], policy_rollout(policy, adapted, system, task)], adapted
 
 
 def adapt_policy(

@@ -36,6 +36,8 @@ from ml3_robotics.models.learned_dynamics import (
     prediction_error,
 )
 from ml3_robotics.tasks.reach import (
+    GoalBoundPolicy,
+    GoalConditionedPolicy,
     ReachPolicy,
     ReachTask,
     adapt_policies,
@@ -164,7 +166,7 @@ class ReachEvaluation:
     test: ReachTask | None = None
     test_init: Params = field(default_factory=dict)
     adapted: dict[str, Params] = field(default_factory=dict)
-    policy: ReachPolicy | None = None
+    policy: ReachPolicy | GoalBoundPolicy | None = None
 
 
 def mujoco_model(sim: ArmSim, arm: ArmConfig) -> mujoco.MjModel:
@@ -228,6 +230,7 @@ def evaluate_reach(
     ml3_fields: Mapping[str, Any] | None = None,
     methods: Sequence[str] = METHODS,
     demonstrations: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    start_policy: GoalConditionedPolicy | None = None,
 ) -> ReachEvaluation:
     """Meta-test ``loss`` on ``arm`` against the task loss and iLQR, all executed in MuJoCo.
 
@@ -256,6 +259,9 @@ def evaluate_reach(
         demonstrations: optional expert ``(states (G', T+1, nx), actions (G', T, nu), goals
             (G', 2))`` of OTHER goals (the meta-training goals): adds the ``behaviour_cloning``
             baseline, a goal-conditioned policy fitted to them. ML3 never sees them here.
+        start_policy: a goal-conditioned policy (trained on other goals) whose per-goal copies
+            every policy-based method fine-tunes, instead of fresh per-goal policies; its
+            distance as it is shows as step 0 of the distance-by-step curves.
 
     Returns:
         The :class:`ReachEvaluation`.
@@ -267,10 +273,19 @@ def evaluate_reach(
     T = config.horizon
     test = ReachTask(arm, torch.as_tensor(np.asarray(test_goals)), T)
     tune = ReachTask(arm, torch.as_tensor(np.asarray(tune_goals)), T)
-    policy = ReachPolicy(arm, config.policy_hidden)
-    zero = config.policy_zero_output
-    test_init = fresh_policy_params(policy, test.n, TEST_INIT_SEED + seed, zero_output_layer=zero)
-    tune_init = fresh_policy_params(policy, tune.n, TUNE_INIT_SEED + seed, zero_output_layer=zero)
+    if start_policy is None:
+        policy = ReachPolicy(arm, config.policy_hidden)
+        test_policy = tune_policy = policy
+        zero = config.policy_zero_output
+        test_init = fresh_policy_params(policy, test.n, TEST_INIT_SEED + seed,
+                                        zero_output_layer=zero)  # fmt: skip
+        tune_init = fresh_policy_params(policy, tune.n, TUNE_INIT_SEED + seed,
+                                        zero_output_layer=zero)  # fmt: skip
+    else:
+        test_policy = start_policy.for_goals(test.goals)
+        tune_policy = start_policy.for_goals(tune.goals)
+        test_init, tune_init = start_policy.stacked(test.n), start_policy.stacked(tune.n)
+    policy_of = {id(test): test_policy, id(tune): tune_policy}
     inner = InnerOptimizer(config.inner_method, lr=config.inner_lr, steps=config.inner_steps)
 
     def model_step(x: Tensor, u: Tensor) -> Tensor:
@@ -288,7 +303,7 @@ def evaluate_reach(
         try:
             trace = trace_inner_steps(
                 lambda on_step: adapt_policies(
-                    policy, tune_init, model_step, tune, task_loss_fn, opt,
+                    tune_policy, tune_init, model_step, tune, task_loss_fn, opt,
                     differentiable=False, on_step=on_step,
                 )
             )  # fmt: skip
@@ -303,7 +318,7 @@ def evaluate_reach(
         return out
 
     def execute(params: Params, task: ReachTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        X, U = execute_policies(sim, policy, params, task)
+        X, U = execute_policies(sim, policy_of[id(task)], params, task)
         return task.final_distance(X), X, U
 
     def by_step(run: Any, task: ReachTask) -> tuple[list[Params], np.ndarray]:
@@ -327,7 +342,9 @@ def evaluate_reach(
     with ctx.phase("meta_test"):
         long = dataclasses.replace(inner, steps=curve)
         trace, dist = by_step(
-            lambda on_step: meta_test(loss, policy, test_init, model_step, test, long, on_step),
+            lambda on_step: meta_test(
+                loss, test_policy, test_init, model_step, test, long, on_step
+            ),
             test,
         )
         d, X, U_ml3 = execute(trace[K], test)
@@ -354,7 +371,7 @@ def evaluate_reach(
                 opt = InnerOptimizer(choice[0], lr=choice[1], steps=curve)
                 return by_step(
                     lambda on_step: adapt_policies(
-                        policy, test_init, model_step, test, task_loss_fn, opt,
+                        test_policy, test_init, model_step, test, task_loss_fn, opt,
                         differentiable=False, on_step=on_step,
                     ),
                     test,
@@ -430,7 +447,13 @@ def evaluate_reach(
         }
 
     return ReachEvaluation(
-        results, paths, model_error, test=test, test_init=test_init, adapted=adapted, policy=policy
+        results,
+        paths,
+        model_error,
+        test=test,
+        test_init=test_init,
+        adapted=adapted,
+        policy=test_policy,
     )
 
 

@@ -165,20 +165,37 @@ class ReachPolicy(nn.Module):
         matmul per layer (measured about 3x cheaper per call than the vmapped module); the
         weights' transposes and bias rows are taken once here, not at every step of a rollout.
         """
-        layers = [i for i, m in enumerate(self.mlp.net) if isinstance(m, nn.Linear)]
-        weights = [params[f"mlp.net.{i}.weight"].transpose(1, 2) for i in layers]
-        biases = [params[f"mlp.net.{i}.bias"][:, None, :] for i in layers]
-        bound = self.mlp.action_bound if self.mlp.bounded else None
+        return _bind_mlp(self.mlp, params, self.input_scale)
 
-        def act(x: Tensor) -> Tensor:
-            h = (x / self.input_scale.to(x))[:, None, :]
-            for j, (w, b) in enumerate(zip(weights, biases, strict=True)):
-                h = torch.baddbmm(b, h, w)
-                if j < len(weights) - 1:
-                    h = torch.tanh(h)
-            return h[:, 0] if bound is None else bound.to(h) * torch.tanh(h[:, 0])
 
-        return act
+def _bind_mlp(
+    mlp: MLPPolicy,
+    params: Mapping[str, Tensor],
+    input_scale: Tensor,
+    first_bias: Tensor | None = None,
+) -> Callable[[Tensor], Tensor]:
+    """Per-goal tanh MLP ``x (G, d) -> u (G, n)`` with stacked ``params`` (``mlp``'s names):
+    one batched matmul per layer, the transposes taken once. ``first_bias`` replaces the first
+    layer's bias (a goal-conditioned policy folds its constant goal input into it)."""
+    layers = [i for i, m in enumerate(mlp.net) if isinstance(m, nn.Linear)]
+    weights = [params[f"mlp.net.{i}.weight"] for i in layers]
+    weights[0] = weights[0][..., : input_scale.shape[0]]  # the state columns
+    weights = [w.transpose(1, 2) for w in weights]
+    biases = [params[f"mlp.net.{i}.bias"] for i in layers]
+    if first_bias is not None:
+        biases[0] = first_bias
+    biases = [b[:, None, :] for b in biases]
+    bound = mlp.action_bound if mlp.bounded else None
+
+    def act(x: Tensor) -> Tensor:
+        h = (x / input_scale.to(x))[:, None, :]
+        for j, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if j < len(weights) - 1:
+                h = torch.tanh(h)
+        return h[:, 0] if bound is None else bound.to(h) * torch.tanh(h[:, 0])
+
+    return act
 
 
 class _BoundPolicy:
@@ -286,6 +303,15 @@ class ReachTask:
         ee = forward_kinematics(self.config, X[:, -1, : self.config.n_links])
         return torch.linalg.vector_norm(ee - self.goals, dim=-1).numpy()
 
+    def end_effector_error(self, X: Tensor, U: Tensor) -> Tensor:
+        """Per-goal ``(G,)`` final end-effector distance to the goal in cm, smooth at zero
+        (``sqrt(d^2 + eps^2) - eps``, eps = 0.1 mm) and differentiable: the task-space
+        objective, which, unlike the joint-space task loss, no IK branch cut can mislead."""
+        ee = forward_kinematics(self.config, X[:, -1, : self.config.n_links])
+        d2 = ((ee - self.goals.to(ee)) ** 2).sum(-1)
+        eps = 1e-2  # cm
+        return torch.sqrt(1e4 * d2 + eps**2) - eps
+
     def subset(self, index: Sequence[int] | Tensor) -> ReachTask:
         idx = torch.as_tensor(index, dtype=torch.int64)
         assert self.q_goal is not None
@@ -313,6 +339,11 @@ def learned_loss_fn(loss: LearnedLoss, params: Params | None = None) -> LossFn:
 def task_loss_fn(X: Tensor, U: Tensor, task: ReachTask) -> Tensor:
     """Per-goal task loss (the baseline's inner loss and ML3's meta-loss)."""
     return task.task_loss(X, U)
+
+
+def end_effector_fn(X: Tensor, U: Tensor, task: ReachTask) -> Tensor:
+    """:meth:`ReachTask.end_effector_error` as a :data:`LossFn` (a meta-objective's task term)."""
+    return task.end_effector_error(X, U)
 
 
 def _on_rollouts(loss: LossFn) -> policy_search.TaskLoss:
@@ -367,6 +398,8 @@ def meta_loss(
     extras: Sequence[ExtraTerm] = (),
     *,
     differentiable_steps: int | None = None,
+    task_term: LossFn = task_loss_fn,
+    step_weights: Sequence[float] | None = None,
 ) -> tuple[Tensor, Params]:
     """ML3's meta-objective: mean task loss of the K-step adapted policies' model rollouts.
 
@@ -376,18 +409,44 @@ def meta_loss(
             added to the task loss at meta-train time; :func:`meta_test` has no way to take them.
         differentiable_steps: the meta-gradient flows through the last this many inner steps
             only (None: all K; a truncated meta-gradient is cheaper at large K).
+        task_term: the task's term of the meta-objective, ``(X, U, task) -> (G,)`` (the paper's
+            joint-space task loss, or :meth:`ReachTask.end_effector_error`).
+        step_weights: None: the meta-objective scores the rollout after the last step (the
+            paper's). Else K weights: the weighted sum over the rollouts after steps 1..K, so
+            the loss is rewarded for every step and not only the last (:func:`ramp_weights`).
 
     Returns the meta-loss (differentiable w.r.t. the learned loss's parameters) and the adapted
     per-goal parameters.
     """
-    objective = MetaTrainObjective(_on_rollouts(task_loss_fn), extras=tuple(extras))
-    rollout, adapted = policy_search.adapted_rollout(
+    objective = MetaTrainObjective(_on_rollouts(task_term), extras=tuple(extras))
+
+    def score(rollout: Rollout) -> Tensor:
+        if extras:  # they read the arm's measurements (joint angles, end effector, energy)
+            rollout = reach_rollout(rollout.states, rollout.actions, task)
+        return objective(rollout, task).mean()
+
+    if step_weights is None:
+        rollout, adapted = policy_search.adapted_rollout(
+            batched_policy(policy), params, step, task, _on_rollouts(learned), optimizer,
+            differentiable_steps=differentiable_steps,
+        )  # fmt: skip
+        return score(rollout), adapted
+    if len(step_weights) != optimizer.steps:
+        raise ValueError(
+            f"step_weights: expected {optimizer.steps} weights (one per inner step), got "
+            f"{len(step_weights)}"
+        )
+    rollouts, adapted = policy_search.adapted_rollouts(
         batched_policy(policy), params, step, task, _on_rollouts(learned), optimizer,
         differentiable_steps=differentiable_steps,
     )  # fmt: skip
-    if extras:  # they read the arm's measurements (joint angles, end effector, kinetic energy)
-        rollout = reach_rollout(rollout.states, rollout.actions, task)
-    return objective(rollout, task).mean(), adapted
+    return sum(w * score(r) for w, r in zip(step_weights, rollouts, strict=True)), adapted
+
+
+def ramp_weights(steps: int) -> list[float]:
+    """``k / sum(1..K)`` for step ``k``: later steps weigh more, every step counts (sum 1)."""
+    total = steps * (steps + 1) / 2
+    return [k / total for k in range(1, steps + 1)]
 
 
 def meta_test(
@@ -488,6 +547,82 @@ class GoalConditionedPolicy(nn.Module):
         """Torques ``(B, n)`` for states ``x (B, 2n)`` and goals ``(B, 2)``."""
         return self.mlp(torch.cat([x, goal.to(x)], -1) / self.input_scale.to(x))
 
+    def stacked(self, n: int) -> Params:
+        """``n`` copies of this policy's parameters, stacked (the start of per-goal fine-tuning:
+        goal g's copy is then trained for goal g alone)."""
+        return {k: v.detach().expand(n, *v.shape).clone() for k, v in self.named_parameters()}
+
+    def for_goals(self, goals: Tensor) -> GoalBoundPolicy:
+        """Per-goal copies of this policy, each fed its own goal of ``goals (G, 2)``: a policy
+        over stacked parameters (:meth:`stacked`) like :class:`ReachPolicy`."""
+        return GoalBoundPolicy(self, goals)
+
+
+class GoalBoundPolicy:
+    """:class:`GoalConditionedPolicy` copies with stacked parameters, copy g fed goal g.
+
+    ``bind(params)`` folds the (constant) goal input into the first layer's bias once per
+    rollout, so a step costs what a :class:`ReachPolicy` step costs.
+    """
+
+    def __init__(self, policy: GoalConditionedPolicy, goals: Tensor) -> None:
+        self.policy = policy
+        self.goals = torch.as_tensor(goals)
+        self.config = policy.config
+
+    def bind(self, params: Mapping[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        nx = 2 * self.config.n_links
+        w0 = params["mlp.net.0.weight"]
+        scale = self.policy.input_scale
+        goal_in = (self.goals.to(w0) / scale[nx:].to(w0))[:, :, None]  # (G, 2, 1)
+        first_bias = params["mlp.net.0.bias"] + torch.bmm(w0[..., nx:], goal_in)[..., 0]
+        return _bind_mlp(self.policy.mlp, params, scale[:nx], first_bias)
+
+    def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        return self.bind(params)(x)
+
+
+def pretrain_goal_policy(
+    config: ArmConfig,
+    step: StepFn,
+    task: ReachTask,
+    *,
+    hidden: Sequence[int] = (64, 64),
+    steps: int = 1500,
+    lr: float = 1e-3,
+    batch: int = 64,
+    generator: torch.Generator | None = None,
+) -> GoalConditionedPolicy:
+    """Train one :class:`GoalConditionedPolicy` for all of ``task``'s goals: Adam on the mean
+    task loss of its rollouts through ``step`` (a learned model), ``batch`` goals a step.
+
+    The start of the goal-conditioned route of issue 22: a policy that already reaches goals
+    it never saw, which per-goal steps then fine-tune.
+    """
+    for name, value in (("steps", steps), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    generator = generator or torch.Generator().manual_seed(0)
+    policy = GoalConditionedPolicy(config, hidden)
+    with torch.no_grad():  # seeded nn.Linear-style draws, the output layer at zero (rest)
+        for p in policy.parameters():
+            bound = 1.0 / math.sqrt(p.shape[-1] if p.ndim == 2 else p.shape[0])
+            p.uniform_(-bound, bound, generator=generator)
+        last = [m for m in policy.mlp.net if isinstance(m, nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.zero_()
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    goals = task.goals.float()
+    for _ in range(steps):
+        index = torch.randperm(task.n, generator=generator)[: min(batch, task.n)]
+        sub, sub_goals = task.subset(index), goals[index]
+        X, U = rollout(lambda x, _t, g=sub_goals: policy(x, g), step, sub.x0(), task.horizon)
+        loss = sub.task_loss(X, U).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return policy.requires_grad_(False)
+
 
 def behaviour_cloning(
     config: ArmConfig,
@@ -567,6 +702,8 @@ def loss_landscape(
         view = (-1,) + (1,) * c.ndim
         grid[n] = c + a.view(view).to(c) * d1[n] + b.view(view).to(c) * d2[n]
     many = task.subset([0] * a.numel())
+    if isinstance(policy, GoalBoundPolicy):  # the same policy, one copy per grid point
+        policy = policy.policy.for_goals(many.goals)
     out: dict[str, Tensor] = {}
     with torch.no_grad():
         X, U = model_rollout(policy, grid, step, many.x0(a.dtype), many.horizon)

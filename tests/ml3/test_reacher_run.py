@@ -130,9 +130,14 @@ def _sets(*items):
     return [a for item in items for a in ("--set", item)]
 
 
-def test_sigkill_mid_meta_training_then_resume_loses_nothing(tmp_path, monkeypatch):
+GOAL_CONDITIONED = ("policy_class=goal_conditioned", "pretrain_steps=5", "meta_objective=ramp",
+                    "inner_steps=2", "meta_distance=end_effector")  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", [(), GOAL_CONDITIONED], ids=["per_goal", "goal_conditioned"])
+def test_sigkill_mid_meta_training_then_resume_loses_nothing(tmp_path, monkeypatch, variant):
     monkeypatch.setattr(runs, "discover_experiments", lambda: {"reacher": EXPERIMENT})
-    sets = _sets("outer_steps=10", "checkpoint_every=3", "eval_every=4", *FAST)
+    sets = _sets("outer_steps=10", "checkpoint_every=3", "eval_every=4", *FAST, *variant)
     reference = tmp_path / "reference"
     run_experiment("reacher", seed=0, out=reference, smoke=True, sets=sets[1::2])
 
@@ -159,6 +164,8 @@ def test_sigkill_mid_meta_training_then_resume_loses_nothing(tmp_path, monkeypat
     assert any(k.startswith("state.buffer.") for k in state_keys)
     assert any(k.startswith("state.model.") for k in state_keys)
     assert any(k.startswith("optim.") for k in ca)
+    # the pre-trained goal-conditioned policy is in it (refits change the model it came from)
+    assert any(k.startswith("state.start_policy.") for k in ca) == bool(variant)
     assert ca.keys() == cb.keys()
     for name in ca:
         assert torch.equal(ca[name], cb[name]), name
