@@ -418,7 +418,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                 state.start_policy = pretrain_goal_policy(
                     arm, model_step, train, hidden=config.policy_hidden,
                     steps=config.pretrain_steps, lr=config.pretrain_lr,
-                    generator=torch.Generator().manual_seed(seed + 3),
+                    generator=torch.Generator().manual_seed(seed + 3), progress=ctx.progress,
                 )  # fmt: skip
         trainer.save_checkpoint()  # babbling and the first fit survive a kill too
     babble_steps = config.model.babble_trajectories * T

@@ -45,6 +45,7 @@ from ml3_robotics.tasks.reach import (
     execute_goal_policy,
     execute_policies,
     meta_test,
+    model_rollout,
     plan_and_execute,
     steps_to_reach,
     task_loss_fn,
@@ -321,6 +322,13 @@ def evaluate_reach(
         X, U = execute_policies(sim, policy_of[id(task)], params, task)
         return task.final_distance(X), X, U
 
+    def model_distance_mm(params: Params) -> float:
+        """Mean final distance (mm) of the held-out policies in the learned model's rollout:
+        the model side of a real distance (the gap between the two is the model's error)."""
+        with torch.no_grad():
+            X, _ = model_rollout(test_policy, params, model_step, test.x0(), T)
+        return float(1000 * test.final_distance(X).mean())
+
     def by_step(run: Any, task: ReachTask) -> tuple[list[Params], np.ndarray]:
         """Parameters after 0..curve steps and their real final distances ``(curve+1, G)``."""
         trace = trace_inner_steps(run)
@@ -354,6 +362,7 @@ def evaluate_reach(
         d, model_env_steps + ml3_extra_env_steps + test.n * T,
         ml3_extra_seconds + time.perf_counter() - t0, **dict(ml3_fields or {}),
         distance_by_budget_mm={str(b): float(1000 * dist[b].mean()) for b in budgets},
+        model_distance_by_budget_mm={str(b): model_distance_mm(trace[b]) for b in budgets},
         **curve_fields(dist),
     )  # fmt: skip
     results["ml3"].setdefault("inner_lr", config.inner_lr)
@@ -389,6 +398,9 @@ def evaluate_reach(
             d, model_env_steps + (len(grid) * len(budgets) * tune.n + test.n) * T,
             time.perf_counter() - t0, optimizer=best[K][0], lr=best[K][1],
             distance_by_budget_mm={str(b): v for b, v in by_budget.items()},
+            model_distance_by_budget_mm={
+                str(b): model_distance_mm(test_dist[best[b]][0][b]) for b in budgets
+            },
             tuned_by_budget={str(b): f"{m} lr={lr:g}" for b, (m, lr) in best.items()},
             tuning_distance_mm={
                 f"{m} lr={lr:g}": [1000 * tuned[(m, lr)][b] for b in budgets] for m, lr in grid

@@ -39,6 +39,7 @@ from ml3_robotics.core import policy_search
 from ml3_robotics.core.inner import InnerOptimizer, Params
 from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss
 from ml3_robotics.core.policy_search import StepFn, bound_policy
+from ml3_robotics.core.progress import progress_bar
 from ml3_robotics.core.task_losses import ExtraTerm, MetaTrainObjective, PhysicsPrior, Rollout
 from robots.arm import (
     ArmConfig,
@@ -592,12 +593,14 @@ def pretrain_goal_policy(
     lr: float = 1e-3,
     batch: int = 64,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> GoalConditionedPolicy:
     """Train one :class:`GoalConditionedPolicy` for all of ``task``'s goals: Adam on the mean
     task loss of its rollouts through ``step`` (a learned model), ``batch`` goals a step.
 
     The start of the goal-conditioned route of issue 22: a policy that already reaches goals
-    it never saw, which per-goal steps then fine-tune.
+    it never saw, which per-goal steps then fine-tune. ``progress``: a bar on a terminal
+    (else a few log lines).
     """
     for name, value in (("steps", steps), ("batch", batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -613,6 +616,7 @@ def pretrain_goal_policy(
         last.bias.zero_()
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     goals = task.goals.float()
+    bar = progress_bar(steps, "pre-train policy", tty=progress)
     for _ in range(steps):
         index = torch.randperm(task.n, generator=generator)[: min(batch, task.n)]
         sub, sub_goals = task.subset(index), goals[index]
@@ -621,6 +625,9 @@ def pretrain_goal_policy(
         opt.zero_grad()
         loss.backward()
         opt.step()
+        bar.update()
+        bar.set_postfix(task_loss=f"{float(loss):.3g}", refresh=False)
+    bar.close()
     return policy.requires_grad_(False)
 
 

@@ -71,6 +71,10 @@ def test_smoke_run_writes_every_artefact(tmp_path, monkeypatch):
         by_budget = methods[name]["distance_by_budget_mm"]
         assert set(by_budget) == {"1", "2"}  # the default budgets (1, 2, 5, 10) up to the curve
         assert by_budget[str(K)] == pytest.approx(methods[name]["mean_final_distance_mm"])
+        # the same policies in the learned model's rollout: the model side of each figure
+        model_side = methods[name]["model_distance_by_budget_mm"]
+        assert set(model_side) == set(by_budget)
+        assert all(0 < v < 1000 for v in model_side.values())
     assert methods["ml3"]["distance_by_inner_step_mm"][K] == pytest.approx(
         methods["ml3"]["mean_final_distance_mm"], rel=1e-12
     )
