@@ -437,11 +437,11 @@ def adapted_rollout(
     ``inner_loss`` (the learned loss; the meta-gradient through the last
     ``differentiable_steps`` of them, all when None), then the adapted policies' rollout and
     parameters."""
-    adapted = adapt_policies(
+    rollouts, adapted = adapted_rollouts(
         policy, policy_init, system, task, inner_loss, optimizer,
         differentiable_steps=differentiable_steps,
     )  # fmt: skip
-    return policy_rollout(policy, adapted, system, task), adapted
+    return rollouts[-1], adapted
 
 
 def adapted_rollouts(

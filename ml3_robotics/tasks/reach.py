@@ -548,6 +548,22 @@ class GoalConditionedPolicy(nn.Module):
         """Torques ``(B, n)`` for states ``x (B, 2n)`` and goals ``(B, 2)``."""
         return self.mlp(torch.cat([x, goal.to(x)], -1) / self.input_scale.to(x))
 
+    def reset_parameters(
+        self, generator: torch.Generator, *, zero_output_layer: bool = False
+    ) -> GoalConditionedPolicy:
+        """Seeded uniform draws: weights as nn.Linear's default (1/sqrt(fan_in)); biases within
+        1/sqrt(fan_out) (nn.Linear uses fan_in; kept so that measured BC figures reproduce).
+        ``zero_output_layer``: the policy starts at zero torque (the arm rests)."""
+        with torch.no_grad():
+            for p in self.parameters():
+                bound = 1.0 / math.sqrt(p.shape[-1] if p.ndim == 2 else p.shape[0])
+                p.uniform_(-bound, bound, generator=generator)
+            if zero_output_layer:
+                last = [m for m in self.mlp.net if isinstance(m, nn.Linear)][-1]
+                last.weight.zero_()
+                last.bias.zero_()
+        return self
+
     def stacked(self, n: int) -> Params:
         """``n`` copies of this policy's parameters, stacked (the start of per-goal fine-tuning:
         goal g's copy is then trained for goal g alone)."""
@@ -606,14 +622,9 @@ def pretrain_goal_policy(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
     generator = generator or torch.Generator().manual_seed(0)
-    policy = GoalConditionedPolicy(config, hidden)
-    with torch.no_grad():  # seeded nn.Linear-style draws, the output layer at zero (rest)
-        for p in policy.parameters():
-            bound = 1.0 / math.sqrt(p.shape[-1] if p.ndim == 2 else p.shape[0])
-            p.uniform_(-bound, bound, generator=generator)
-        last = [m for m in policy.mlp.net if isinstance(m, nn.Linear)][-1]
-        last.weight.zero_()
-        last.bias.zero_()
+    policy = GoalConditionedPolicy(config, hidden).reset_parameters(
+        generator, zero_output_layer=True
+    )
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     goals = task.goals.float()
     bar = progress_bar(steps, "pre-train policy", tty=progress)
@@ -626,7 +637,7 @@ def pretrain_goal_policy(
         loss.backward()
         opt.step()
         bar.update()
-        bar.set_postfix(task_loss=f"{float(loss):.3g}", refresh=False)
+        bar.set_postfix(task_loss=f"{float(loss.detach()):.3g}", refresh=False)
     bar.close()
     return policy.requires_grad_(False)
 
@@ -658,12 +669,7 @@ def behaviour_cloning(
         raise ValueError(f"epochs: expected >= 1, got {epochs}")
     policy = GoalConditionedPolicy(config, hidden)
     if generator is not None:
-        # Seeded uniform draws: weights as nn.Linear's default (1/sqrt(fan_in)); biases within
-        # 1/sqrt(fan_out) (nn.Linear uses fan_in; kept so that measured BC figures reproduce).
-        for p in policy.parameters():
-            bound = 1.0 / math.sqrt(p.shape[-1] if p.ndim == 2 else p.shape[0])
-            with torch.no_grad():
-                p.uniform_(-bound, bound, generator=generator)
+        policy.reset_parameters(generator)
     T = actions.shape[1]
     x = states[:, :-1].reshape(-1, states.shape[-1]).float()
     g = goals.float()[:, None].expand(-1, T, -1).reshape(-1, 2)
