@@ -176,6 +176,10 @@ class ReacherConfig:
     policy_class: str = "per_goal"
     pretrain_steps: int = 1500  # Adam steps of the goal-conditioned policy's pre-training
     pretrain_lr: float = 1e-3  # Adam step size of that pre-training
+    # Fraction of the training pool the goal-conditioned policy is pre-trained on; meta-training
+    # batches and the task loss's step-size tuning then use the rest, so the fine-tuning starts
+    # from errors like those on held-out goals (0: the whole pool for both).
+    pretrain_split: float = 0.0
     budgets: tuple[int, ...] = (1, 2, 5, 10)  # step budgets the baselines are tuned for
     outer_steps: int = 300
     outer_lr: float = 1e-2
@@ -227,6 +231,16 @@ class ReacherConfig:
         check_choice("meta_distance", self.meta_distance, META_DISTANCES)
         check_choice("policy_class", self.policy_class, POLICY_CLASSES)
         check_positive(self, ("pretrain_lr",))
+        if not 0 <= self.pretrain_split < 1:
+            raise ValueError(
+                f"pretrain_split: expected a fraction in [0, 1), got {self.pretrain_split}"
+            )
+        n_meta = self.n_train_goals - round(self.pretrain_split * self.n_train_goals)
+        if self.pretrain_split and n_meta < self.goals_per_iteration:
+            raise ValueError(
+                f"pretrain_split: leaves {n_meta} training goals for meta-training, fewer than "
+                f"goals_per_iteration={self.goals_per_iteration}"
+            )
         if not self.budgets or any(isinstance(b, bool) or b < 1 for b in self.budgets):
             raise ValueError(f"budgets: expected step counts >= 1, got {self.budgets}")
         if self.policy_class == "goal_conditioned" and self.arm_distribution:
@@ -334,6 +348,11 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             return (Demonstrations(weight=config.demo_weight, states=demo_q[index], output="q"),)
         return extras
 
+    # The goal-conditioned policy's pre-training goals and the meta-training pool (issue 22).
+    goal_conditioned = config.policy_class == "goal_conditioned"
+    n_pretrain = round(config.pretrain_split * train.n) if goal_conditioned else 0
+    pretrain_goals = train.subset(range(n_pretrain)) if n_pretrain else train
+    meta_pool = torch.arange(n_pretrain, train.n)
     task_term = task_loss_fn if config.meta_distance == "task_loss" else end_effector_fn
     step_weights = ramp_weights(config.inner_steps) if config.meta_objective == "ramp" else None
     state = _RunState(learner)
@@ -353,7 +372,8 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             )
             learner.monitor_steps += test.n * T
             metrics["heldout_real_distance_mm"] = float(1000 * test.final_distance(X).mean())
-        index = torch.randperm(train.n, generator=g)[: config.goals_per_iteration]
+        draw = torch.randperm(len(meta_pool), generator=g)[: config.goals_per_iteration]
+        index = meta_pool[draw]
         batch = train.subset(index)
         if state.start_policy is None:
             batch_policy, params = policy, init_params(policy, batch.n, g, **zero)
@@ -416,7 +436,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         if config.policy_class == "goal_conditioned":
             with ctx.phase("pretrain_policy"):  # on the training goals, through the model
                 state.start_policy = pretrain_goal_policy(
-                    arm, model_step, train, hidden=config.policy_hidden,
+                    arm, model_step, pretrain_goals, hidden=config.policy_hidden,
                     steps=config.pretrain_steps, lr=config.pretrain_lr,
                     generator=torch.Generator().manual_seed(seed + 3), progress=ctx.progress,
                 )  # fmt: skip
@@ -446,8 +466,10 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
 
     # -- meta-test (ml3_robotics.evaluation.reach): ML3, task loss, iLQR on both models ---------
     eval_config = eval_config_from(config, babble_hold=config.model.babble_hold)
+    # the task loss's step sizes are tuned on training goals the meta-training could use too
+    tune_goals = train_goals[n_pretrain : n_pretrain + config.goals_per_iteration]
     evaluation = evaluate_reach(
-        loss, arm, model, test_goals, train_goals[: config.goals_per_iteration], eval_config, ctx,
+        loss, arm, model, test_goals, tune_goals, eval_config, ctx,
         model_env_steps=model_steps, sim=sim,
         ml3_extra_env_steps=demo_steps + distribution_steps, ml3_extra_seconds=meta_seconds,
         ml3_fields={"monitoring_env_steps": learner.monitor_steps, "inner_lr": config.inner_lr,
@@ -470,6 +492,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         extra={
             "train_goals": train_goals.tolist(),
             "test_goals": test_goals.tolist(),
+            "tune_goals": tune_goals.tolist(),
             "babble_env_steps": babble_steps,
             "model_train_env_steps": model_steps,
             "model_refits": learner.refits,

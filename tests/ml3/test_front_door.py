@@ -481,6 +481,9 @@ def test_config_yaml_round_trips_strings_that_look_like_numbers(text):
         ("mountain", "meta_batch", 0, r"^meta_batch: expected an integer >= 1, got 0"),
         ("mountain", "inner_lr", float("nan"), r"^inner_lr: expected a positive number, got nan"),
         ("model", "fit_epochs", 2.5, r"^fit_epochs: expected an integer >= 1, got 2.5"),
+        ("reacher", "pretrain_split", 1.0, r"^pretrain_split: expected a fraction in \[0, 1\)"),
+        ("reacher", "policy_class", "goal", r"^policy_class: got 'goal'.*'goal_conditioned'"),
+        ("reacher", "meta_objective", "ramps", r"^meta_objective: got 'ramps'.*did you mean"),
     ],
 )
 def test_config_fields_share_one_validation_with_one_message(config_type, field, value, message):

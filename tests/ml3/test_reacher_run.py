@@ -181,3 +181,20 @@ def test_sigkill_mid_meta_training_then_resume_loses_nothing(tmp_path, monkeypat
             rb["baselines"][method]["final_distance_mm_per_goal"]  # fmt: skip
     rows = (killed / "metrics.csv").read_text().splitlines()
     assert len(rows) == 11  # header + one row per outer iteration, none lost or repeated
+
+
+def test_pretrain_split_keeps_meta_training_and_tuning_off_the_pretraining_goals(
+    tmp_path, monkeypatch
+):
+    """With pretrain_split the goal-conditioned policy is pre-trained on the first part of the
+    pool; the task loss's tuning goals come from the rest (as the meta-training batches do)."""
+    monkeypatch.setattr(runs, "discover_experiments", lambda: {"reacher": EXPERIMENT})
+    out = tmp_path / "run"
+    sets = ["policy_class=goal_conditioned", "pretrain_steps=2", "pretrain_split=0.5",
+            "n_train_goals=6", "goals_per_iteration=2"]  # fmt: skip
+    run_experiment("reacher", seed=3, out=out, smoke=True, sets=sets)
+    doc = json.loads((out / "results.json").read_text())
+    train = doc["extra"]["train_goals"]
+    assert len(train) == 6
+    # the evaluation's tuning goals are training goals 3 and 4 (after the 3 pre-training goals)
+    assert doc["extra"]["tune_goals"] == train[3:5]
