@@ -458,9 +458,16 @@ def adapted_rollouts(
     ``1..K``, each differentiable through the steps before it (for meta-objectives that weigh
     every step). The rollouts the inner loss already made are reused, not rerun."""
     made: list[Rollout] = []
+    # A step before the truncation point frees its graph (no meta-gradient flows through it), so
+    # the rollout it made is kept as a constant: it does not depend on M_phi.
+    untracked = 0 if differentiable_steps is None else optimizer.steps - differentiable_steps
 
     def recording_loss(rollout: Rollout, t: ControlTask) -> Tensor:
-        made.append(rollout)
+        if len(made) < untracked:
+            made.append(Rollout(rollout.states.detach(), rollout.actions.detach(),
+                                {k: v.detach() for k, v in rollout.outputs.items()}))  # fmt: skip
+        else:
+            made.append(rollout)
         return inner_loss(rollout, t)
 
     adapted = adapt_policies(

@@ -429,3 +429,19 @@ def test_pretrained_goal_policy_lowers_the_task_loss_on_its_goals():
     assert task_loss_of(trained) < 0.5 * task_loss_of(untrained)
     with pytest.raises(ValueError, match="steps: expected an integer >= 1, got 0"):
         pretrain_goal_policy(arm, step, task, steps=0)
+
+
+def test_ramp_meta_loss_with_a_truncated_meta_gradient():
+    """The early steps' rollouts count in the ramp objective's value but carry no meta-gradient
+    (their parameters are constants): the value equals the untruncated one, and the backward
+    pass runs (it used to reach the early steps' freed graphs)."""
+    _, model, policy, task, params, loss = _tiny_problem()
+    opt = InnerOptimizer("sgd", lr=0.5, steps=3)
+    lfn = learned_loss_fn(loss)
+    full, _ = meta_loss(policy, params, model.step, task, lfn, opt, step_weights=ramp_weights(3))
+    cut, _ = meta_loss(policy, params, model.step, task, lfn, opt, step_weights=ramp_weights(3),
+                       differentiable_steps=1)  # fmt: skip
+    torch.testing.assert_close(cut, full, rtol=1e-12, atol=0)
+    grads = torch.autograd.grad(cut, list(loss.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert max(float(g.abs().max()) for g in grads) > 0
