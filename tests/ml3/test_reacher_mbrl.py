@@ -349,7 +349,7 @@ def test_ramp_weighted_meta_loss_scores_the_rollout_after_every_step():
     ramp, _ = meta_loss(policy, params, model.step, task, lfn, opt, step_weights=weights)
     expected = sum(w * v for w, v in zip(weights, per_step, strict=True))
     torch.testing.assert_close(ramp, expected, rtol=1e-10, atol=0)
-    assert abs(float(ramp - last)) > 1e-6  # the steps before the last count
+    assert abs(float((ramp - last).detach())) > 1e-6  # the steps before the last count
     with pytest.raises(ValueError, match="step_weights: expected 3 weights"):
         meta_loss(policy, params, model.step, task, lfn, opt, step_weights=[1.0])
 
