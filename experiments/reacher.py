@@ -14,7 +14,7 @@ MuJoCo dynamics, both executed in MuJoCo with the plan's feedback gains.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from controllers import ILQRConfig, MujocoDynamics
 from ml3_robotics.app.runs import Experiment, RunResult
-from ml3_robotics.core.inner import INNER_METHODS, InnerOptimizer, init_params
+from ml3_robotics.core.inner import INNER_METHODS, InnerOptimizer, Params, init_params
 from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.core.meta_trainer import (
     MetaTrainConfig,
@@ -215,6 +215,14 @@ class ReacherConfig:
     # mass=0.5:2 n=6": meta-train over those arms too (ml3_robotics.mbrl.arm_distribution).
     arm_distribution: str = ""
 
+    @property
+    def n_pretrain_goals(self) -> int:
+        """Training goals the goal-conditioned policy is pre-trained on (the first ones of the
+        pool; 0 for per-goal policies or without a split)."""
+        if self.policy_class != "goal_conditioned":
+            return 0
+        return round(self.pretrain_split * self.n_train_goals)
+
     def __post_init__(self) -> None:
         check_widths("loss_hidden", self.loss_hidden)
         check_widths("policy_hidden", self.policy_hidden)
@@ -235,14 +243,12 @@ class ReacherConfig:
             raise ValueError(
                 f"pretrain_split: expected a fraction in [0, 1), got {self.pretrain_split}"
             )
-        n_meta = self.n_train_goals - round(self.pretrain_split * self.n_train_goals)
+        n_meta = self.n_train_goals - self.n_pretrain_goals
         if self.pretrain_split and n_meta < self.goals_per_iteration:
             raise ValueError(
                 f"pretrain_split: leaves {n_meta} training goals for meta-training, fewer than "
                 f"goals_per_iteration={self.goals_per_iteration}"
             )
-        if not self.budgets or any(isinstance(b, bool) or b < 1 for b in self.budgets):
-            raise ValueError(f"budgets: expected step counts >= 1, got {self.budgets}")
         if self.policy_class == "goal_conditioned" and self.arm_distribution:
             raise ValueError(
                 "policy_class: goal_conditioned does not combine with arm_distribution"
@@ -268,6 +274,8 @@ class ReacherConfig:
         if self.goals:
             check_goals(self.arm, self.goals)
             object.__setattr__(self, "n_test_goals", len(self.goals))
+        # The evaluation's settings (budgets, ...) are checked now, not after meta-training.
+        eval_config_from(self, babble_hold=self.model.babble_hold)
 
 
 def run(config: ReacherConfig, ctx: RunContext) -> RunResult:
@@ -349,24 +357,26 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         return extras
 
     # The goal-conditioned policy's pre-training goals and the meta-training pool (issue 22).
-    goal_conditioned = config.policy_class == "goal_conditioned"
-    n_pretrain = round(config.pretrain_split * train.n) if goal_conditioned else 0
+    n_pretrain = config.n_pretrain_goals
     pretrain_goals = train.subset(range(n_pretrain)) if n_pretrain else train
     meta_pool = torch.arange(n_pretrain, train.n)
     task_term = task_loss_fn if config.meta_distance == "task_loss" else end_effector_fn
     step_weights = ramp_weights(config.inner_steps) if config.meta_objective == "ramp" else None
     state = _RunState(learner)
 
+    def start_of(task: ReachTask, fresh: Callable[[], Params]) -> tuple[Any, Params]:
+        """The policies every inner run on ``task`` starts from: fresh per-goal ones
+        (``fresh()``), or copies of the pre-trained goal-conditioned policy."""
+        if state.start_policy is None:
+            return policy, fresh()
+        return state.start_policy.for_goals(task.goals), state.start_policy.stacked(task.n)
+
     def objective(iteration: int, g: torch.Generator) -> OuterStep:
         metrics: dict[str, float] = {}
         if iteration % config.eval_every == 0:
             # Visible progress in the real simulator: fresh policies on the held-out goals, K
             # steps on the current M_phi, executed in MuJoCo (monitoring only, never selection).
-            if state.start_policy is None:
-                test_policy, init = policy, test_init
-            else:
-                test_policy = state.start_policy.for_goals(test.goals)
-                init = state.start_policy.stacked(test.n)
+            test_policy, init = start_of(test, lambda: test_init)
             X, _ = execute_policies(
                 sim, test_policy, meta_test(loss, test_policy, init, model_step, test, inner), test
             )
@@ -375,11 +385,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         draw = torch.randperm(len(meta_pool), generator=g)[: config.goals_per_iteration]
         index = meta_pool[draw]
         batch = train.subset(index)
-        if state.start_policy is None:
-            batch_policy, params = policy, init_params(policy, batch.n, g, **zero)
-        else:
-            batch_policy = state.start_policy.for_goals(batch.goals)
-            params = state.start_policy.stacked(batch.n)
+        batch_policy, params = start_of(batch, lambda: init_params(policy, batch.n, g, **zero))
         value, adapted = meta_loss(
             batch_policy, params, model_step, batch, learned, inner, batch_extras(index),
             differentiable_steps=config.meta_gradient_steps or None,

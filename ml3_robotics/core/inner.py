@@ -63,20 +63,26 @@ def _safe_sqrt(v: Tensor) -> Tensor:
     return torch.where(positive, torch.sqrt(torch.where(positive, v, torch.ones_like(v))), 0.0)
 
 
-def _grad_and_value(
-    objective: Callable[[Params], Tensor], params: Params, gradients: str, create_graph: bool
-) -> tuple[Params, Tensor]:
+def _gradient_fn(
+    objective: Callable[[Params], Tensor], gradients: str
+) -> Callable[[Params, bool], tuple[Params, Tensor]]:
+    """``(params, create_graph) -> (grads, loss)`` of ``objective``, built once per inner run."""
     if gradients == "func":
-        return grad_and_value(objective)(params)
-    # A parameter that needs no gradient yet (a fresh draw) becomes a leaf that gets one; one
-    # that has a graph (an earlier step, a meta-learned initialisation) keeps it.
-    leaves = {
-        n: v if v.requires_grad else v.detach().requires_grad_(True) for n, v in params.items()
-    }
-    with torch.enable_grad():
-        loss = objective(leaves)
-        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph)
-    return dict(zip(leaves, grads, strict=True)), loss
+        func_grad = grad_and_value(objective)
+        return lambda params, _create_graph: func_grad(params)
+
+    def autograd_grad(params: Params, create_graph: bool) -> tuple[Params, Tensor]:
+        # A parameter that needs no gradient yet (a fresh draw) becomes a leaf that gets one;
+        # one that has a graph (an earlier step, a meta-learned initialisation) keeps it.
+        leaves = {
+            n: v if v.requires_grad else v.detach().requires_grad_(True) for n, v in params.items()
+        }
+        with torch.enable_grad():
+            loss = objective(leaves)
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph)
+        return dict(zip(leaves, grads, strict=True)), loss
+
+    return autograd_grad
 
 
 def adapt(
@@ -123,6 +129,7 @@ def adapt(
         raise ValueError(
             f"differentiable_steps: expected an int >= 1, got {differentiable_steps!r}"
         )
+    grad_fn = _gradient_fn(objective, gradients)
     first_tracked = 0 if differentiable_steps is None else max(0, k_steps - differentiable_steps)
     current: Params = dict(params)
     if not differentiable or first_tracked > 0:
@@ -133,7 +140,7 @@ def adapt(
     b1, b2 = optimizer.betas
     for k in range(k_steps):
         tracked = differentiable and k >= first_tracked
-        grads, loss = _grad_and_value(objective, current, gradients, tracked)
+        grads, loss = grad_fn(current, tracked)
         if not tracked:
             grads = {n: g.detach() for n, g in grads.items()}
             loss = loss.detach()

@@ -286,7 +286,6 @@ def evaluate_reach(
         test_policy = start_policy.for_goals(test.goals)
         tune_policy = start_policy.for_goals(tune.goals)
         test_init, tune_init = start_policy.stacked(test.n), start_policy.stacked(tune.n)
-    policy_of = {id(test): test_policy, id(tune): tune_policy}
     inner = InnerOptimizer(config.inner_method, lr=config.inner_lr, steps=config.inner_steps)
 
     def model_step(x: Tensor, u: Tensor) -> Tensor:
@@ -313,13 +312,15 @@ def evaluate_reach(
             return out
         for b in budgets:
             try:
-                out[b] = float(execute(trace[b], tune)[0].mean())
+                out[b] = float(execute(trace[b], tune, tune_policy)[0].mean())
             except (ValueError, RuntimeError, SimulationError) as e:
                 log.info("task loss %s lr %g: step %d failed in MuJoCo: %s", *choice, b, e)
         return out
 
-    def execute(params: Params, task: ReachTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        X, U = execute_policies(sim, policy_of[id(task)], params, task)
+    def execute(
+        params: Params, task: ReachTask, policy: Any = test_policy
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        X, U = execute_policies(sim, policy, params, task)
         return task.final_distance(X), X, U
 
     def model_distance_mm(params: Params) -> float:
