@@ -53,17 +53,15 @@ from ml3_robotics.tasks.reach import (
     GoalConditionedPolicy,
     ReachPolicy,
     ReachTask,
-    end_effector_fn,
     execute_policies,
     learned_loss_fn,
     meta_loss,
+    meta_objective_terms,
     meta_test,
     plan_and_execute,
     pretrain_goal_policy,
-    ramp_weights,
     reach_feature_spec,
     rest_at_goal_prior,
-    task_loss_fn,
 )
 from robots.arm import (
     BACKENDS,
@@ -76,8 +74,6 @@ from robots.arm import (
 log = logging.getLogger(__name__)
 
 EXTRAS = ("none", "demos", "physics")
-META_OBJECTIVES = ("last_step", "ramp")
-META_DISTANCES = ("task_loss", "end_effector")
 POLICY_CLASSES = ("per_goal", "goal_conditioned")
 
 
@@ -181,6 +177,10 @@ class ReacherConfig:
     # from errors like those on held-out goals (0: the whole pool for both).
     pretrain_split: float = 0.0
     budgets: tuple[int, ...] = (1, 2, 5, 10)  # step budgets the baselines are tuned for
+    # The learned-optimizer baseline (issue 22): the task loss with its K step sizes
+    # meta-learned by ML3's meta-objective on the same goals; this many meta-updates (0: off).
+    step_size_updates: int = 0
+    step_size_lr: float = 0.05  # Adam on the log step sizes, cosine-decayed to a tenth
     outer_steps: int = 300
     outer_lr: float = 1e-2
     outer_lr_final: float = 1e-3  # cosine decay of the meta lr to this (the end point is stable)
@@ -235,8 +235,7 @@ class ReacherConfig:
         check_ints(self, positive, 1)
         check_ints(self, ("outer_steps", "video_goals", "meta_gradient_steps"), 0)
         check_ints(self, ("pretrain_steps",), 1)
-        check_choice("meta_objective", self.meta_objective, META_OBJECTIVES)
-        check_choice("meta_distance", self.meta_distance, META_DISTANCES)
+        meta_objective_terms(self.meta_objective, self.meta_distance, self.inner_steps)
         check_choice("policy_class", self.policy_class, POLICY_CLASSES)
         check_positive(self, ("pretrain_lr",))
         if not 0 <= self.pretrain_split < 1:
@@ -360,8 +359,9 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     n_pretrain = config.n_pretrain_goals
     pretrain_goals = train.subset(range(n_pretrain)) if n_pretrain else train
     meta_pool = torch.arange(n_pretrain, train.n)
-    task_term = task_loss_fn if config.meta_distance == "task_loss" else end_effector_fn
-    step_weights = ramp_weights(config.inner_steps) if config.meta_objective == "ramp" else None
+    task_term, step_weights = meta_objective_terms(
+        config.meta_objective, config.meta_distance, config.inner_steps
+    )
     state = _RunState(learner)
 
     def start_of(task: ReachTask, fresh: Callable[[], Params]) -> tuple[Any, Params]:
@@ -483,6 +483,7 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                     **({"arm_distribution_env_steps": distribution_steps}
                        if distribution_steps else {})},
         demonstrations=demonstrations, start_policy=state.start_policy,
+        meta_goals=train_goals[n_pretrain:],
     )  # fmt: skip
     results = evaluation.results
     video = write_reach_figures(ctx, evaluation, loss, model, sim, eval_config, history=history)

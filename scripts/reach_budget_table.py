@@ -42,8 +42,11 @@ def table(groups: dict[str, list[dict]]) -> str:
         methods = (
             ("ML3", lambda d: d["metrics"]),
             ("task loss (tuned per budget)", lambda d: d["baselines"]["task_loss"]),
+            ("task loss, learned step sizes", lambda d: d["baselines"].get("learned_step_sizes")),
         )
         for name, pick in methods:
+            if not all(pick(d) for d in docs):
+                continue
             for side, key in (("real", "distance_by_budget_mm"),
                               ("model", "model_distance_by_budget_mm")):  # fmt: skip
                 if not all(key in pick(d) for d in docs):

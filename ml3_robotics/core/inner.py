@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +35,9 @@ class InnerOptimizer:
         steps: number of inner steps K (>= 1).
         betas: Adam's moment decay rates.
         eps: Adam's denominator offset.
+        step_scales: optional per-step multipliers of ``lr``, a 1-D tensor: step k uses
+            ``lr * step_scales[min(k, len - 1)]`` (the last one holds past its end). It may
+            require grad: a meta-learned step-size schedule (:class:`StepSizeSchedule`).
     """
 
     method: str = "sgd"
@@ -42,6 +45,7 @@ class InnerOptimizer:
     steps: int = 1
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    step_scales: Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, INNER_METHODS)
@@ -54,6 +58,44 @@ class InnerOptimizer:
             raise ValueError(f"betas: expected values in [0, 1), got {self.betas}")
         if not self.eps > 0:
             raise ValueError(f"eps: expected a positive number, got {self.eps}")
+        scales = self.step_scales
+        if scales is not None and (
+            not isinstance(scales, Tensor) or scales.ndim != 1 or scales.numel() == 0
+        ):
+            raise ValueError(
+                "step_scales: expected a non-empty 1-D tensor (one multiplier per step), got "
+                f"{scales if not isinstance(scales, Tensor) else tuple(scales.shape)!r}"
+            )
+
+    def lr_at(self, k: int, tracked: bool = True) -> float | Tensor:
+        """The step size of step ``k`` (a tensor when ``step_scales`` are given; detached when
+        the step is not ``tracked`` by a meta-gradient)."""
+        if self.step_scales is None:
+            return self.lr
+        scale = self.step_scales[min(k, self.step_scales.numel() - 1)]
+        return self.lr * (scale if tracked else scale.detach())
+
+
+class StepSizeSchedule(nn.Module):
+    """Meta-learned per-step multipliers of an inner optimizer's step size (the learned-optimizer
+    baseline of a learned loss: the loss stays the task loss, the steps' sizes are learned).
+
+    Attributes:
+        log_scales: ``(K,)`` log multipliers, starting at 0 (the base step size).
+    """
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
+        self.log_scales = nn.Parameter(torch.zeros(steps))
+
+    def scales(self) -> Tensor:
+        return self.log_scales.exp()
+
+    def optimizer(self, base: InnerOptimizer) -> InnerOptimizer:
+        """``base`` with this schedule's multipliers (differentiable w.r.t. them)."""
+        return replace(base, step_scales=self.scales())
 
 
 def _safe_sqrt(v: Tensor) -> Tensor:
@@ -136,7 +178,6 @@ def adapt(
         current = {k: v.detach() for k, v in current.items()}
     exp_avg: Params = {k: torch.zeros_like(v) for k, v in current.items()}
     exp_avg_sq: Params = {k: torch.zeros_like(v) for k, v in current.items()}
-    lr = optimizer.lr
     b1, b2 = optimizer.betas
     for k in range(k_steps):
         tracked = differentiable and k >= first_tracked
@@ -146,6 +187,7 @@ def adapt(
             loss = loss.detach()
         if on_step is not None:
             on_step(k, current, loss)
+        lr = optimizer.lr_at(k, tracked)
         if optimizer.method == "sgd":
             current = {n: p - lr * grads[n] for n, p in current.items()}
             continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +26,15 @@ import torch
 from torch import Tensor
 
 from controllers import ILQRConfig, MujocoDynamics
-from ml3_robotics.core.inner import INNER_METHODS, InnerOptimizer, Params, init_params
+from ml3_robotics.core.inner import (
+    INNER_METHODS,
+    InnerOptimizer,
+    Params,
+    StepSizeSchedule,
+    init_params,
+)
 from ml3_robotics.core.learned_loss import LearnedLoss
+from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
 from ml3_robotics.core.run_context import RunContext
 from ml3_robotics.core.validation import check_choice, check_ints, check_positive, config_from
 from ml3_robotics.mbrl.loop import babble
@@ -44,6 +51,8 @@ from ml3_robotics.tasks.reach import (
     behaviour_cloning,
     execute_goal_policy,
     execute_policies,
+    meta_loss,
+    meta_objective_terms,
     meta_test,
     model_rollout,
     plan_and_execute,
@@ -98,6 +107,13 @@ class ReachEvalConfig:
         baseline_methods: inner optimizers the baseline may pick ("sgd", "adam").
         landscape_grid: points per axis of the loss-landscape plot (0: no plot).
         bc_epochs: epochs of the behaviour-cloning baseline (run when demonstrations are given).
+        step_size_updates: meta-updates of the learned step-size baseline
+            (:func:`learn_step_sizes`; 0: not run). It needs ``meta_goals``.
+        step_size_lr: Adam step size of those meta-updates on the log step sizes (cosine-decayed
+            to a tenth).
+        goals_per_iteration: meta-training goals per meta-update of that baseline.
+        meta_objective, meta_distance: its meta-objective
+            (:func:`~ml3_robotics.tasks.reach.meta_objective_terms`), as ML3's.
     """
 
     horizon: int = 65
@@ -117,6 +133,11 @@ class ReachEvalConfig:
     baseline_methods: tuple[str, ...] = ("sgd", "adam")
     landscape_grid: int = 21
     bc_epochs: int = 2000
+    step_size_updates: int = 0
+    step_size_lr: float = 0.05
+    goals_per_iteration: int = 16
+    meta_objective: str = "last_step"
+    meta_distance: str = "task_loss"
 
     def __post_init__(self) -> None:
         budgets = tuple(self.budgets)
@@ -134,8 +155,10 @@ class ReachEvalConfig:
         positive = ("horizon", "inner_steps", "ilqr_iters", "n_holdout_trajectories",
                     "babble_hold", "video_stride", "curve_steps", "bc_epochs")  # fmt: skip
         check_ints(self, positive, 1)
-        check_ints(self, ("video_goals", "landscape_grid"), 0)
-        check_positive(self, ("inner_lr",))
+        check_ints(self, ("video_goals", "landscape_grid", "step_size_updates"), 0)
+        check_ints(self, ("goals_per_iteration",), 1)
+        check_positive(self, ("inner_lr", "step_size_lr"))
+        meta_objective_terms(self.meta_objective, self.meta_distance, self.inner_steps)
         check_choice("inner_method", self.inner_method, INNER_METHODS)
         if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
             raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid}")
@@ -215,6 +238,52 @@ def fresh_policy_params(
     )
 
 
+def learn_step_sizes(
+    start: Callable[[ReachTask, torch.Generator], tuple[Any, Params]],
+    model_step: Callable[[Tensor, Tensor], Tensor],
+    goals: ReachTask,
+    base: InnerOptimizer,
+    config: ReachEvalConfig,
+    seed: int,
+    *,
+    progress: bool = False,
+) -> StepSizeSchedule:
+    """The learned-optimizer baseline of a learned loss: the task loss keeps its place in the
+    inner loop, and the K steps' sizes (multipliers of ``base.lr``) are meta-learned instead,
+    with ML3's meta-objective (``config.meta_objective`` / ``meta_distance``) on ``goals``
+    through the learned model (Adam on the log multipliers, the meta-gradient clipped to 1).
+
+    Args:
+        start: ``start(batch, generator) -> (policy, params)``, the policies every inner run
+            starts from (as ML3's).
+        base: the task loss's optimizer and step size (e.g. the one tuned for K steps).
+    """
+    K = base.steps
+    schedule = StepSizeSchedule(K)
+    task_term, step_weights = meta_objective_terms(
+        config.meta_objective, config.meta_distance, K
+    )
+    n_batch = min(config.goals_per_iteration, goals.n)
+
+    def objective(_iteration: int, g: torch.Generator) -> Tensor:
+        batch = goals.subset(torch.randperm(goals.n, generator=g)[:n_batch])
+        policy, params = start(batch, g)
+        value, _ = meta_loss(
+            policy, params, model_step, batch, task_loss_fn, schedule.optimizer(base),
+            task_term=task_term, step_weights=step_weights,
+        )  # fmt: skip
+        return value
+
+    lr = config.step_size_lr
+    MetaTrainer(
+        schedule, objective,
+        MetaTrainConfig(config.step_size_updates, lr=lr, seed=seed, grad_clip=1.0,
+                        lr_final=lr / 10),
+        progress=progress,
+    ).run()  # fmt: skip
+    return schedule
+
+
 def evaluate_reach(
     loss: LearnedLoss,
     arm: ArmConfig,
@@ -232,6 +301,7 @@ def evaluate_reach(
     methods: Sequence[str] = METHODS,
     demonstrations: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     start_policy: GoalConditionedPolicy | None = None,
+    meta_goals: np.ndarray | Tensor | None = None,
 ) -> ReachEvaluation:
     """Meta-test ``loss`` on ``arm`` against the task loss and iLQR, all executed in MuJoCo.
 
@@ -263,12 +333,20 @@ def evaluate_reach(
         start_policy: a goal-conditioned policy (trained on other goals) whose per-goal copies
             every policy-based method fine-tunes, instead of fresh per-goal policies; its
             distance as it is shows as step 0 of the distance-by-step curves.
+        meta_goals: ``(G'', 2)`` the goals the loss was meta-trained on (other than the test
+            goals): the learned step-size baseline (``config.step_size_updates``) meta-trains
+            on them.
 
     Returns:
         The :class:`ReachEvaluation`.
     """
     for name in methods:
         check_choice("methods", name, METHODS)
+    if config.step_size_updates and meta_goals is None:
+        raise ValueError(
+            "meta_goals: the learned step-size baseline (step_size_updates="
+            f"{config.step_size_updates}) meta-trains on them; got None"
+        )
     sim = ArmSim(arm, "mujoco") if sim is None else sim
     seed = ctx.seed
     T = config.horizon
@@ -287,6 +365,14 @@ def evaluate_reach(
         tune_policy = start_policy.for_goals(tune.goals)
         test_init, tune_init = start_policy.stacked(test.n), start_policy.stacked(tune.n)
     inner = InnerOptimizer(config.inner_method, lr=config.inner_lr, steps=config.inner_steps)
+
+    def start_of(task: ReachTask, g: torch.Generator) -> tuple[Any, Params]:
+        """The policies an inner run on other goals starts from (as ML3's meta-training)."""
+        if start_policy is None:
+            return test_policy, init_params(
+                test_policy, task.n, g, zero_output_layer=config.policy_zero_output
+            )
+        return start_policy.for_goals(task.goals), start_policy.stacked(task.n)
 
     def model_step(x: Tensor, u: Tensor) -> Tensor:
         return model.step(x, u)
@@ -406,6 +492,39 @@ def evaluate_reach(
             tuning_distance_mm={
                 f"{m} lr={lr:g}": [1000 * tuned[(m, lr)][b] for b in budgets] for m, lr in grid
             },
+            **curve_fields(dist),
+        )  # fmt: skip
+
+    # -- (a') the task loss with meta-learned per-step step sizes (a learned optimizer) --------
+    if config.step_size_updates:
+        assert meta_goals is not None  # checked on entry
+        t0 = time.perf_counter()
+        with ctx.phase("baseline_learned_step_sizes"):
+            method, base_lr = best[K] if "task_loss" in methods else (inner.method, inner.lr)
+            base = InnerOptimizer(method, lr=base_lr, steps=K)
+            schedule = learn_step_sizes(
+                start_of, model_step, ReachTask(arm, torch.as_tensor(np.asarray(meta_goals)), T),
+                base, config, seed, progress=ctx.progress,
+            )  # fmt: skip
+            with torch.no_grad():
+                learned_opt = schedule.optimizer(dataclasses.replace(base, steps=curve))
+            trace, dist = by_step(
+                lambda on_step: adapt_policies(
+                    test_policy, test_init, model_step, test, task_loss_fn, learned_opt,
+                    differentiable=False, on_step=on_step,
+                ),
+                test,
+            )  # fmt: skip
+            d, X, _ = execute(trace[K], test)
+        adapted["learned_step_sizes"] = trace[K]
+        paths["learned_step_sizes"] = X
+        results["learned_step_sizes"] = summarize(
+            d, model_env_steps + test.n * T, time.perf_counter() - t0,
+            optimizer=method, base_lr=base_lr,
+            step_sizes=[float(base_lr * v) for v in schedule.scales().detach()],
+            meta_updates=config.step_size_updates,
+            distance_by_budget_mm={str(b): float(1000 * dist[b].mean()) for b in budgets},
+            model_distance_by_budget_mm={str(b): model_distance_mm(trace[b]) for b in budgets},
             **curve_fields(dist),
         )  # fmt: skip
 

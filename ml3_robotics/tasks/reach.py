@@ -41,6 +41,7 @@ from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss
 from ml3_robotics.core.policy_search import StepFn, bound_policy
 from ml3_robotics.core.progress import progress_bar
 from ml3_robotics.core.task_losses import ExtraTerm, MetaTrainObjective, PhysicsPrior, Rollout
+from ml3_robotics.core.validation import check_choice
 from robots.arm import (
     ArmConfig,
     ArmSim,
@@ -448,6 +449,29 @@ def ramp_weights(steps: int) -> list[float]:
     """``k / sum(1..K)`` for step ``k``: later steps weigh more, every step counts (sum 1)."""
     total = steps * (steps + 1) / 2
     return [k / total for k in range(1, steps + 1)]
+
+
+#: What a meta-objective scores after the inner steps, and which steps it scores.
+META_OBJECTIVES = ("last_step", "ramp")
+META_DISTANCES = ("task_loss", "end_effector")
+
+
+def meta_objective_terms(
+    meta_objective: str, meta_distance: str, steps: int
+) -> tuple[LossFn, list[float] | None]:
+    """``(task_term, step_weights)`` of :func:`meta_loss` for the named choice.
+
+    Args:
+        meta_objective: ``"last_step"`` (the rollout after the K-th step, the paper's) or
+            ``"ramp"`` (:func:`ramp_weights` over the rollouts after steps 1..K).
+        meta_distance: ``"task_loss"`` (the paper's joint-space loss) or ``"end_effector"``
+            (final end-effector distance, immune to the IK branch cut).
+        steps: K.
+    """
+    check_choice("meta_objective", meta_objective, META_OBJECTIVES)
+    check_choice("meta_distance", meta_distance, META_DISTANCES)
+    task_term = task_loss_fn if meta_distance == "task_loss" else end_effector_fn
+    return task_term, (ramp_weights(steps) if meta_objective == "ramp" else None)
 
 
 def meta_test(

@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from ml3_robotics.core.inner import InnerOptimizer, adapt, call, module_params, stack_params
+from ml3_robotics.core.inner import (
+    InnerOptimizer,
+    StepSizeSchedule,
+    adapt,
+    call,
+    module_params,
+    stack_params,
+)
 from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 
 
@@ -172,3 +179,72 @@ def test_bad_inner_config():
         adapt(lambda p: p["w"].sum(), theta, InnerOptimizer(), gradients="autgrad")
     with pytest.raises(ValueError, match=r"differentiable_steps: expected an int >= 1, got 0"):
         adapt(lambda p: p["w"].sum(), theta, InnerOptimizer(), differentiable_steps=0)
+
+
+def _sine_objective():
+    x, y = _data()
+    model = _model()
+    return (lambda p: ((call(model, p, x) - y) ** 2).mean()), {
+        k: v.detach() for k, v in module_params(model).items()
+    }
+
+
+@pytest.mark.parametrize("method", ["sgd", "adam"])
+def test_unit_step_scales_change_nothing(method):
+    objective, theta = _sine_objective()
+    plain = adapt(objective, theta, InnerOptimizer(method, lr=0.05, steps=4), differentiable=False)
+    ones = InnerOptimizer(method, lr=0.05, steps=4, step_scales=torch.ones(4, dtype=torch.float64))
+    scaled = adapt(objective, theta, ones, differentiable=False)
+    for n in plain:
+        torch.testing.assert_close(scaled[n], plain[n], rtol=0, atol=0)
+
+
+def test_step_scales_set_each_sgd_step_and_the_last_holds_past_the_end():
+    objective, theta = _sine_objective()
+    scales = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    scaled = adapt(
+        objective, theta, InnerOptimizer("sgd", lr=0.05, steps=3, step_scales=scales),
+        differentiable=False,
+    )  # fmt: skip
+    # by hand: one plain step each of 0.1, 0.025, 0.025
+    by_hand = theta
+    for lr in (0.1, 0.025, 0.025):
+        by_hand = adapt(objective, by_hand, InnerOptimizer("sgd", lr=lr), differentiable=False)
+    for n in theta:
+        torch.testing.assert_close(scaled[n], by_hand[n], rtol=0, atol=1e-15)
+    assert max((scaled[n] - theta[n]).abs().max().item() for n in theta) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["sgd", "adam"])
+@pytest.mark.parametrize("gradients", ["func", "autograd"])
+def test_step_size_schedule_meta_gradient_gradcheck(method, gradients):
+    objective, theta = _sine_objective()
+    xq = torch.linspace(-2, 2, 9, dtype=torch.float64).unsqueeze(1)
+    model = _model()
+
+    def meta_loss(log_scales):
+        opt = InnerOptimizer(method, lr=0.05, steps=3, step_scales=log_scales.exp())
+        adapted = adapt(objective, theta, opt, gradients=gradients)
+        return ((call(model, adapted, xq) - torch.sin(xq)) ** 2).mean()
+
+    log_scales = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(meta_loss, (log_scales,))
+    (g,) = torch.autograd.grad(meta_loss(log_scales), log_scales)
+    assert (g.abs() > 1e-8).all()  # every step's size matters
+
+
+def test_step_size_schedule_module_and_untracked_runs():
+    schedule = StepSizeSchedule(3).double()
+    opt = schedule.optimizer(InnerOptimizer("sgd", lr=0.05, steps=3))
+    torch.testing.assert_close(opt.step_scales, torch.ones(3, dtype=torch.float64))
+    assert opt.step_scales.requires_grad
+    objective, theta = _sine_objective()
+    # a plain run does not build a graph to the schedule
+    plain = adapt(objective, theta, opt, differentiable=False)
+    assert not any(v.requires_grad for v in plain.values())
+    with pytest.raises(ValueError, match="steps"):
+        StepSizeSchedule(0)
+    with pytest.raises(ValueError, match="step_scales"):
+        InnerOptimizer(step_scales=torch.ones(2, 2))
+    with pytest.raises(ValueError, match="step_scales"):
+        InnerOptimizer(step_scales=[1.0, 2.0])
