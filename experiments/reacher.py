@@ -181,6 +181,10 @@ class ReacherConfig:
     # meta-learned by ML3's meta-objective on the same goals; this many meta-updates (0: off).
     step_size_updates: int = 0
     step_size_lr: float = 0.05  # Adam on the log step sizes, cosine-decayed to a tenth
+    # MAML (issue 22): the starting policy's parameters meta-learned for K steps of the task loss
+    # (tuned for K) by the same meta-objective on the same goals; this many meta-updates (0: off).
+    maml_updates: int = 0
+    maml_lr: float = 1e-3  # Adam on the policy's parameters, cosine-decayed to a tenth
     outer_steps: int = 300
     outer_lr: float = 1e-2
     outer_lr_final: float = 1e-3  # cosine decay of the meta lr to this (the end point is stable)

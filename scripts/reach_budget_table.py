@@ -3,8 +3,9 @@
 Reads the ``results.json`` of finished ``ml3r run reacher`` runs, groups them by label and prints
 a Markdown table, mean over the group's runs (seeds) of the held-out mean final distance (mm,
 executed in MuJoCo; "model": the same policies in the learned model's rollout) after each budget
-of inner steps, for ML3 and the task loss (optimizer and step size tuned per budget on training
-goals), with step 0 (the policies before any step: the goal-conditioned policy as it is, or the
+of inner steps, for ML3, the task loss (optimizer and step size tuned per budget on training
+goals) and, where the runs have them, the task loss with meta-learned step sizes and MAML, with
+step 0 (the policies before any step: the goal-conditioned policy as it is, or the
 fresh per-goal policies) and iLQR on the learned and on the true model beside them.
 
 Usage: ``python scripts/reach_budget_table.py LABEL=RUN_DIR[,RUN_DIR...] ...``
@@ -43,6 +44,7 @@ def table(groups: dict[str, list[dict]]) -> str:
             ("ML3", lambda d: d["metrics"]),
             ("task loss (tuned per budget)", lambda d: d["baselines"]["task_loss"]),
             ("task loss, learned step sizes", lambda d: d["baselines"].get("learned_step_sizes")),
+            ("MAML (learned start, task loss)", lambda d: d["baselines"].get("maml")),
         )
         for name, pick in methods:
             if not all(pick(d) for d in docs):

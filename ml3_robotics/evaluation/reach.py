@@ -13,6 +13,7 @@ transfer study and the reacher itself share one implementation:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import mujoco
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from controllers import ILQRConfig, MujocoDynamics
 from ml3_robotics.core.inner import (
@@ -111,7 +112,10 @@ class ReachEvalConfig:
             (:func:`learn_step_sizes`; 0: not run). It needs ``meta_goals``.
         step_size_lr: Adam step size of those meta-updates on the log step sizes (cosine-decayed
             to a tenth).
-        goals_per_iteration: meta-training goals per meta-update of that baseline.
+        maml_updates: meta-updates of the MAML baseline (:func:`learn_initialisation`; 0: not
+            run). It needs ``meta_goals``.
+        maml_lr: Adam step size of those meta-updates.
+        goals_per_iteration: meta-training goals per meta-update of those baselines.
         meta_objective, meta_distance: its meta-objective
             (:func:`~ml3_robotics.tasks.reach.meta_objective_terms`), as ML3's.
     """
@@ -135,6 +139,8 @@ class ReachEvalConfig:
     bc_epochs: int = 2000
     step_size_updates: int = 0
     step_size_lr: float = 0.05
+    maml_updates: int = 0
+    maml_lr: float = 1e-3
     goals_per_iteration: int = 16
     meta_objective: str = "last_step"
     meta_distance: str = "task_loss"
@@ -155,9 +161,9 @@ class ReachEvalConfig:
         positive = ("horizon", "inner_steps", "ilqr_iters", "n_holdout_trajectories",
                     "babble_hold", "video_stride", "curve_steps", "bc_epochs")  # fmt: skip
         check_ints(self, positive, 1)
-        check_ints(self, ("video_goals", "landscape_grid", "step_size_updates"), 0)
+        check_ints(self, ("video_goals", "landscape_grid", "step_size_updates", "maml_updates"), 0)
         check_ints(self, ("goals_per_iteration",), 1)
-        check_positive(self, ("inner_lr", "step_size_lr"))
+        check_positive(self, ("inner_lr", "step_size_lr", "maml_lr"))
         meta_objective_terms(self.meta_objective, self.meta_distance, self.inner_steps)
         check_choice("inner_method", self.inner_method, INNER_METHODS)
         if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
@@ -260,9 +266,7 @@ def learn_step_sizes(
     """
     K = base.steps
     schedule = StepSizeSchedule(K)
-    task_term, step_weights = meta_objective_terms(
-        config.meta_objective, config.meta_distance, K
-    )
+    task_term, step_weights = meta_objective_terms(config.meta_objective, config.meta_distance, K)
     n_batch = min(config.goals_per_iteration, goals.n)
 
     def objective(_iteration: int, g: torch.Generator) -> Tensor:
@@ -282,6 +286,48 @@ def learn_step_sizes(
         progress=progress,
     ).run()  # fmt: skip
     return schedule
+
+
+def learn_initialisation(
+    start: nn.Module,
+    model_step: Callable[[Tensor, Tensor], Tensor],
+    goals: ReachTask,
+    base: InnerOptimizer,
+    config: ReachEvalConfig,
+    seed: int,
+    *,
+    progress: bool = False,
+) -> nn.Module:
+    """MAML (Finn et al. 2017), the learned-initialisation baseline of a learned loss: a copy of
+    ``start`` (a :class:`GoalConditionedPolicy`, or a :class:`ReachPolicy` shared by every goal)
+    whose parameters are meta-learned so that K steps of the task loss with ``base`` from them
+    do best on ``goals``, by ML3's meta-objective through the learned model (second order: the
+    meta-gradient flows through every step; Adam at ``config.maml_lr``, cosine-decayed to a
+    tenth, clipped to 1)."""
+    init = copy.deepcopy(start).requires_grad_(True)  # a pre-trained policy comes frozen
+    task_term, step_weights = meta_objective_terms(
+        config.meta_objective, config.meta_distance, base.steps
+    )
+    n_batch = min(config.goals_per_iteration, goals.n)
+
+    def objective(_iteration: int, g: torch.Generator) -> Tensor:
+        batch = goals.subset(torch.randperm(goals.n, generator=g)[:n_batch])
+        policy = init.for_goals(batch.goals) if isinstance(init, GoalConditionedPolicy) else init
+        # every goal's copy starts from the shared, differentiable initialisation
+        params = {k: v.expand(batch.n, *v.shape) for k, v in init.named_parameters()}
+        value, _ = meta_loss(
+            policy, params, model_step, batch, task_loss_fn, base,
+            task_term=task_term, step_weights=step_weights,
+        )  # fmt: skip
+        return value
+
+    lr = config.maml_lr
+    MetaTrainer(
+        init, objective,
+        MetaTrainConfig(config.maml_updates, lr=lr, seed=seed, grad_clip=1.0, lr_final=lr / 10),
+        progress=progress,
+    ).run()  # fmt: skip
+    return init
 
 
 def evaluate_reach(
@@ -334,18 +380,19 @@ def evaluate_reach(
             every policy-based method fine-tunes, instead of fresh per-goal policies; its
             distance as it is shows as step 0 of the distance-by-step curves.
         meta_goals: ``(G'', 2)`` the goals the loss was meta-trained on (other than the test
-            goals): the learned step-size baseline (``config.step_size_updates``) meta-trains
-            on them.
+            goals): the learned step-size and MAML baselines (``config.step_size_updates``,
+            ``config.maml_updates``) meta-train on them.
 
     Returns:
         The :class:`ReachEvaluation`.
     """
     for name in methods:
         check_choice("methods", name, METHODS)
-    if config.step_size_updates and meta_goals is None:
+    if (config.step_size_updates or config.maml_updates) and meta_goals is None:
         raise ValueError(
-            "meta_goals: the learned step-size baseline (step_size_updates="
-            f"{config.step_size_updates}) meta-trains on them; got None"
+            "meta_goals: the learned step-size and MAML baselines (step_size_updates="
+            f"{config.step_size_updates}, maml_updates={config.maml_updates}) meta-train on "
+            "them; got None"
         )
     sim = ArmSim(arm, "mujoco") if sim is None else sim
     seed = ctx.seed
@@ -409,17 +456,19 @@ def evaluate_reach(
         X, U = execute_policies(sim, policy, params, task)
         return task.final_distance(X), X, U
 
-    def model_distance_mm(params: Params) -> float:
+    def model_distance_mm(params: Params, policy: Any = test_policy) -> float:
         """Mean final distance (mm) of the held-out policies in the learned model's rollout:
         the model side of a real distance (the gap between the two is the model's error)."""
         with torch.no_grad():
-            X, _ = model_rollout(test_policy, params, model_step, test.x0(), T)
+            X, _ = model_rollout(policy, params, model_step, test.x0(), T)
         return float(1000 * test.final_distance(X).mean())
 
-    def by_step(run: Any, task: ReachTask) -> tuple[list[Params], np.ndarray]:
+    def by_step(
+        run: Any, task: ReachTask, policy: Any = test_policy
+    ) -> tuple[list[Params], np.ndarray]:
         """Parameters after 0..curve steps and their real final distances ``(curve+1, G)``."""
         trace = trace_inner_steps(run)
-        return trace, np.stack([execute(p, task)[0] for p in trace])
+        return trace, np.stack([execute(p, task, policy)[0] for p in trace])
 
     def curve_fields(dist: np.ndarray) -> dict[str, Any]:
         return {
@@ -495,38 +544,77 @@ def evaluate_reach(
             **curve_fields(dist),
         )  # fmt: skip
 
-    # -- (a') the task loss with meta-learned per-step step sizes (a learned optimizer) --------
-    if config.step_size_updates:
-        assert meta_goals is not None  # checked on entry
-        t0 = time.perf_counter()
-        with ctx.phase("baseline_learned_step_sizes"):
-            method, base_lr = best[K] if "task_loss" in methods else (inner.method, inner.lr)
-            base = InnerOptimizer(method, lr=base_lr, steps=K)
-            schedule = learn_step_sizes(
-                start_of, model_step, ReachTask(arm, torch.as_tensor(np.asarray(meta_goals)), T),
-                base, config, seed, progress=ctx.progress,
-            )  # fmt: skip
-            with torch.no_grad():
-                learned_opt = schedule.optimizer(dataclasses.replace(base, steps=curve))
-            trace, dist = by_step(
-                lambda on_step: adapt_policies(
-                    test_policy, test_init, model_step, test, task_loss_fn, learned_opt,
-                    differentiable=False, on_step=on_step,
-                ),
-                test,
-            )  # fmt: skip
-            d, X, _ = execute(trace[K], test)
-        adapted["learned_step_sizes"] = trace[K]
-        paths["learned_step_sizes"] = X
-        results["learned_step_sizes"] = summarize(
-            d, model_env_steps + test.n * T, time.perf_counter() - t0,
-            optimizer=method, base_lr=base_lr,
-            step_sizes=[float(base_lr * v) for v in schedule.scales().detach()],
-            meta_updates=config.step_size_updates,
+    def task_loss_from(
+        name: str, policy: Any, init: Params, opt: InnerOptimizer, t0: float, **fields: Any
+    ) -> None:
+        """The held-out figures of a meta-learned task-loss baseline: ``curve`` steps of the task
+        loss with ``opt`` from ``init``, executed after every step."""
+        trace, dist = by_step(
+            lambda on_step: adapt_policies(
+                policy, init, model_step, test, task_loss_fn, dataclasses.replace(opt, steps=curve),
+                differentiable=False, on_step=on_step,
+            ),
+            test, policy,
+        )  # fmt: skip
+        d, X, _ = execute(trace[K], test, policy)
+        adapted[name] = trace[K]
+        paths[name] = X
+        results[name] = summarize(
+            d, model_env_steps + test.n * T, time.perf_counter() - t0, **fields,
             distance_by_budget_mm={str(b): float(1000 * dist[b].mean()) for b in budgets},
-            model_distance_by_budget_mm={str(b): model_distance_mm(trace[b]) for b in budgets},
+            model_distance_by_budget_mm={str(b): model_distance_mm(trace[b], policy)
+                                         for b in budgets},
             **curve_fields(dist),
         )  # fmt: skip
+
+    # The meta-learned baselines start from the task loss's optimizer and step size tuned for K.
+    method, base_lr = best[K] if "task_loss" in methods else (inner.method, inner.lr)
+    base = InnerOptimizer(method, lr=base_lr, steps=K)
+    meta_task = None if meta_goals is None else ReachTask(
+        arm, torch.as_tensor(np.asarray(meta_goals)), T
+    )  # fmt: skip
+
+    # -- (a') the task loss with meta-learned per-step step sizes (a learned optimizer) --------
+    if config.step_size_updates:
+        assert meta_task is not None  # checked on entry
+        t0 = time.perf_counter()
+        with ctx.phase("baseline_learned_step_sizes"):
+            schedule = learn_step_sizes(
+                start_of, model_step, meta_task, base, config, seed, progress=ctx.progress
+            )
+            with torch.no_grad():
+                task_loss_from(
+                    "learned_step_sizes", test_policy, test_init, schedule.optimizer(base), t0,
+                    optimizer=method, base_lr=base_lr, meta_updates=config.step_size_updates,
+                    step_sizes=[float(base_lr * v) for v in schedule.scales()],
+                )  # fmt: skip
+
+    # -- (a'') MAML: a meta-learned policy initialisation, then the task loss -----------------
+    if config.maml_updates:
+        assert meta_task is not None  # checked on entry
+        t0 = time.perf_counter()
+        with ctx.phase("baseline_maml"):
+            if start_policy is None:
+                fresh = ReachPolicy(arm, config.policy_hidden)
+                draw = fresh_policy_params(fresh, 1, TUNE_INIT_SEED + seed + 1,
+                                           zero_output_layer=config.policy_zero_output)  # fmt: skip
+                with torch.no_grad():
+                    for k, v in fresh.named_parameters():
+                        v.copy_(draw[k][0])
+                start: torch.nn.Module = fresh
+            else:
+                start = start_policy
+            maml = learn_initialisation(
+                start, model_step, meta_task, base, config, seed, progress=ctx.progress
+            )
+            policy = maml.for_goals(test.goals) if isinstance(maml, GoalConditionedPolicy) \
+                else test_policy  # fmt: skip
+            init = {k: v.detach().expand(test.n, *v.shape).clone()
+                    for k, v in maml.named_parameters()}  # fmt: skip
+            task_loss_from(
+                "maml", policy, init, base, t0, optimizer=method, lr=base_lr,
+                meta_updates=config.maml_updates,
+            )  # fmt: skip
 
     # -- behaviour cloning of the expert demonstrations of other goals -------------------------
     if demonstrations is not None:

@@ -248,3 +248,26 @@ def test_step_size_schedule_module_and_untracked_runs():
         InnerOptimizer(step_scales=torch.ones(2, 2))
     with pytest.raises(ValueError, match="step_scales"):
         InnerOptimizer(step_scales=[1.0, 2.0])
+
+
+@pytest.mark.parametrize("method", ["sgd", "adam"])
+@pytest.mark.parametrize("gradients", ["func", "autograd"])
+def test_meta_gradient_with_respect_to_the_initialisation_gradcheck(method, gradients):
+    """MAML's meta-gradient: through K steps back to the starting parameters."""
+    x, y = _data()
+    xq = torch.linspace(-2, 2, 9, dtype=torch.float64).unsqueeze(1)
+    model = _model()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+
+    def meta_loss(*flat):
+        theta = dict(zip(names, flat, strict=True))
+        adapted = adapt(
+            lambda p: ((call(model, p, x) - y) ** 2).mean(), theta,
+            InnerOptimizer(method, lr=0.05, steps=3), gradients=gradients,
+        )  # fmt: skip
+        return ((call(model, adapted, xq) - torch.sin(xq)) ** 2).mean()
+
+    start = tuple(p.detach().clone().requires_grad_(True) for _, p in model.named_parameters())
+    assert [s.shape for s in start] == shapes
+    assert torch.autograd.gradcheck(meta_loss, start)

@@ -200,24 +200,34 @@ def test_pretrain_split_keeps_meta_training_and_tuning_off_the_pretraining_goals
     assert doc["extra"]["tune_goals"] == train[3:5]
 
 
-def test_learned_step_size_baseline_meta_trains_the_task_losss_step_sizes(tmp_path, monkeypatch):
-    """The learned-optimizer baseline: the task loss with its K step sizes meta-learned from the
-    step size tuned for K, evaluated like the others, at every budget."""
+@pytest.mark.parametrize("variant", [(), GOAL_CONDITIONED], ids=["per_goal", "goal_conditioned"])
+def test_meta_learned_baselines_learned_step_sizes_and_maml(tmp_path, monkeypatch, variant):
+    """The learned-optimizer baseline (the task loss with its K step sizes meta-learned from the
+    step size tuned for K) and MAML (the starting policy meta-learned for K steps of that tuned
+    task loss), evaluated like the others, at every budget."""
     monkeypatch.setattr(runs, "discover_experiments", lambda: {"reacher": EXPERIMENT})
     out = tmp_path / "run"
-    sets = [*GOAL_CONDITIONED, "step_size_updates=3", "step_size_lr=0.1", "curve_steps=3",
-            "budgets=[1,2,3]", *FAST]  # fmt: skip
+    sets = [*variant, "step_size_updates=3", "step_size_lr=0.1", "maml_updates=3",
+            "maml_lr=0.01", "curve_steps=3", "budgets=[1,2,3]", *FAST]  # fmt: skip
     run_experiment("reacher", seed=3, out=out, smoke=True, sets=sets)
     doc = json.loads((out / "results.json").read_text())
     learned, tuned = doc["baselines"]["learned_step_sizes"], doc["baselines"]["task_loss"]
+    maml = doc["baselines"]["maml"]
+    assert (maml["optimizer"], maml["lr"]) == (tuned["optimizer"], tuned["lr"])
+    assert set(maml["distance_by_budget_mm"]) == {"1", "2", "3"}
     K = doc["config"]["inner_steps"]
+    assert maml["distance_by_inner_step_mm"][K] == pytest.approx(
+        maml["mean_final_distance_mm"], rel=1e-9
+    )
+    # its own starting point: the learned initialisation (not the start every other method has)
+    assert maml["distance_by_inner_step_mm"][0] != doc["metrics"]["distance_by_inner_step_mm"][0]
     assert (learned["optimizer"], learned["base_lr"]) == (tuned["optimizer"], tuned["lr"])
     assert len(learned["step_sizes"]) == K
     # three Adam steps of 0.1 on the log step sizes moved every one of them off the base
     ratios = [s / learned["base_lr"] for s in learned["step_sizes"]]
     assert all(abs(math.log(r)) > 0.05 for r in ratios), ratios
     assert set(learned["distance_by_budget_mm"]) == {"1", "2", "3"}
-    assert len(learned["distance_by_inner_step_mm"]) == 4
+    assert len(learned["distance_by_inner_step_mm"]) == doc["config"]["curve_steps"] + 1
     # step K of the curve is the reported result; step 0 is the policy as it is, as for ML3
     assert learned["distance_by_inner_step_mm"][K] == pytest.approx(
         learned["mean_final_distance_mm"], rel=1e-9
@@ -227,11 +237,14 @@ def test_learned_step_size_baseline_meta_trains_the_task_losss_step_sizes(tmp_pa
     )
 
 
-def test_learned_step_size_baseline_needs_its_goals():
+def test_meta_learned_baselines_need_their_goals():
     from ml3_robotics.evaluation.reach import ReachEvalConfig, evaluate_reach
 
     with pytest.raises(ValueError, match="meta_goals"):
         evaluate_reach(None, None, None, [], [], ReachEvalConfig(step_size_updates=2), None,
+                       model_env_steps=0)  # fmt: skip
+    with pytest.raises(ValueError, match="meta_goals"):
+        evaluate_reach(None, None, None, [], [], ReachEvalConfig(maml_updates=2), None,
                        model_env_steps=0)  # fmt: skip
     with pytest.raises(ValueError, match="meta_objective"):
         ReachEvalConfig(meta_objective="ramps")
