@@ -112,6 +112,7 @@ class MetaTrainer:
         state: optional problem state saved in and restored from checkpoints.
         progress: draw a tqdm bar (the CLI passes True only on a TTY); otherwise progress goes
             to the ``ml3r.progress`` logger as a line every tenth of the run.
+        label: what the bar and the progress lines call the run.
     """
 
     def __init__(
@@ -124,8 +125,10 @@ class MetaTrainer:
         callbacks: Sequence[Callback] = (),
         state: Stateful | None = None,
         progress: bool = False,
+        label: str = "meta-train",
     ) -> None:
         self.loss = loss
+        self.label = label
         self.objective = objective
         self.config = config
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
@@ -250,7 +253,7 @@ class MetaTrainer:
         if resume:
             self.load_checkpoint()
         total = self.config.outer_steps
-        bar = progress_bar(total, "meta-train", tty=self.progress, initial=self.iteration)
+        bar = progress_bar(total, self.label, tty=self.progress, initial=self.iteration)
         try:
             while self.iteration < total:
                 row = self.step()

@@ -283,7 +283,7 @@ def learn_step_sizes(
         schedule, objective,
         MetaTrainConfig(config.step_size_updates, lr=lr, seed=seed, grad_clip=1.0,
                         lr_final=lr / 10),
-        progress=progress,
+        progress=progress, label="learn step sizes",
     ).run()  # fmt: skip
     return schedule
 
@@ -325,7 +325,7 @@ def learn_initialisation(
     MetaTrainer(
         init, objective,
         MetaTrainConfig(config.maml_updates, lr=lr, seed=seed, grad_clip=1.0, lr_final=lr / 10),
-        progress=progress,
+        progress=progress, label="MAML",
     ).run()  # fmt: skip
     return init
 

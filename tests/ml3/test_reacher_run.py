@@ -6,6 +6,7 @@ registry pointed at ``experiments.reacher``.
 """
 
 import json
+import logging
 import math
 import os
 import signal
@@ -201,11 +202,14 @@ def test_pretrain_split_keeps_meta_training_and_tuning_off_the_pretraining_goals
 
 
 @pytest.mark.parametrize("variant", [(), GOAL_CONDITIONED], ids=["per_goal", "goal_conditioned"])
-def test_meta_learned_baselines_learned_step_sizes_and_maml(tmp_path, monkeypatch, variant):
+def test_meta_learned_baselines_learned_step_sizes_and_maml(
+    tmp_path, monkeypatch, caplog, variant
+):
     """The learned-optimizer baseline (the task loss with its K step sizes meta-learned from the
     step size tuned for K) and MAML (the starting policy meta-learned for K steps of that tuned
     task loss), evaluated like the others, at every budget."""
     monkeypatch.setattr(runs, "discover_experiments", lambda: {"reacher": EXPERIMENT})
+    caplog.set_level(logging.INFO, logger="ml3r.progress")
     out = tmp_path / "run"
     sets = [*variant, "step_size_updates=3", "step_size_lr=0.1", "maml_updates=3",
             "maml_lr=0.01", "curve_steps=3", "budgets=[1,2,3]", *FAST]  # fmt: skip
@@ -213,6 +217,10 @@ def test_meta_learned_baselines_learned_step_sizes_and_maml(tmp_path, monkeypatc
     doc = json.loads((out / "results.json").read_text())
     learned, tuned = doc["baselines"]["learned_step_sizes"], doc["baselines"]["task_loss"]
     maml = doc["baselines"]["maml"]
+    # each meta-training reports its progress under its own name
+    progress = [r.getMessage() for r in caplog.records if r.name == "ml3r.progress"]
+    for label in ("meta-train", "learn step sizes", "MAML"):
+        assert any(m.startswith(f"{label}: 3/3") for m in progress), (label, progress)
     assert (maml["optimizer"], maml["lr"]) == (tuned["optimizer"], tuned["lr"])
     assert set(maml["distance_by_budget_mm"]) == {"1", "2", "3"}
     K = doc["config"]["inner_steps"]
