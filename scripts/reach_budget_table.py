@@ -8,6 +8,8 @@ goals) and, where the runs have them, the task loss with meta-learned step sizes
 step 0 (the policies before any step: the goal-conditioned policy as it is, or the
 fresh per-goal policies) and iLQR on the learned and on the true model beside them.
 
+Then one row per run: mean / median over the goals after K steps for every method.
+
 Usage: ``python scripts/reach_budget_table.py LABEL=RUN_DIR[,RUN_DIR...] ...``
 """
 
@@ -72,6 +74,28 @@ def table(groups: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def per_run(groups: dict[str, list[dict]]) -> str:
+    """Mean / median over the held-out goals after K steps (mm, real), one row per run: the
+    mean of a few goals can hide what happens to the rest (one goal at 200 mm moves a mean of
+    ten by 20 mm)."""
+    names = {"ml3": "ML3", "task_loss": "task loss", "learned_step_sizes": "learned step sizes",
+             "maml": "MAML"}  # fmt: skip
+    present = [n for n in names if any(n == "ml3" or n in d["baselines"] for g in groups.values()
+                                       for d in g)]  # fmt: skip
+    head = ["run", "seed", "start", *(names[n] for n in present)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, docs in groups.items():
+        for d in docs:
+            found = {"ml3": d["metrics"], **d["baselines"]}
+            cells = []
+            for n in present:
+                v = found[n]["final_distance_mm_per_goal"] if n in found else None
+                cells.append("-" if v is None else f"{np.mean(v):.1f} / {np.median(v):.1f}")
+            start = d["metrics"]["distance_by_inner_step_mm"][0]
+            lines.append(f"| {label} | {d['seed']} | {start:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     if not argv:
         sys.exit(__doc__)
@@ -80,6 +104,8 @@ def main(argv: list[str]) -> None:
         label, _, dirs = item.partition("=")
         groups[label] = _load(dirs.split(","))
     print(table(groups))
+    print()
+    print(per_run(groups))
 
 
 if __name__ == "__main__":

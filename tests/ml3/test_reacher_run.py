@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -243,6 +244,14 @@ def test_meta_learned_baselines_learned_step_sizes_and_maml(
     assert learned["distance_by_inner_step_mm"][0] == pytest.approx(
         doc["metrics"]["distance_by_inner_step_mm"][0], rel=1e-9
     )
+    # the study's table script reads the run: every method, real and model side, and per run
+    script = runpy.run_path(str(ROOT / "scripts" / "reach_budget_table.py"))
+    table, rows = script["table"]({"smoke": [doc]}), script["per_run"]({"smoke": [doc]})
+    for name in ("ML3, real", "task loss (tuned", "task loss, learned step sizes", "MAML"):
+        assert f"| smoke | {name}" in table, name
+    assert "| ML3 | task loss | learned step sizes | MAML |" in rows
+    ml3_mm = doc["metrics"]["final_distance_mm_per_goal"]
+    assert f"| {sum(ml3_mm) / len(ml3_mm):.1f} / " in rows
 
 
 def test_meta_learned_baselines_need_their_goals():
