@@ -244,6 +244,46 @@ def fresh_policy_params(
     )
 
 
+def _meta_learn_task_loss_run(
+    module: nn.Module,
+    inner_run: Callable[[ReachTask, torch.Generator], tuple[Any, Params, InnerOptimizer]],
+    model_step: Callable[[Tensor, Tensor], Tensor],
+    goals: ReachTask,
+    config: ReachEvalConfig,
+    *,
+    steps: int,
+    updates: int,
+    lr: float,
+    seed: int,
+    label: str,
+    progress: bool,
+) -> None:
+    """Meta-train ``module`` (in place) so that K steps of the task loss do best by ML3's
+    meta-objective (``config.meta_objective`` / ``meta_distance``) on batches of ``goals``
+    through the learned model: ``inner_run(batch, generator) -> (policy, params, optimizer)``
+    builds each batch's inner run from ``module``. Adam at ``lr``, cosine-decayed to a tenth,
+    the meta-gradient clipped to 1 (as ML3's)."""
+    task_term, step_weights = meta_objective_terms(
+        config.meta_objective, config.meta_distance, steps
+    )
+    n_batch = min(config.goals_per_iteration, goals.n)
+
+    def objective(_iteration: int, g: torch.Generator) -> Tensor:
+        batch = goals.subset(torch.randperm(goals.n, generator=g)[:n_batch])
+        policy, params, optimizer = inner_run(batch, g)
+        value, _ = meta_loss(
+            policy, params, model_step, batch, task_loss_fn, optimizer,
+            task_term=task_term, step_weights=step_weights,
+        )  # fmt: skip
+        return value
+
+    MetaTrainer(
+        module, objective,
+        MetaTrainConfig(updates, lr=lr, seed=seed, grad_clip=1.0, lr_final=lr / 10),
+        progress=progress, label=label,
+    ).run()  # fmt: skip
+
+
 def learn_step_sizes(
     start: Callable[[ReachTask, torch.Generator], tuple[Any, Params]],
     model_step: Callable[[Tensor, Tensor], Tensor],
@@ -256,35 +296,19 @@ def learn_step_sizes(
 ) -> StepSizeSchedule:
     """The learned-optimizer baseline of a learned loss: the task loss keeps its place in the
     inner loop, and the K steps' sizes (multipliers of ``base.lr``) are meta-learned instead,
-    with ML3's meta-objective (``config.meta_objective`` / ``meta_distance``) on ``goals``
-    through the learned model (Adam on the log multipliers, the meta-gradient clipped to 1).
+    ``config.step_size_updates`` Adam updates at ``config.step_size_lr`` on the log multipliers.
 
     Args:
         start: ``start(batch, generator) -> (policy, params)``, the policies every inner run
             starts from (as ML3's).
         base: the task loss's optimizer and step size (e.g. the one tuned for K steps).
     """
-    K = base.steps
-    schedule = StepSizeSchedule(K)
-    task_term, step_weights = meta_objective_terms(config.meta_objective, config.meta_distance, K)
-    n_batch = min(config.goals_per_iteration, goals.n)
-
-    def objective(_iteration: int, g: torch.Generator) -> Tensor:
-        batch = goals.subset(torch.randperm(goals.n, generator=g)[:n_batch])
-        policy, params = start(batch, g)
-        value, _ = meta_loss(
-            policy, params, model_step, batch, task_loss_fn, schedule.optimizer(base),
-            task_term=task_term, step_weights=step_weights,
-        )  # fmt: skip
-        return value
-
-    lr = config.step_size_lr
-    MetaTrainer(
-        schedule, objective,
-        MetaTrainConfig(config.step_size_updates, lr=lr, seed=seed, grad_clip=1.0,
-                        lr_final=lr / 10),
-        progress=progress, label="learn step sizes",
-    ).run()  # fmt: skip
+    schedule = StepSizeSchedule(base.steps)
+    _meta_learn_task_loss_run(
+        schedule, lambda batch, g: (*start(batch, g), schedule.optimizer(base)), model_step,
+        goals, config, steps=base.steps, updates=config.step_size_updates,
+        lr=config.step_size_lr, seed=seed, label="learn step sizes", progress=progress,
+    )  # fmt: skip
     return schedule
 
 
@@ -301,32 +325,21 @@ def learn_initialisation(
     """MAML (Finn et al. 2017), the learned-initialisation baseline of a learned loss: a copy of
     ``start`` (a :class:`GoalConditionedPolicy`, or a :class:`ReachPolicy` shared by every goal)
     whose parameters are meta-learned so that K steps of the task loss with ``base`` from them
-    do best on ``goals``, by ML3's meta-objective through the learned model (second order: the
-    meta-gradient flows through every step; Adam at ``config.maml_lr``, cosine-decayed to a
-    tenth, clipped to 1)."""
+    do best (second order: the meta-gradient flows through every step),
+    ``config.maml_updates`` Adam updates at ``config.maml_lr``."""
     init = copy.deepcopy(start).requires_grad_(True)  # a pre-trained policy comes frozen
-    task_term, step_weights = meta_objective_terms(
-        config.meta_objective, config.meta_distance, base.steps
-    )
-    n_batch = min(config.goals_per_iteration, goals.n)
 
-    def objective(_iteration: int, g: torch.Generator) -> Tensor:
-        batch = goals.subset(torch.randperm(goals.n, generator=g)[:n_batch])
+    def inner_run(batch: ReachTask, _g: torch.Generator) -> tuple[Any, Params, InnerOptimizer]:
         policy = init.for_goals(batch.goals) if isinstance(init, GoalConditionedPolicy) else init
         # every goal's copy starts from the shared, differentiable initialisation
         params = {k: v.expand(batch.n, *v.shape) for k, v in init.named_parameters()}
-        value, _ = meta_loss(
-            policy, params, model_step, batch, task_loss_fn, base,
-            task_term=task_term, step_weights=step_weights,
-        )  # fmt: skip
-        return value
+        return policy, params, base
 
-    lr = config.maml_lr
-    MetaTrainer(
-        init, objective,
-        MetaTrainConfig(config.maml_updates, lr=lr, seed=seed, grad_clip=1.0, lr_final=lr / 10),
-        progress=progress, label="MAML",
-    ).run()  # fmt: skip
+    _meta_learn_task_loss_run(
+        init, inner_run, model_step, goals, config, steps=base.steps,
+        updates=config.maml_updates, lr=config.maml_lr, seed=seed, label="MAML",
+        progress=progress,
+    )  # fmt: skip
     return init
 
 
