@@ -225,6 +225,15 @@ def stack_params(param_dicts: list[Params]) -> Params:
     return {k: torch.stack([p[k] for p in param_dicts]) for k in param_dicts[0]}
 
 
+def stacked_copies(module: nn.Module, n: int, *, differentiable: bool = False) -> Params:
+    """``n`` copies of ``module``'s parameters stacked on a new leading axis (one problem's
+    start each). Plain: detached, independent tensors. ``differentiable``: views that keep the
+    graph to ``module``'s parameters, so a meta-gradient reaches the shared start (MAML)."""
+    if differentiable:
+        return {k: v.expand(n, *v.shape) for k, v in module.named_parameters()}
+    return {k: v.detach().expand(n, *v.shape).clone() for k, v in module.named_parameters()}
+
+
 def init_params(
     policy: nn.Module,
     n: int,

@@ -33,6 +33,7 @@ from ml3_robotics.core.inner import (
     Params,
     StepSizeSchedule,
     init_params,
+    stacked_copies,
 )
 from ml3_robotics.core.learned_loss import LearnedLoss
 from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
@@ -244,6 +245,16 @@ def fresh_policy_params(
     )
 
 
+def per_goal_copies(
+    module: nn.Module, task: ReachTask, *, differentiable: bool = False
+) -> tuple[Any, Params]:
+    """One policy module copied for each of ``task``'s goals: the policy that runs the copies (a
+    :class:`GoalConditionedPolicy` feeds copy g goal g; a :class:`ReachPolicy` is already one
+    policy per parameter set) and the stacked parameters (:func:`stacked_copies`)."""
+    policy = module.for_goals(task.goals) if isinstance(module, GoalConditionedPolicy) else module
+    return policy, stacked_copies(module, task.n, differentiable=differentiable)
+
+
 def _meta_learn_task_loss_run(
     module: nn.Module,
     inner_run: Callable[[ReachTask, torch.Generator], tuple[Any, Params, InnerOptimizer]],
@@ -330,10 +341,8 @@ def learn_initialisation(
     init = copy.deepcopy(start).requires_grad_(True)  # a pre-trained policy comes frozen
 
     def inner_run(batch: ReachTask, _g: torch.Generator) -> tuple[Any, Params, InnerOptimizer]:
-        policy = init.for_goals(batch.goals) if isinstance(init, GoalConditionedPolicy) else init
         # every goal's copy starts from the shared, differentiable initialisation
-        params = {k: v.expand(batch.n, *v.shape) for k, v in init.named_parameters()}
-        return policy, params, base
+        return (*per_goal_copies(init, batch, differentiable=True), base)
 
     _meta_learn_task_loss_run(
         init, inner_run, model_step, goals, config, steps=base.steps,
@@ -432,7 +441,7 @@ def evaluate_reach(
             return test_policy, init_params(
                 test_policy, task.n, g, zero_output_layer=config.policy_zero_output
             )
-        return start_policy.for_goals(task.goals), start_policy.stacked(task.n)
+        return per_goal_copies(start_policy, task)
 
     def model_step(x: Tensor, u: Tensor) -> Tensor:
         return model.step(x, u)
@@ -580,16 +589,15 @@ def evaluate_reach(
             **curve_fields(dist),
         )  # fmt: skip
 
-    # The meta-learned baselines start from the task loss's optimizer and step size tuned for K.
-    method, base_lr = best[K] if "task_loss" in methods else (inner.method, inner.lr)
-    base = InnerOptimizer(method, lr=base_lr, steps=K)
-    meta_task = None if meta_goals is None else ReachTask(
-        arm, torch.as_tensor(np.asarray(meta_goals)), T
-    )  # fmt: skip
+    if config.step_size_updates or config.maml_updates:
+        # They start from the task loss's optimizer and step size tuned for K.
+        method, base_lr = best[K] if "task_loss" in methods else (inner.method, inner.lr)
+        base = InnerOptimizer(method, lr=base_lr, steps=K)
+        assert meta_goals is not None  # checked on entry
+        meta_task = ReachTask(arm, torch.as_tensor(np.asarray(meta_goals)), T)
 
     # -- (a') the task loss with meta-learned per-step step sizes (a learned optimizer) --------
     if config.step_size_updates:
-        assert meta_task is not None  # checked on entry
         t0 = time.perf_counter()
         with ctx.phase("baseline_learned_step_sizes"):
             schedule = learn_step_sizes(
@@ -604,7 +612,6 @@ def evaluate_reach(
 
     # -- (a'') MAML: a meta-learned policy initialisation, then the task loss -----------------
     if config.maml_updates:
-        assert meta_task is not None  # checked on entry
         t0 = time.perf_counter()
         with ctx.phase("baseline_maml"):
             if start_policy is None:
@@ -620,10 +627,7 @@ def evaluate_reach(
             maml = learn_initialisation(
                 start, model_step, meta_task, base, config, seed, progress=ctx.progress
             )
-            policy = maml.for_goals(test.goals) if isinstance(maml, GoalConditionedPolicy) \
-                else test_policy  # fmt: skip
-            init = {k: v.detach().expand(test.n, *v.shape).clone()
-                    for k, v in maml.named_parameters()}  # fmt: skip
+            policy, init = per_goal_copies(maml, test)
             task_loss_from(
                 "maml", policy, init, base, t0, optimizer=method, lr=base_lr,
                 meta_updates=config.maml_updates,

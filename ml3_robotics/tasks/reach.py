@@ -36,7 +36,7 @@ from torch.func import functional_call, vmap
 from controllers import ILQR, Dynamics, ILQRConfig, ILQRResult, MLPPolicy, ReachCost
 from controllers.policies import rollout
 from ml3_robotics.core import policy_search
-from ml3_robotics.core.inner import InnerOptimizer, Params
+from ml3_robotics.core.inner import InnerOptimizer, Params, stacked_copies
 from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss
 from ml3_robotics.core.policy_search import StepFn, bound_policy
 from ml3_robotics.core.progress import progress_bar
@@ -591,7 +591,7 @@ class GoalConditionedPolicy(nn.Module):
     def stacked(self, n: int) -> Params:
         """``n`` copies of this policy's parameters, stacked (the start of per-goal fine-tuning:
         goal g's copy is then trained for goal g alone)."""
-        return {k: v.detach().expand(n, *v.shape).clone() for k, v in self.named_parameters()}
+        return stacked_copies(self, n)
 
     def for_goals(self, goals: Tensor) -> GoalBoundPolicy:
         """Per-goal copies of this policy, each fed its own goal of ``goals (G, 2)``: a policy
