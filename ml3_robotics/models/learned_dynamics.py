@@ -150,7 +150,7 @@ class EnsembleConfig:
             raise ValueError(f"angle_dims must not repeat a dimension, got {self.angle_dims!r}")
 
 
-def _gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor) -> Tensor:
+def gaussian_nll(mean: Tensor, logvar: Tensor, target: Tensor) -> Tensor:
     """Elementwise Gaussian negative log-likelihood (nats), including the constant."""
     return 0.5 * (_LOG_2PI + logvar + (target - mean) ** 2 * torch.exp(-logvar))
 
@@ -587,7 +587,7 @@ def fit(
             b = idx[:, s : s + cfg.batch_size]
             mean, logvar = model.forward_normalized(z_tr[b])
             target = y_tr[b]
-            nll = _gaussian_nll(mean, logvar, target).mean(dim=(1, 2))  # (E,)
+            nll = gaussian_nll(mean, logvar, target).mean(dim=(1, 2))  # (E,)
             loss = nll.sum() + cfg.logvar_bound_coef * (
                 model.max_logvar.sum() - model.min_logvar.sum()
             )
@@ -605,7 +605,7 @@ def fit(
         if n_hold > 0:
             with torch.no_grad():
                 mean, logvar = model.forward_normalized(z_ho)
-                h_nll = _gaussian_nll(mean, logvar, y_ho).mean().item()
+                h_nll = gaussian_nll(mean, logvar, y_ho).mean().item()
                 h_mse = ((mean - y_ho) ** 2).mean().item()
             report.holdout_nll.append(h_nll)
             report.holdout_mse.append(h_mse)
