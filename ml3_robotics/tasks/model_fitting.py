@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ml3_robotics.core.inner import InnerOptimizer, Params, adapt, call
-from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss
+from ml3_robotics.core.learned_loss import FeatureSpec
 from ml3_robotics.models.learned_dynamics import (
     EnsembleConfig,
     ProbabilisticEnsemble,
@@ -41,6 +41,8 @@ MODEL_LOSS_FEATURES = (
     "joint_torque",  # this joint's torque over its limit
 )
 FITTING_LOSSES = ("mse", "nll")
+#: A fitting loss: a name in :data:`FITTING_LOSSES` or a learned loss (features -> values).
+LossLike = str | Callable[[Tensor], Tensor]
 
 
 def model_loss_feature_spec() -> FeatureSpec:
@@ -99,7 +101,7 @@ class _NormalizedPass(nn.Module):
         return self.model.forward_normalized(z, mean_only=self.mean_only)
 
 
-def fitted_parameters(model: ProbabilisticEnsemble, loss: str | LearnedLoss) -> Params:
+def fitted_parameters(model: ProbabilisticEnsemble, loss: LossLike) -> Params:
     """The parameters a fitting loss trains, detached: all for the NLL; for the MSE and a
     learned loss, which read only the predicted mean, all but the log-variance bounds."""
     return {
@@ -136,13 +138,14 @@ def fitting_objective(
     model: ProbabilisticEnsemble,
     arm: ArmConfig,
     data: Transitions,
-    loss: str | LearnedLoss,
+    loss: LossLike,
 ) -> Callable[[Params], Tensor]:
     """``params -> scalar`` fitting loss of ``model`` on ``data``.
 
     ``"mse"``: the members' mean squared error of the normalised delta; ``"nll"``: the Gaussian
-    NLL of ``fit`` (with its log-variance bound term); a :class:`LearnedLoss`: the mean of
-    M_psi over every transition, state dimension and member. Every member sees all of ``data``
+    NLL of ``fit`` (with its log-variance bound term); a learned loss (a ``LearnedLoss`` on
+    :data:`MODEL_LOSS_FEATURES`): the mean of M_psi over every transition, state dimension
+    and member. Every member sees all of ``data``
     (no bootstrap: the few-trajectory regime).
     """
     if isinstance(loss, str) and loss not in FITTING_LOSSES:
@@ -171,7 +174,7 @@ def fit_model(
     model: ProbabilisticEnsemble,
     arm: ArmConfig,
     data: Transitions,
-    loss: str | LearnedLoss,
+    loss: LossLike,
     optimizer: InnerOptimizer,
     *,
     params: Params | None = None,

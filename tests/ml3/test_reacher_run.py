@@ -203,9 +203,7 @@ def test_pretrain_split_keeps_meta_training_and_tuning_off_the_pretraining_goals
 
 
 @pytest.mark.parametrize("variant", [(), GOAL_CONDITIONED], ids=["per_goal", "goal_conditioned"])
-def test_meta_learned_baselines_learned_step_sizes_and_maml(
-    tmp_path, monkeypatch, caplog, variant
-):
+def test_meta_learned_baselines_learned_step_sizes_and_maml(tmp_path, monkeypatch, caplog, variant):
     """The learned-optimizer baseline (the task loss with its K step sizes meta-learned from the
     step size tuned for K) and MAML (the starting policy meta-learned for K steps of that tuned
     task loss), evaluated like the others, at every budget."""

@@ -1,0 +1,330 @@
+"""Model loss (issue 14): a meta-learned loss that fits a new robot's dynamics model from a few
+trajectories, shaped by a physics prior at meta-train time.
+
+Two learned losses are meta-trained the same way on random 2- and 3-link arms except for the
+meta-objective: ``prior`` adds the true simulator's rollouts from broad starts to the held-out
+error, ``no_prior`` scores the held-out error alone. Meta-test: arms drawn apart (including
+4-link arms), 5 and 20 babbling trajectories, the same model, data and K steps for every loss;
+the MSE and the Gaussian NLL at step sizes tuned on the meta-training arms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml3_robotics.app.runs import Experiment, RunResult
+from ml3_robotics.core.inner import InnerOptimizer
+from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
+from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.validation import check_ints, check_widths
+from ml3_robotics.evaluation.model_loss import (
+    ModelEvalSettings,
+    evaluate_model_losses,
+    tune_step_size,
+)
+from ml3_robotics.mbrl.arm_data import ArmData
+from ml3_robotics.mbrl.arm_distribution import ArmDistribution, sample_arm_configs
+from ml3_robotics.mbrl.model_loss import ModelFitSettings, ModelLossObjective
+from ml3_robotics.reporting.plotting import new_figure, save
+from ml3_robotics.tasks.model_fitting import (
+    FITTING_LOSSES,
+    MODEL_LOSS_FEATURES,
+    model_loss_feature_spec,
+)
+
+VARIANTS = ("prior", "no_prior")
+#: Seed offsets of the test arms' draw and of the arms' data (train arm i: + i).
+TEST_ARM_SEED = 40_009
+TRAIN_DATA_SEED = 1_000
+TEST_DATA_SEED = 2_000
+
+
+@dataclass(frozen=True)
+class ModelLossConfig:
+    """Sizes and settings.
+
+    Attributes:
+        train_arms, test_arms: arm distributions (``ArmDistribution.parse`` syntax); the test
+            arms are drawn from their own seed, so none of them is a meta-training arm.
+        fit_pool: babbling trajectories per arm that fitting sets are drawn from.
+        check_trajectories: held-out babbling per arm (meta-objective; meta-test errors).
+        prior_trajectories: true-simulator rollouts from broad starts per meta-training arm.
+        horizon: steps per trajectory (the reacher's 65).
+        babble_hold: babbling torques are held this many steps.
+        fit_sizes: fitting-set sizes (trajectories) at meta-train and meta-test time.
+        model_hidden, model_members: the fitted model.
+        inner_method, inner_lr, inner_steps: the K-step fit.
+        differentiable_steps: meta-gradient through the last this many steps (0: all).
+        loss_hidden: M_psi's hidden widths.
+        outer_steps, outer_lr, grad_clip: meta-training.
+        arms_per_iteration: meta-training arms per outer iteration.
+        meta_horizon: open-loop steps scored by the meta-objective.
+        prior_weight: weight of the physics-prior term (variant ``prior``).
+        lr_grid: step sizes tried for the MSE and the NLL (on the meta-training arms).
+        eval_repeats: fitting draws per test arm and size.
+        n_goals, ilqr_iters, goal_min_radius: the iLQR reach on each fitted model.
+        checkpoint_every: meta-updates between checkpoints.
+        loss_path, no_prior_loss_path: evaluate these saved losses instead of meta-training.
+    """
+
+    train_arms: str = "links=2,3 length=0.7:1.4 mass=0.5:2 n=6"
+    test_arms: str = "links=2,3,4 length=0.7:1.4 mass=0.5:2 n=4"
+    fit_pool: int = 40
+    check_trajectories: int = 10
+    prior_trajectories: int = 10
+    horizon: int = 65
+    babble_hold: int = 8
+    fit_sizes: tuple[int, ...] = (5, 20)
+    model_hidden: tuple[int, ...] = (64, 64)
+    model_members: int = 1
+    inner_method: str = "adam"
+    inner_lr: float = 1e-2
+    inner_steps: int = 100
+    differentiable_steps: int = 0
+    loss_hidden: tuple[int, ...] = (32, 32)
+    outer_steps: int = 150
+    outer_lr: float = 1e-3
+    grad_clip: float = 10.0
+    arms_per_iteration: int = 2
+    meta_horizon: int = 65
+    prior_weight: float = 1.0
+    lr_grid: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    eval_repeats: int = 2
+    n_goals: int = 5
+    ilqr_iters: int = 30
+    goal_min_radius: float = 0.3
+    checkpoint_every: int = 10
+    loss_path: str | None = None
+    no_prior_loss_path: str | None = None
+
+    def __post_init__(self) -> None:
+        for spec in ("train_arms", "test_arms"):
+            ArmDistribution.parse(getattr(self, spec))  # raises naming the field's problem
+        check_ints(self, ("fit_pool", "check_trajectories", "horizon", "babble_hold",
+                          "model_members", "inner_steps", "arms_per_iteration", "meta_horizon",
+                          "eval_repeats", "ilqr_iters", "checkpoint_every"), 1)  # fmt: skip
+        check_ints(self, ("prior_trajectories", "differentiable_steps", "outer_steps",
+                          "n_goals"), 0)  # fmt: skip
+        check_widths("model_hidden", self.model_hidden)
+        check_widths("loss_hidden", self.loss_hidden)
+        if not self.fit_sizes or any(not 1 <= n <= self.fit_pool for n in self.fit_sizes):
+            raise ValueError(
+                f"fit_sizes: expected sizes in 1..fit_pool={self.fit_pool}, got {self.fit_sizes!r}"
+            )
+        for name in ("inner_lr", "outer_lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if not self.prior_weight >= 0:
+            raise ValueError(f"prior_weight: expected a number >= 0, got {self.prior_weight}")
+        if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
+            raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid!r}")
+        InnerOptimizer(self.inner_method, lr=self.inner_lr, steps=self.inner_steps)
+
+    def fit_settings(self) -> ModelFitSettings:
+        return ModelFitSettings(
+            tuple(self.model_hidden),
+            self.model_members,
+            InnerOptimizer(self.inner_method, lr=self.inner_lr, steps=self.inner_steps),
+            tuple(self.fit_sizes),
+        )
+
+
+def _arm_data(config: ModelLossConfig, spec: str, seed: int, data_seed: int) -> list[ArmData]:
+    arms = sample_arm_configs(ArmDistribution.parse(spec), seed)
+    return [
+        ArmData.collect(
+            arm,
+            data_seed + i,
+            n_fit=config.fit_pool,
+            n_check=config.check_trajectories,
+            n_prior=config.prior_trajectories,
+            horizon=config.horizon,
+            hold=config.babble_hold,
+        )
+        for i, arm in enumerate(arms)
+    ]
+
+
+def _new_loss(config: ModelLossConfig, seed: int) -> LearnedLoss:
+    loss = LearnedLoss(
+        LossConfig(model_loss_feature_spec(), hidden=config.loss_hidden, activation="elu")
+    )
+    # Both variants start from the same psi: they differ only in the meta-objective.
+    loss.reset_parameters(torch.Generator().manual_seed(seed))
+    return loss
+
+
+def _meta_train(
+    variant: str, config: ModelLossConfig, arms: list[ArmData], ctx: RunContext
+) -> tuple[LearnedLoss, MetaTrainer]:
+    loss = _new_loss(config, ctx.seed)
+    objective = ModelLossObjective(
+        loss, arms, config.fit_settings(),
+        arms_per_iteration=config.arms_per_iteration, meta_horizon=config.meta_horizon,
+        prior_weight=config.prior_weight if variant == "prior" else 0.0,
+        differentiable_steps=config.differentiable_steps or None,
+    )  # fmt: skip
+    trainer = MetaTrainer(
+        loss,
+        objective,
+        MetaTrainConfig(
+            config.outer_steps,
+            lr=config.outer_lr,
+            seed=ctx.seed,
+            checkpoint_every=config.checkpoint_every,
+            grad_clip=config.grad_clip,
+        ),
+        checkpoint_path=ctx.path(f"checkpoints/{variant}.safetensors"),
+        callbacks=[lambda _i, row: ctx.metrics_log.append({"variant": variant, **row})],
+        progress=ctx.progress,
+        label=f"meta-train ({variant})",
+    )
+    return loss, trainer
+
+
+def run(config: ModelLossConfig, ctx: RunContext) -> RunResult:
+    torch.manual_seed(ctx.seed)
+    with ctx.phase("arm_data"):
+        train = _arm_data(config, config.train_arms, ctx.seed, ctx.seed + TRAIN_DATA_SEED)
+        test = _arm_data(
+            config, config.test_arms, ctx.seed + TEST_ARM_SEED, ctx.seed + TEST_DATA_SEED
+        )
+    for data in test:
+        data.arm = data.arm.replace(name=data.arm.name.replace("sampled", "test"))
+
+    paths = {"prior": config.loss_path, "no_prior": config.no_prior_loss_path}
+    losses: dict[str, LearnedLoss] = {}
+    trainers: dict[str, MetaTrainer] = {}
+    for variant in VARIANTS:
+        if paths[variant] is not None:
+            losses[variant], _ = load_learned_loss(
+                paths[variant], expect_features=MODEL_LOSS_FEATURES
+            )
+        else:
+            losses[variant], trainers[variant] = _meta_train(variant, config, train, ctx)
+    if ctx.resume:
+        resumed = [v for v, t in trainers.items() if t.load_checkpoint()]
+        if resumed:
+            ctx.metrics_log.restart(
+                [{"variant": v, **row} for v in resumed for row in trainers[v].history]
+            )
+    for variant, trainer in trainers.items():
+        with ctx.phase(f"meta_train_{variant}"):
+            trainer.run()
+        save_learned_loss(
+            losses[variant],
+            ctx.loss_stem(f"loss_{variant}"),
+            provenance={
+                "experiment": "model-loss",
+                "variant": variant,
+                "seed": ctx.seed,
+                "meta_updates": trainer.iteration,
+                "train_arms": config.train_arms,
+                "inner_method": config.inner_method,
+                "inner_lr": config.inner_lr,
+                "inner_steps": config.inner_steps,
+                "model_hidden": list(config.model_hidden),
+                "model_members": config.model_members,
+                "prior_weight": config.prior_weight if variant == "prior" else 0.0,
+            },
+        )
+    save_learned_loss(
+        losses["prior"],
+        ctx.loss_stem("loss"),
+        provenance={"experiment": "model-loss", "variant": "prior", "seed": ctx.seed},
+    )
+
+    settings = config.fit_settings()
+    eval_settings = ModelEvalSettings(
+        sizes=tuple(config.fit_sizes), repeats=config.eval_repeats, n_goals=config.n_goals,
+        goal_min_radius=config.goal_min_radius, ilqr_iters=config.ilqr_iters,
+    )  # fmt: skip
+    tuning: dict[str, Any] = {}
+    methods: dict[str, tuple[Any, dict[int, float]]] = {
+        f"ml3_{v}": (losses[v], dict.fromkeys(config.fit_sizes, config.inner_lr)) for v in VARIANTS
+    }
+    with ctx.phase("tune_baselines"):
+        # The baselines' step size per fitting-set size, tuned on the meta-training arms.
+        for name in FITTING_LOSSES:
+            lrs = {}
+            for n in config.fit_sizes:
+                lrs[n], scores = tune_step_size(name, train, settings, n, config.lr_grid, ctx.seed)
+                tuning[f"{name}_{n}"] = {"lr": lrs[n], "median_error_full": scores}
+            methods[name] = (name, lrs)
+    with ctx.phase("meta_test"):
+        result = evaluate_model_losses(methods, test, settings, eval_settings, ctx)
+    summary = result["summary"]
+
+    with ctx.phase("plots"):
+        _plot(summary, config, ctx)
+    headline = {
+        f"{key}_{n}": value
+        for n, figures in summary["ml3_prior"].items()
+        for key, value in figures.items()
+    }
+    return RunResult(
+        metrics=headline,
+        baselines={
+            name: {f"{k}_{n}": v for n, figs in by_size.items() for k, v in figs.items()}
+            for name, by_size in summary.items()
+            if name != "ml3_prior"
+        },
+        extra={
+            "summary": summary,
+            "tuning": tuning,
+            "per_arm": result["per_arm"],
+            "train_arms": [d.arm.name for d in train],
+            "test_arms": [{"name": d.arm.name, "links": d.arm.n_links} for d in test],
+        },
+    )
+
+
+def _plot(summary: dict[str, Any], config: ModelLossConfig, ctx: RunContext) -> None:
+    names = list(summary)
+    sizes = [str(n) for n in config.fit_sizes]
+    keys = [("error_full_median", f"open-loop error over {config.horizon} steps (median)"),
+            ("ilqr_mm_median", "iLQR on the fitted model, in MuJoCo: mm (median)")]  # fmt: skip
+    fig, axes = new_figure(len(keys))
+    width = 0.8 / len(names)
+    for ax, (key, title) in zip(axes[0], keys, strict=True):
+        for j, name in enumerate(names):
+            values = [summary[name][n].get(key, np.nan) for n in sizes]
+            ax.bar(np.arange(len(sizes)) + j * width, values, width, label=name)
+        ax.set(title=title, xticks=np.arange(len(sizes)) + 0.4 - width / 2,
+               xticklabels=[f"{n} trajectories" for n in sizes], yscale="log")  # fmt: skip
+        ax.grid(alpha=0.3, axis="y")
+    axes[0, 0].legend()
+    save(fig, ctx.path("model_loss.png"))
+
+
+EXPERIMENT = Experiment(
+    name="model-loss",
+    summary="a meta-learned loss fits a new arm's dynamics from few trajectories (vs MSE, NLL)",
+    config_type=ModelLossConfig,
+    run=run,
+    smoke={
+        "train_arms": "links=2,3 n=2",
+        "test_arms": "links=2,4 n=2",
+        "fit_pool": 3,
+        "check_trajectories": 2,
+        "prior_trajectories": 2,
+        "horizon": 12,
+        "fit_sizes": (1, 2),
+        "model_hidden": (8,),
+        "inner_steps": 3,
+        "loss_hidden": (4,),
+        "outer_steps": 3,
+        "meta_horizon": 6,
+        "lr_grid": (1e-2, 3e-2),
+        "eval_repeats": 1,
+        "n_goals": 2,
+        "ilqr_iters": 2,
+        "checkpoint_every": 2,
+    },
+)

@@ -1,0 +1,189 @@
+"""Meta-test of model-fitting losses on arms never seen at meta-train time (issue 14).
+
+For every test arm, fitting-set size and repeat, every method fits the same fresh model (same
+initial weights, same transitions, same K steps of the same optimizer) under its loss: a learned
+loss at the step size it was meta-trained with, the MSE and the Gaussian NLL at step sizes tuned
+on the meta-training arms. Each fitted model is then scored on the arm's held-out babbling
+(open-loop error over the whole horizon and over 10 steps) and used by iLQR to reach goals, the
+plans executed in MuJoCo with their feedback gains.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from controllers.ilqr import ILQRConfig
+from controllers.mujoco_dynamics import MujocoDynamics
+from ml3_robotics.core.inner import Params
+from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.evaluation.reach import mujoco_model
+from ml3_robotics.mbrl.arm_data import ArmData
+from ml3_robotics.mbrl.model_loss import ModelFitSettings, draw_fit
+from ml3_robotics.models.learned_dynamics import ProbabilisticEnsemble
+from ml3_robotics.tasks.model_fitting import LossLike, fit_model, fresh_model, rollout_error
+from ml3_robotics.tasks.reach import ReachTask, plan_and_execute
+from robots.arm import ArmSim, sample_goals
+
+#: Seed offsets: the fitting draws of meta-test and step-size tuning, the reach goals.
+EVAL_DRAW_SEED = 70_001
+TUNE_DRAW_SEED = 80_021
+GOAL_SEED = 90_011
+SHORT_HORIZON = 10
+
+
+@dataclass(frozen=True)
+class ModelEvalSettings:
+    """Meta-test sizes.
+
+    Attributes:
+        sizes: fitting-set sizes (trajectories) to report.
+        repeats: fitting draws (data and initial weights) per arm and size.
+        n_goals: reach goals per arm for iLQR (0: no iLQR).
+        goal_min_radius: goals at least this fraction of the reach from the base.
+        ilqr_iters: iLQR iterations.
+    """
+
+    sizes: tuple[int, ...] = (5, 20)
+    repeats: int = 2
+    n_goals: int = 5
+    goal_min_radius: float = 0.3
+    ilqr_iters: int = 30
+
+
+def load_params(model: ProbabilisticEnsemble, params: Mapping[str, torch.Tensor]) -> None:
+    """Write fitted parameters into the model (so iLQR and plain calls use them)."""
+    with torch.no_grad():
+        for name, value in model.named_parameters():
+            if name in params:
+                value.copy_(params[name].detach())
+
+
+def fit_errors(
+    data: ArmData, model: ProbabilisticEnsemble, params: Params
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per held-out trajectory: normalised open-loop error over the horizon and over 10 steps."""
+    with torch.no_grad():
+        full = rollout_error(model, params, data.check_X, data.check_U, data.state_scale)
+        short = rollout_error(
+            model, params, data.check_X, data.check_U, data.state_scale, SHORT_HORIZON
+        )
+    return full.numpy(), short.numpy()
+
+
+def tune_step_size(
+    loss: str,
+    arms: Sequence[ArmData],
+    settings: ModelFitSettings,
+    n: int,
+    grid: Sequence[float],
+    seed: int,
+) -> tuple[float, dict[str, float]]:
+    """The step size of ``grid`` whose fits of ``n`` trajectories have the lowest median
+    open-loop error on the meta-training arms (their held-out babbling), and every score."""
+    scores: dict[str, float] = {}
+    for lr in grid:
+        optimizer = replace(settings.optimizer, lr=lr)
+        errors = []
+        for i, data in enumerate(arms):
+            g = torch.Generator().manual_seed(seed + TUNE_DRAW_SEED + i)
+            fit_data = draw_fit(data, n, g)
+            model = fresh_model(data.arm, fit_data, settings.hidden, settings.members, g)
+            params = fit_model(model, data.arm, fit_data, loss, optimizer)
+            errors.append(fit_errors(data, model, params)[0])
+        scores[f"{lr:g}"] = float(np.median(np.concatenate(errors)))
+    best = min(grid, key=lambda lr: scores[f"{lr:g}"])
+    return best, scores
+
+
+def evaluate_model_losses(
+    methods: Mapping[str, tuple[LossLike, Mapping[int, float]]],
+    arms: Sequence[ArmData],
+    settings: ModelFitSettings,
+    config: ModelEvalSettings,
+    ctx: RunContext,
+) -> dict[str, Any]:
+    """Fit and score every method on every test arm (see the module docstring).
+
+    Args:
+        methods: name -> (fitting loss, step size per fitting-set size).
+        arms: the test arms' data.
+        settings: the model and the inner optimizer (its ``lr`` is replaced per method).
+
+    Returns:
+        ``{"per_arm": [...], "summary": {method: {size: figures}}}``: per arm its name, link
+        count, iLQR on the true model, and per method and size the errors and reach distance
+        of every repeat; the summary pools arms and repeats (mean and median).
+    """
+    per_arm: list[dict[str, Any]] = []
+    for a, data in enumerate(arms):
+        arm = data.arm
+        sim = ArmSim(arm, "mujoco")
+        entry: dict[str, Any] = {"arm": arm.name, "links": arm.n_links, "methods": {}}
+        task = None
+        if config.n_goals > 0:
+            goals = sample_goals(arm, config.n_goals, ctx.seed + GOAL_SEED + a,
+                                 min_radius=config.goal_min_radius)  # fmt: skip
+            task = ReachTask(arm, goals, data.check_U.shape[1])
+            with ctx.phase("ilqr_true_model"):
+                _, X, _ = plan_and_execute(
+                    sim, MujocoDynamics(mujoco_model(sim, arm)), task,
+                    ILQRConfig(max_iters=config.ilqr_iters),
+                )  # fmt: skip
+            entry["ilqr_true_model_mm"] = float(1000 * task.final_distance(X).mean())
+        for name, (loss, lrs) in methods.items():
+            rows: dict[str, Any] = {}
+            for n in config.sizes:
+                optimizer = replace(settings.optimizer, lr=lrs[n])
+                runs = []
+                for r in range(config.repeats):
+                    g = torch.Generator().manual_seed(ctx.seed + EVAL_DRAW_SEED + 100 * a + r)
+                    fit_data = draw_fit(data, n, g)
+                    model = fresh_model(arm, fit_data, settings.hidden, settings.members, g)
+                    t0 = time.perf_counter()
+                    with ctx.phase(f"fit_{name}"):
+                        params = fit_model(model, arm, fit_data, loss, optimizer)
+                    seconds = time.perf_counter() - t0
+                    full, short = fit_errors(data, model, params)
+                    run: dict[str, Any] = {
+                        "error_full": float(np.mean(full)),
+                        "error_10": float(np.mean(short)),
+                        "fit_seconds": seconds,
+                    }
+                    if task is not None:
+                        load_params(model, params)
+                        with ctx.phase(f"ilqr_{name}"):
+                            _, X, _ = plan_and_execute(
+                                sim, model, task,
+                                ILQRConfig(max_iters=config.ilqr_iters, dtype=torch.float32),
+                            )  # fmt: skip
+                        run["ilqr_mm"] = float(1000 * task.final_distance(X).mean())
+                    runs.append(run)
+                rows[str(n)] = runs
+            entry["methods"][name] = rows
+        per_arm.append(entry)
+    return {"per_arm": per_arm, "summary": summarize(per_arm, list(methods), config.sizes)}
+
+
+def summarize(
+    per_arm: Sequence[Mapping[str, Any]], methods: Sequence[str], sizes: Sequence[int]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and median over arms and repeats, per method and fitting-set size."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in methods:
+        out[name] = {}
+        for n in sizes:
+            runs = [r for entry in per_arm for r in entry["methods"][name][str(n)]]
+            figures: dict[str, float] = {}
+            for key in ("error_full", "error_10", "ilqr_mm"):
+                values = [r[key] for r in runs if key in r]
+                if values:
+                    figures[f"{key}_mean"] = float(np.mean(values))
+                    figures[f"{key}_median"] = float(np.median(values))
+            out[name][str(n)] = figures
+    return out

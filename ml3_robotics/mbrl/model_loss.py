@@ -1,0 +1,124 @@
+"""Meta-training a model-fitting loss over a distribution of arms (issue 14).
+
+Each outer iteration draws a few meta-training arms; for each, a handful of its babbling
+trajectories (5 or 20, say) and a fresh model. The model takes K plain steps on M_psi's loss of
+those transitions; the meta-objective is the fitted model's open-loop error on the arm's held-out
+trajectories, plus, for the physics-prior variant, its error on the true simulator's rollouts
+from broad starts (random angles and speeds: states the fitting data never shows). Neither term
+exists at meta-test, where M_psi alone fits a model to a new arm's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ml3_robotics.core.inner import InnerOptimizer
+from ml3_robotics.core.meta_trainer import OuterStep
+from ml3_robotics.mbrl.arm_data import ArmData
+from ml3_robotics.tasks.model_fitting import (
+    LossLike,
+    Transitions,
+    fit_model,
+    fresh_model,
+    rollout_error,
+)
+
+
+@dataclass(frozen=True)
+class ModelFitSettings:
+    """How a model is fitted at meta-train and meta-test time (the same for every loss).
+
+    Attributes:
+        hidden: hidden widths of the model.
+        members: ensemble members.
+        optimizer: the K-step inner optimizer.
+        trajectories: fitting-set sizes (trajectories) drawn from at meta-train time.
+    """
+
+    hidden: tuple[int, ...]
+    members: int
+    optimizer: InnerOptimizer
+    trajectories: tuple[int, ...]
+
+
+def draw_fit(
+    data: ArmData, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> Transitions:
+    """``n`` trajectories of ``data``'s fitting pool, drawn without replacement."""
+    pool = data.fit_X.shape[0]
+    if not 1 <= n <= pool:
+        raise ValueError(f"n: expected 1..{pool} fitting trajectories (the pool), got {n}")
+    idx = torch.randperm(pool, generator=generator)[:n].numpy()
+    return Transitions.of(data.fit_X[idx], data.fit_U[idx], dtype)
+
+
+class ModelLossObjective:
+    """The meta-objective of a model-fitting loss (see the module docstring).
+
+    Args:
+        loss: M_psi.
+        arms: the meta-training arms' data.
+        settings: model and inner loop.
+        arms_per_iteration: arms per outer iteration.
+        meta_horizon: steps of the open-loop rollouts scored (at most the data's horizon).
+        prior_weight: weight of the true-simulator term (0: no physics prior).
+        differentiable_steps: truncate the meta-gradient to the last this many inner steps.
+    """
+
+    def __init__(
+        self,
+        loss: LossLike,
+        arms: Sequence[ArmData],
+        settings: ModelFitSettings,
+        *,
+        arms_per_iteration: int,
+        meta_horizon: int,
+        prior_weight: float,
+        differentiable_steps: int | None = None,
+    ) -> None:
+        if prior_weight > 0 and any(a.prior_X is None for a in arms):
+            raise ValueError("prior_weight > 0 needs every arm's prior rollouts (n_prior > 0)")
+        self.loss = loss
+        self.arms = list(arms)
+        self.settings = settings
+        self.arms_per_iteration = min(arms_per_iteration, len(self.arms))
+        self.meta_horizon = meta_horizon
+        self.prior_weight = prior_weight
+        self.differentiable_steps = differentiable_steps
+
+    def __call__(self, iteration: int, generator: torch.Generator) -> OuterStep:
+        picks = torch.randperm(len(self.arms), generator=generator)[: self.arms_per_iteration]
+        sizes = self.settings.trajectories
+        terms: list[Tensor] = []
+        check_errors, prior_errors = [], []
+        for i in picks.tolist():
+            data = self.arms[i]
+            n = sizes[int(torch.randint(len(sizes), (1,), generator=generator))]
+            fit_data = draw_fit(data, n, generator)
+            model = fresh_model(
+                data.arm, fit_data, self.settings.hidden, self.settings.members, generator
+            )
+            fitted = fit_model(
+                model, data.arm, fit_data, self.loss, self.settings.optimizer,
+                differentiable=True, differentiable_steps=self.differentiable_steps,
+            )  # fmt: skip
+            check = rollout_error(
+                model, fitted, data.check_X, data.check_U, data.state_scale, self.meta_horizon
+            )
+            term = torch.log1p(check).mean()
+            check_errors.append(float(check.detach().mean()))
+            if self.prior_weight > 0:
+                prior = rollout_error(
+                    model, fitted, data.prior_X, data.prior_U, data.state_scale, self.meta_horizon
+                )
+                term = term + self.prior_weight * torch.log1p(prior).mean()
+                prior_errors.append(float(prior.detach().mean()))
+            terms.append(term)
+        metrics = {"check_error": sum(check_errors) / len(check_errors)}
+        if prior_errors:
+            metrics["prior_error"] = sum(prior_errors) / len(prior_errors)
+        return OuterStep(torch.stack(terms).mean(), metrics)
