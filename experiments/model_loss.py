@@ -22,7 +22,7 @@ from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
 from ml3_robotics.core.run_context import RunContext
 from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
-from ml3_robotics.core.validation import check_ints, check_widths
+from ml3_robotics.core.validation import check_choice, check_ints, check_widths
 from ml3_robotics.evaluation.model_loss import (
     ModelEvalSettings,
     evaluate_model_losses,
@@ -35,10 +35,13 @@ from ml3_robotics.reporting.plotting import new_figure, save
 from ml3_robotics.tasks.model_fitting import (
     FITTING_LOSSES,
     MODEL_LOSS_FEATURES,
+    Transitions,
+    imitate_mse,
     model_loss_feature_spec,
 )
 
 VARIANTS = ("prior", "no_prior")
+LOSS_INITS = ("mse", "random")
 #: Seed offsets of the test arms' draw and of the arms' data (train arm i: + i).
 TEST_ARM_SEED = 40_009
 TRAIN_DATA_SEED = 1_000
@@ -62,6 +65,9 @@ class ModelLossConfig:
         inner_method, inner_lr, inner_steps: the K-step fit.
         differentiable_steps: meta-gradient through the last this many steps (0: all).
         loss_hidden: M_psi's hidden widths.
+        loss_init: ``"mse"``: M_psi starts as an imitation of the squared error
+            (:func:`~ml3_robotics.tasks.model_fitting.imitate_mse`, on the meta-training arms'
+            fitting pools); ``"random"``: a random network.
         outer_steps, outer_lr, grad_clip: meta-training.
         arms_per_iteration: meta-training arms per outer iteration.
         meta_horizon: open-loop steps scored by the meta-objective.
@@ -88,6 +94,7 @@ class ModelLossConfig:
     inner_steps: int = 100
     differentiable_steps: int = 0
     loss_hidden: tuple[int, ...] = (32, 32)
+    loss_init: str = "mse"
     outer_steps: int = 150
     outer_lr: float = 1e-3
     grad_clip: float = 10.0
@@ -125,6 +132,7 @@ class ModelLossConfig:
         if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
             raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid!r}")
         InnerOptimizer(self.inner_method, lr=self.inner_lr, steps=self.inner_steps)
+        check_choice("loss_init", self.loss_init, LOSS_INITS)
 
     def fit_settings(self) -> ModelFitSettings:
         return ModelFitSettings(
@@ -151,19 +159,22 @@ def _arm_data(config: ModelLossConfig, spec: str, seed: int, data_seed: int) -> 
     ]
 
 
-def _new_loss(config: ModelLossConfig, seed: int) -> LearnedLoss:
+def _new_loss(config: ModelLossConfig, arms: list[ArmData], seed: int) -> LearnedLoss:
     loss = LearnedLoss(
         LossConfig(model_loss_feature_spec(), hidden=config.loss_hidden, activation="elu")
     )
     # Both variants start from the same psi: they differ only in the meta-objective.
-    loss.reset_parameters(torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    loss.reset_parameters(generator)
+    if config.loss_init == "mse":
+        imitate_mse(loss, [(d.arm, Transitions.of(d.fit_X, d.fit_U)) for d in arms], generator)
     return loss
 
 
 def _meta_train(
     variant: str, config: ModelLossConfig, arms: list[ArmData], ctx: RunContext
 ) -> tuple[LearnedLoss, MetaTrainer]:
-    loss = _new_loss(config, ctx.seed)
+    loss = _new_loss(config, arms, ctx.seed)
     objective = ModelLossObjective(
         loss, arms, config.fit_settings(),
         arms_per_iteration=config.arms_per_iteration, meta_horizon=config.meta_horizon,

@@ -15,7 +15,7 @@ on the MSE or the Gaussian NLL (the baselines).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,3 +217,41 @@ def rollout_error(
         x = call(model, params, x, U[:, t])
         errors.append(((x - X[:, t + 1]) / scale).pow(2).mean(-1))
     return torch.stack(errors, 1).mean(1)
+
+
+def imitate_mse(
+    loss: nn.Module,
+    samples: Sequence[tuple[ArmConfig, Transitions]],
+    generator: torch.Generator,
+    *,
+    steps: int = 500,
+    lr: float = 3e-3,
+) -> float:
+    """Start M_psi at the MSE: regress its value onto the squared error on features of real
+    transitions with synthetic predictions (the real change plus noise of random size).
+
+    Meta-training then begins where the baseline is instead of at a random loss, whose first
+    fits are far worse than any baseline's. Uses no meta-objective and no test data.
+
+    Returns:
+        The final regression error (squared, relative to ``1 +`` the target).
+    """
+    features = []
+    for arm, data in samples:
+        mean = data.x_next - data.x
+        std = mean.std(0).clamp_min(1e-6)
+        y = (mean - mean.mean(0)) / std
+        size = torch.exp(torch.empty(y.shape[0], 1).uniform_(-4.6, 1.1, generator=generator))
+        pred = y + size * torch.randn(y.shape, generator=generator)
+        features.append(model_loss_features(arm, pred.unsqueeze(0), data, y).reshape(-1, 6))
+    f = torch.cat(features).to(next(loss.parameters()).dtype)
+    target = f[:, 2] ** 2
+    optimizer = torch.optim.Adam(loss.parameters(), lr=lr)
+    value = torch.tensor(float("nan"))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        # relative to the target's size: small errors matter as much as large ones
+        value = ((loss(f) - target).pow(2) / (1 + target)).mean()
+        value.backward()
+        optimizer.step()
+    return float(value.detach())

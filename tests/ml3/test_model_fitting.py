@@ -17,6 +17,7 @@ from ml3_robotics.tasks.model_fitting import (
     fitted_parameters,
     fitting_objective,
     fresh_model,
+    imitate_mse,
     model_loss_feature_spec,
     model_loss_features,
     rollout_error,
@@ -155,3 +156,21 @@ class _Learned:
 
     def __call__(self, features):
         return self.fn(features)
+
+
+def test_imitating_the_mse_gives_a_loss_that_pulls_predictions_to_the_target(arm2, data2):
+    loss = LearnedLoss(LossConfig(model_loss_feature_spec(), hidden=(16, 16), activation="elu"))
+    loss.reset_parameters(torch.Generator().manual_seed(0))
+    tr = Transitions.of(data2.fit_X, data2.fit_U)
+    sample = [(arm2, tr)]
+    before = imitate_mse(loss, sample, torch.Generator().manual_seed(1), steps=1)
+    after = imitate_mse(loss, sample, torch.Generator().manual_seed(1), steps=400)
+    assert after < 0.2 * before
+    model, _ = _model(arm2, data2)
+    y = model.normalize_delta(tr.x_next - tr.x)
+    error = 0.5 * torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
+    pred = (y + error).unsqueeze(0).requires_grad_(True)
+    loss(model_loss_features(arm2, pred, tr, y)).sum().backward()
+    # its gradient has the error's sign (a gradient step moves predictions towards the target)
+    agree = (torch.sign(pred.grad[0]) == torch.sign(error)).float().mean()
+    assert agree > 0.9
