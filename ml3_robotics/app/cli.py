@@ -17,7 +17,15 @@ from typing import Any, NoReturn
 
 import torch
 
-from ml3_robotics.app.robot_eval import EVAL_SMOKE, ReachEvalRunConfig, run_reach_eval
+from ml3_robotics.app.robot_eval import (
+    EVAL_SMOKE,
+    MODEL_EVAL_SMOKE,
+    ModelEvalRunConfig,
+    ReachEvalRunConfig,
+    is_model_loss,
+    run_model_eval,
+    run_reach_eval,
+)
 from ml3_robotics.app.runs import (
     ConfigError,
     RunResult,
@@ -34,8 +42,10 @@ from ml3_robotics.app.runs import (
 )
 from ml3_robotics.core.errors import ML3Error
 from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.serialization import load_learned_loss, read_loss_sidecar
 from ml3_robotics.evaluation.robots import load_reach_loss
 from ml3_robotics.reporting.render import render_system
+from ml3_robotics.tasks.model_fitting import MODEL_LOSS_FEATURES
 from robots.arm import load_arm_config
 from robots.yaml_io import dump_yaml
 
@@ -98,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--seed", type=_seed, default=0)
     ev = sub.add_parser(
         "eval",
-        help="apply a saved learned loss to an arm and a policy size, against task loss and iLQR",
+        help="apply a saved learned loss to an arm: a reach loss (vs task loss and iLQR) or a "
+        "model-fitting loss (vs MSE and NLL fits)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_fields_help(ReachEvalRunConfig),
     )
@@ -217,15 +228,32 @@ def eval_loss(
     progress: bool = False,
 ) -> tuple[RunContext, RunResult]:
     """``ml3r eval``: resolve the config, refuse a loss or robot that cannot be used before
-    touching ``out``, run :func:`ml3_robotics.app.robot_eval.run_reach_eval`, write the
-    artefacts."""
+    touching ``out``, run :func:`ml3_robotics.app.robot_eval.run_reach_eval` (a reach loss) or
+    :func:`~ml3_robotics.app.robot_eval.run_model_eval` (a model-fitting loss, told apart by
+    the features its sidecar names), write the artefacts."""
     _check_seed(seed)
-    options = {"loss": str(loss), "robot": robot, "n_goals": goals, "inner_steps": steps,
-               "policy_depth": policy_depth, "policy_width": policy_width}  # fmt: skip
-    layers = _config_layers(EVAL_SMOKE if smoke else {}, config_file, sets)
+    model_loss = is_model_loss(read_loss_sidecar(loss))  # LossFileError before anything else
+    if model_loss:
+        unused = [f for f, v in (("--policy-depth", policy_depth), ("--policy-width",
+                  policy_width)) if v is not None]  # fmt: skip
+        if unused:
+            raise ConfigError(
+                f"{', '.join(unused)}: {loss} is a model-fitting loss (it fits a dynamics "
+                "model, not a policy); leave these out"
+            )
+        options = {"loss": str(loss), "robot": robot, "n_goals": goals, "inner_steps": steps}
+        smoke_layer, config_type, run_fn = MODEL_EVAL_SMOKE, ModelEvalRunConfig, run_model_eval
+    else:
+        options = {"loss": str(loss), "robot": robot, "n_goals": goals, "inner_steps": steps,
+                   "policy_depth": policy_depth, "policy_width": policy_width}  # fmt: skip
+        smoke_layer, config_type, run_fn = EVAL_SMOKE, ReachEvalRunConfig, run_reach_eval
+    layers = _config_layers(smoke_layer if smoke else {}, config_file, sets)
     layers.append({k: v for k, v in options.items() if v is not None})
-    config = build_config(ReachEvalRunConfig, *layers)
-    load_reach_loss(config.loss)  # FeatureSpecError / LossFileError before anything is written
+    config = build_config(config_type, *layers)
+    if model_loss:  # FeatureSpecError / LossFileError before anything is written
+        load_learned_loss(config.loss, expect_features=MODEL_LOSS_FEATURES)
+    else:
+        load_reach_loss(config.loss)
     try:
         load_arm_config(config.robot)
     except (TypeError, ValueError, FileNotFoundError) as e:
@@ -234,7 +262,7 @@ def eval_loss(
         out = Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S")
     prepare_out_dir(out, resume=False, overwrite=overwrite)
     ctx = RunContext(out, seed, smoke=smoke, progress=progress)
-    return ctx, execute_run(ctx, "eval", config, run_reach_eval)
+    return ctx, execute_run(ctx, "eval", config, run_fn)
 
 
 TABLE_STEPS = (1, 2, 5, 10)  # inner steps whose distance the table shows, where recorded

@@ -1,4 +1,5 @@
-"""``ml3r eval``: one saved reach loss on one robot, evaluated and reported.
+"""``ml3r eval``: one saved reach loss on one robot, evaluated and reported; or a saved
+model-fitting loss (:func:`run_model_eval`) fitting that robot's dynamics model.
 
 :func:`evaluate_and_report` composes the data-only
 :func:`ml3_robotics.evaluation.robots.evaluate_on_robot` with the figures of
@@ -8,14 +9,19 @@ robot, ``ml3r eval`` (:func:`run_reach_eval`) once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ml3_robotics.app.runs import RunResult
+from ml3_robotics.core.inner import InnerOptimizer
 from ml3_robotics.core.learned_loss import LearnedLoss
 from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.serialization import load_learned_loss
+from ml3_robotics.core.validation import check_ints
+from ml3_robotics.evaluation.model_loss import ModelEvalSettings, evaluate_on_new_robot
 from ml3_robotics.evaluation.reach import METHODS, ReachEvalConfig
 from ml3_robotics.evaluation.robots import (
     DEFAULT_INNER_LR,
@@ -26,7 +32,9 @@ from ml3_robotics.evaluation.robots import (
     load_reach_loss,
 )
 from ml3_robotics.mbrl.loop import ReachModelConfig
+from ml3_robotics.mbrl.model_loss import ModelFitSettings
 from ml3_robotics.reporting.reach_figures import write_reach_figures
+from ml3_robotics.tasks.model_fitting import FITTING_LOSSES, MODEL_LOSS_FEATURES
 from robots.arm import ArmConfig, check_goals, load_arm_config
 
 
@@ -131,4 +139,123 @@ def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
         metrics=results["ml3"],
         baselines={name: results[name] for name in METHODS[1:]},
         extra=extra,
+    )
+
+
+# -- a model-fitting loss (issue 14) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelEvalRunConfig:
+    """``ml3r eval`` of a saved model-fitting loss (``ml3r run model-loss``) on one robot.
+
+    The model, the inner optimizer, K and the step size are the loss's own (its sidecar) unless
+    given here; the MSE and the NLL fit the same model with step sizes tuned on a separate
+    collection of the robot's babbling.
+
+    Attributes:
+        loss: path of the saved loss.
+        robot: shipped arm name or YAML path.
+        fit_sizes: fitting-set sizes (babbling trajectories) to compare at.
+        repeats: fitting draws per size.
+        fit_pool, check_trajectories: babbling trajectories to draw from and held out.
+        horizon, babble_hold: babbling trajectories' length and torque hold.
+        n_goals, goal_min_radius, ilqr_iters: the iLQR reach on each fitted model (0 goals: none).
+        inner_steps, inner_lr: K and the loss's step size (None: from the sidecar).
+        lr_grid: the baselines' step sizes to tune over.
+    """
+
+    loss: str = ""
+    robot: str = "reacher2"
+    fit_sizes: tuple[int, ...] = (5, 20)
+    repeats: int = 2
+    fit_pool: int = 40
+    check_trajectories: int = 10
+    horizon: int = 65
+    babble_hold: int = 8
+    n_goals: int = 5
+    goal_min_radius: float = 0.3
+    ilqr_iters: int = 30
+    inner_steps: int | None = None
+    inner_lr: float | None = None
+    lr_grid: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.loss, str) or not self.loss:
+            raise ValueError(f"loss: expected the path of a saved learned loss, got {self.loss!r}")
+        check_ints(self, ("repeats", "fit_pool", "check_trajectories", "horizon", "babble_hold",
+                          "ilqr_iters"), 1)  # fmt: skip
+        check_ints(self, ("n_goals",), 0)
+        if not self.fit_sizes or any(not 1 <= n <= self.fit_pool for n in self.fit_sizes):
+            raise ValueError(
+                f"fit_sizes: expected sizes in 1..fit_pool={self.fit_pool}, got {self.fit_sizes!r}"
+            )
+        if self.inner_steps is not None:
+            check_ints(self, ("inner_steps",), 1)
+        if self.inner_lr is not None and not self.inner_lr > 0:
+            raise ValueError(f"inner_lr: expected a positive number, got {self.inner_lr!r}")
+        if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
+            raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid!r}")
+
+
+#: Field overrides of :class:`ModelEvalRunConfig` for ``ml3r eval --smoke`` (tests).
+MODEL_EVAL_SMOKE: dict[str, Any] = {
+    "fit_sizes": (1, 2),
+    "repeats": 1,
+    "fit_pool": 3,
+    "check_trajectories": 2,
+    "horizon": 12,
+    "n_goals": 1,
+    "ilqr_iters": 2,
+    "inner_steps": 3,
+    "lr_grid": (1e-2,),
+}
+
+
+def is_model_loss(sidecar: Mapping[str, Any]) -> bool:
+    """Whether a saved loss's sidecar says it reads :data:`MODEL_LOSS_FEATURES`."""
+    names = sidecar.get("config", {}).get("features", {}).get("names")
+    return tuple(names or ()) == MODEL_LOSS_FEATURES
+
+
+def run_model_eval(config: ModelEvalRunConfig, ctx: RunContext) -> RunResult:
+    """``ml3r eval`` of a model-fitting loss: see
+    :func:`ml3_robotics.evaluation.model_loss.evaluate_on_new_robot`."""
+    loss, sidecar = load_learned_loss(config.loss, expect_features=MODEL_LOSS_FEATURES)
+    prov = sidecar.get("provenance", {}) or {}
+    arm = load_arm_config(config.robot)
+    optimizer = InnerOptimizer(
+        str(prov.get("inner_method", "adam")),
+        lr=float(config.inner_lr or prov.get("inner_lr", 1e-2)),
+        steps=int(config.inner_steps or prov.get("inner_steps", 100)),
+    )
+    settings = ModelFitSettings(
+        tuple(prov.get("model_hidden", (64, 64))), int(prov.get("model_members", 1)),
+        optimizer, tuple(config.fit_sizes),
+    )  # fmt: skip
+    eval_settings = ModelEvalSettings(
+        sizes=tuple(config.fit_sizes), repeats=config.repeats, n_goals=config.n_goals,
+        goal_min_radius=config.goal_min_radius, ilqr_iters=config.ilqr_iters,
+    )  # fmt: skip
+    result = evaluate_on_new_robot(
+        loss, optimizer.lr, arm, settings, eval_settings, config.lr_grid, ctx,
+        fit_pool=config.fit_pool, check_trajectories=config.check_trajectories,
+        horizon=config.horizon, hold=config.babble_hold,
+    )  # fmt: skip
+
+    def flat(by_size: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+        return {f"{k}_{n}": v for n, figures in by_size.items() for k, v in figures.items()}
+
+    summary = result["summary"]
+    return RunResult(
+        metrics=flat(summary["ml3"]),
+        baselines={name: flat(summary[name]) for name in FITTING_LOSSES},
+        extra={
+            "robot": arm.to_dict(),
+            "per_arm": result["per_arm"],
+            "tuning": result["tuning"],
+            "inner_steps": optimizer.steps,
+            "inner_lr": optimizer.lr,
+            "loss_provenance": prov,
+        },
     )

@@ -26,9 +26,15 @@ from ml3_robotics.evaluation.reach import mujoco_model
 from ml3_robotics.mbrl.arm_data import ArmData
 from ml3_robotics.mbrl.model_loss import ModelFitSettings, draw_fit
 from ml3_robotics.models.learned_dynamics import ProbabilisticEnsemble
-from ml3_robotics.tasks.model_fitting import LossLike, fit_model, fresh_model, rollout_error
+from ml3_robotics.tasks.model_fitting import (
+    FITTING_LOSSES,
+    LossLike,
+    fit_model,
+    fresh_model,
+    rollout_error,
+)
 from ml3_robotics.tasks.reach import ReachTask, plan_and_execute
-from robots.arm import ArmSim, sample_goals
+from robots.arm import ArmConfig, ArmSim, sample_goals
 
 #: Seed offsets: the fitting draws of meta-test and step-size tuning, the reach goals.
 EVAL_DRAW_SEED = 70_001
@@ -187,3 +193,57 @@ def summarize(
                     figures[f"{key}_median"] = float(np.median(values))
             out[name][str(n)] = figures
     return out
+
+
+#: Seed offsets of a new robot's evaluation data and of its separate tuning data.
+ROBOT_DATA_SEED = 3_001
+ROBOT_TUNE_SEED = 4_001
+
+
+def evaluate_on_new_robot(
+    loss: LossLike,
+    lr: float,
+    arm: ArmConfig,
+    settings: ModelFitSettings,
+    config: ModelEvalSettings,
+    lr_grid: Sequence[float],
+    ctx: RunContext,
+    *,
+    fit_pool: int,
+    check_trajectories: int,
+    horizon: int,
+    hold: int,
+) -> dict[str, Any]:
+    """A saved model-fitting loss on one robot (``ml3r eval``), against the MSE and the NLL.
+
+    The robot's babbling is collected twice from different seeds: the baselines' step sizes
+    are tuned on the second collection (its own fitting pool and held-out trajectories), the
+    methods are compared on the first.
+
+    Returns:
+        As :func:`evaluate_model_losses`, plus ``"tuning"``: the baselines' step sizes.
+    """
+
+    def collect(seed: int) -> ArmData:
+        return ArmData.collect(
+            arm, seed, n_fit=fit_pool, n_check=check_trajectories, n_prior=0,
+            horizon=horizon, hold=hold,
+        )  # fmt: skip
+
+    with ctx.phase("robot_data"):
+        data = collect(ctx.seed + ROBOT_DATA_SEED)
+        tune_data = collect(ctx.seed + ROBOT_TUNE_SEED)
+    methods: dict[str, tuple[LossLike, dict[int, float]]] = {
+        "ml3": (loss, dict.fromkeys(config.sizes, lr))
+    }
+    tuning: dict[str, Any] = {}
+    with ctx.phase("tune_baselines"):
+        for name in FITTING_LOSSES:
+            lrs = {}
+            for n in config.sizes:
+                lrs[n], scores = tune_step_size(name, [tune_data], settings, n, lr_grid, ctx.seed)
+                tuning[f"{name}_{n}"] = {"lr": lrs[n], "median_error_full": scores}
+            methods[name] = (name, lrs)
+    with ctx.phase("meta_test"):
+        result = evaluate_model_losses(methods, [data], settings, config, ctx)
+    return result | {"tuning": tuning}

@@ -119,3 +119,35 @@ def test_sigkill_mid_meta_training_then_resume_is_exact(tmp_path, registry):
 def test_bad_config_values_are_named(change, message):
     with pytest.raises(ValueError, match=message):
         ModelLossConfig(**change)
+
+
+def _saved_model_loss(path):
+    from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
+    from ml3_robotics.core.serialization import save_learned_loss
+    from ml3_robotics.tasks.model_fitting import model_loss_feature_spec
+
+    loss = LearnedLoss(LossConfig(model_loss_feature_spec(), hidden=(4,), activation="elu"))
+    provenance = {"inner_method": "adam", "inner_lr": 0.01, "inner_steps": 2,
+                  "model_hidden": [8], "model_members": 1}  # fmt: skip
+    save_learned_loss(loss, path, provenance=provenance)
+    return path
+
+
+def test_ml3r_eval_applies_a_model_loss_to_a_new_robot(tmp_path):
+    from ml3_robotics.app.cli import eval_loss, main
+
+    loss = _saved_model_loss(tmp_path / "model_loss")
+    out = tmp_path / "eval"
+    eval_loss(loss, robot="arm4", seed=1, out=out, smoke=True)
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc["baselines"]) == {"mse", "nll"}
+    assert doc["config"]["robot"] == "arm4" and doc["extra"]["inner_steps"] == 3  # smoke's K
+    for figures in (doc["metrics"], *doc["baselines"].values()):
+        for n in doc["config"]["fit_sizes"]:
+            assert math.isfinite(figures[f"error_full_mean_{n}"])
+            assert figures[f"ilqr_mm_mean_{n}"] >= 0
+    assert doc["extra"]["tuning"]["mse_1"]["lr"] in doc["config"]["lr_grid"]
+    # a policy option makes no sense for a model loss: refused before anything is written
+    assert main(["eval", "--loss", str(loss), "--policy-depth", "3",
+                 "--out", str(tmp_path / "nothing")]) == 2  # fmt: skip
+    assert not (tmp_path / "nothing").exists()
