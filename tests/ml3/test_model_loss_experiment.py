@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -68,6 +69,13 @@ def test_smoke_run_writes_every_artefact(tmp_path, registry):
     assert side["provenance"]["prior_weight"] == 0
     with pytest.raises(FeatureSpecError):
         load_learned_loss(out / "loss", expect_features=REACH_FEATURES)
+    # the study's table script reads the run: one row per method and size, the medians agree
+    script = runpy.run_path(str(ROOT / "scripts" / "model_loss_table.py"))
+    text = script["table"]({"smoke": doc})
+    for name in ("ml3_prior", *METHODS):
+        for n in sizes:
+            median = doc["extra"]["summary"][name][str(n)]["error_full_median"]
+            assert f"| {name} | {n} | 2 | " in text and f" | {median:.3g} | " in text
     # evaluating the saved losses instead of meta-training reproduces the meta-test
     again = tmp_path / "again"
     run_experiment("model-loss", seed=2, out=again, smoke=True,
