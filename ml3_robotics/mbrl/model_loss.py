@@ -90,35 +90,47 @@ class ModelLossObjective:
         self.prior_weight = prior_weight
         self.differentiable_steps = differentiable_steps
 
-    def __call__(self, iteration: int, generator: torch.Generator) -> OuterStep:
+    def items(self, generator: torch.Generator) -> list[int]:
+        """The meta-training arms of one outer iteration (indices, in order)."""
         picks = torch.randperm(len(self.arms), generator=generator)[: self.arms_per_iteration]
+        return picks.tolist()
+
+    def item_loss(self, arm_index: int, generator: torch.Generator) -> tuple[Tensor, dict]:
+        """One arm's term: a fitting set and a fresh model drawn from ``generator``, K steps
+        of M_psi's loss, the fitted model's held-out (and prior) error."""
+        data = self.arms[arm_index]
         sizes = self.settings.trajectories
-        terms: list[Tensor] = []
-        check_errors, prior_errors = [], []
-        for i in picks.tolist():
-            data = self.arms[i]
-            n = sizes[int(torch.randint(len(sizes), (1,), generator=generator))]
-            fit_data = draw_fit(data, n, generator)
-            model = fresh_model(
-                data.arm, fit_data, self.settings.hidden, self.settings.members, generator
+        n = sizes[int(torch.randint(len(sizes), (1,), generator=generator))]
+        fit_data = draw_fit(data, n, generator)
+        model = fresh_model(data.arm, fit_data, self.settings.hidden, self.settings.members,
+                            generator)  # fmt: skip
+        fitted = fit_model(
+            model, data.arm, fit_data, self.loss, self.settings.optimizer,
+            differentiable=True, differentiable_steps=self.differentiable_steps,
+        )  # fmt: skip
+        check = rollout_error(
+            model, fitted, data.check_X, data.check_U, data.state_scale, self.meta_horizon
+        )
+        term = torch.log1p(check).mean()
+        metrics = {"check_error": float(check.detach().mean())}
+        if self.prior_weight > 0:
+            prior = rollout_error(
+                model, fitted, data.prior_X, data.prior_U, data.state_scale, self.meta_horizon
             )
-            fitted = fit_model(
-                model, data.arm, fit_data, self.loss, self.settings.optimizer,
-                differentiable=True, differentiable_steps=self.differentiable_steps,
-            )  # fmt: skip
-            check = rollout_error(
-                model, fitted, data.check_X, data.check_U, data.state_scale, self.meta_horizon
-            )
-            term = torch.log1p(check).mean()
-            check_errors.append(float(check.detach().mean()))
-            if self.prior_weight > 0:
-                prior = rollout_error(
-                    model, fitted, data.prior_X, data.prior_U, data.state_scale, self.meta_horizon
-                )
-                term = term + self.prior_weight * torch.log1p(prior).mean()
-                prior_errors.append(float(prior.detach().mean()))
+            term = term + self.prior_weight * torch.log1p(prior).mean()
+            metrics["prior_error"] = float(prior.detach().mean())
+        return term, metrics
+
+    def __call__(self, iteration: int, generator: torch.Generator) -> OuterStep:
+        items = self.items(generator)
+        # Each item draws from its own generator (the iteration's seed and its position), so an
+        # item's numbers do not depend on which items ran before it.
+        base = int(generator.initial_seed())
+        terms, rows = [], []
+        for position, arm_index in enumerate(items):
+            g = torch.Generator().manual_seed(base + 1 + position)
+            term, metrics = self.item_loss(arm_index, g)
             terms.append(term)
-        metrics = {"check_error": sum(check_errors) / len(check_errors)}
-        if prior_errors:
-            metrics["prior_error"] = sum(prior_errors) / len(prior_errors)
-        return OuterStep(torch.stack(terms).mean(), metrics)
+            rows.append(metrics)
+        averaged = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+        return OuterStep(torch.stack(terms).mean(), averaged)
