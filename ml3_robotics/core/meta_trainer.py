@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ml3_robotics.core.distributed import SINGLE, World, local_item_terms
 from ml3_robotics.core.errors import NonFiniteError
 from ml3_robotics.core.progress import progress_bar
 from ml3_robotics.core.serialization import atomic_save_tensors
@@ -113,6 +114,12 @@ class MetaTrainer:
         progress: draw a tqdm bar (the CLI passes True only on a TTY); otherwise progress goes
             to the ``ml3r.progress`` logger as a line every tenth of the run.
         label: what the bar and the progress lines call the run.
+        world: this process's rank among several (data-parallel meta-training,
+            :mod:`ml3_robotics.core.distributed`): the objective must then be an
+            :class:`~ml3_robotics.core.distributed.ItemObjective`; its items are split across
+            ranks, the meta-gradients summed, and only rank 0 writes checkpoints and calls the
+            callbacks. An item objective is evaluated through its items in one process too, so
+            one process and several compute the same mean.
     """
 
     def __init__(
@@ -126,7 +133,18 @@ class MetaTrainer:
         state: Stateful | None = None,
         progress: bool = False,
         label: str = "meta-train",
+        world: World = SINGLE,
     ) -> None:
+        self.item_objective = callable(getattr(objective, "item_loss", None)) and callable(
+            getattr(objective, "items", None)
+        )
+        if world.distributed and not self.item_objective:
+            raise ValueError(
+                f"objective: meta-training on {world.size} processes needs a mean of items "
+                "(an ItemObjective with items() and item_loss()), got "
+                f"{type(objective).__name__}"
+            )
+        self.world = world
         self.loss = loss
         self.label = label
         self.objective = objective
@@ -142,8 +160,9 @@ class MetaTrainer:
     # -- checkpoints -------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Write the full outer-loop state atomically (a crash leaves the previous file)."""
-        if self.checkpoint_path is None:
+        """Write the full outer-loop state atomically (a crash leaves the previous file); rank 0
+        only (every rank holds the same state)."""
+        if self.checkpoint_path is None or not self.world.is_main:
             return
         tensors: dict[str, Tensor] = {f"loss.{k}": v for k, v in self.loss.state_dict().items()}
         opt = self.optimizer.state_dict()
@@ -209,15 +228,21 @@ class MetaTrainer:
         i = self.iteration
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.objective(i, iteration_generator(self.config.seed, i))
-        result = out if isinstance(out, OuterStep) else OuterStep(loss=out)
-        value = float(result.loss.detach())
+        generator = iteration_generator(self.config.seed, i)
+        if self.item_objective:
+            value, grads, metrics = self._item_step(generator)
+        else:
+            out = self.objective(i, generator)
+            result = out if isinstance(out, OuterStep) else OuterStep(loss=out)
+            value, metrics = float(result.loss.detach()), dict(result.metrics)
+            result.loss.backward()
+            grads = [p.grad for p in self.loss.parameters() if p.grad is not None]
+        # Checked after the (all-reduced) values are known, so every rank stops alike; phi is
+        # untouched until the optimizer step below.
         if not math.isfinite(value):
             raise NonFiniteError(
                 f"meta-loss is {value} at outer iteration {i}; {self._last_good()}"
             )
-        result.loss.backward()
-        grads = [p.grad for p in self.loss.parameters() if p.grad is not None]
         grad_norm = (
             float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
             if grads
@@ -238,10 +263,34 @@ class MetaTrainer:
             "meta_loss": value,
             "meta_grad_norm": grad_norm,
             "seconds": time.perf_counter() - start,
-            **{k: float(v) for k, v in result.metrics.items()},
+            **{k: float(v) for k, v in metrics.items()},
         }
         self.history.append(row)
         return row
+
+    def _item_step(self, generator: torch.Generator) -> tuple[float, list[Tensor], dict]:
+        """This rank's items, then the meta-gradients, the meta-loss and the metrics summed
+        over ranks (one collective); ``p.grad`` holds the summed gradient on every rank."""
+        local, metrics, _ = local_item_terms(self.objective, generator, self.world)  # type: ignore[arg-type]
+        params = list(self.loss.parameters())
+        if local is not None:
+            local.backward()
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        names = sorted(metrics)
+        # Metric names may differ between ranks only if some rank has no item: that cannot
+        # happen with at least as many items as ranks; guard it instead of mis-summing.
+        stats = torch.tensor([0.0 if local is None else float(local.detach())]
+                             + [metrics[k] for k in names], dtype=torch.float64)  # fmt: skip
+        grads = [p.grad for p in params]
+        if self.world.distributed:
+            summed = self.world.all_reduce_sum([*(g.double() for g in grads), stats])
+            for p, g in zip(params, summed[:-1], strict=True):
+                p.grad = g.to(p.dtype)
+            stats = summed[-1]
+            grads = [p.grad for p in params]
+        return float(stats[0]), grads, dict(zip(names, stats[1:].tolist(), strict=True))
 
     def _last_good(self) -> str:
         if self.checkpoint_path is not None and self.checkpoint_path.is_file():
@@ -253,13 +302,15 @@ class MetaTrainer:
         if resume:
             self.load_checkpoint()
         total = self.config.outer_steps
-        bar = progress_bar(total, self.label, tty=self.progress, initial=self.iteration)
+        bar = progress_bar(
+            total, self.label, tty=self.progress and self.world.is_main, initial=self.iteration
+        )
         try:
             while self.iteration < total:
                 row = self.step()
                 bar.set_postfix(meta_loss=f"{row['meta_loss']:.4g}", refresh=False)
                 bar.update(1)
-                for callback in self.callbacks:
+                for callback in self.callbacks if self.world.is_main else ():
                     callback(self.iteration - 1, row)
                 if self.iteration % self.config.checkpoint_every == 0 or self.iteration == total:
                     self.save_checkpoint()

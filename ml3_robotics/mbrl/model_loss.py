@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ml3_robotics.core.distributed import SINGLE, local_item_terms
 from ml3_robotics.core.inner import InnerOptimizer
 from ml3_robotics.core.meta_trainer import OuterStep
 from ml3_robotics.mbrl.arm_data import ArmData
@@ -95,7 +96,9 @@ class ModelLossObjective:
         picks = torch.randperm(len(self.arms), generator=generator)[: self.arms_per_iteration]
         return picks.tolist()
 
-    def item_loss(self, arm_index: int, generator: torch.Generator) -> tuple[Tensor, dict]:
+    def item_loss(
+        self, arm_index: int, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
         """One arm's term: a fitting set and a fresh model drawn from ``generator``, K steps
         of M_psi's loss, the fitted model's held-out (and prior) error."""
         data = self.arms[arm_index]
@@ -122,15 +125,8 @@ class ModelLossObjective:
         return term, metrics
 
     def __call__(self, iteration: int, generator: torch.Generator) -> OuterStep:
-        items = self.items(generator)
-        # Each item draws from its own generator (the iteration's seed and its position), so an
-        # item's numbers do not depend on which items ran before it.
-        base = int(generator.initial_seed())
-        terms, rows = [], []
-        for position, arm_index in enumerate(items):
-            g = torch.Generator().manual_seed(base + 1 + position)
-            term, metrics = self.item_loss(arm_index, g)
-            terms.append(term)
-            rows.append(metrics)
-        averaged = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-        return OuterStep(torch.stack(terms).mean(), averaged)
+        """The mean of :meth:`item_loss` over :meth:`items` in one process (the meta-trainer
+        splits the same items across ranks when there are several)."""
+        total, metrics, _ = local_item_terms(self, generator, SINGLE)
+        assert total is not None  # one process computes every item
+        return OuterStep(total, metrics)

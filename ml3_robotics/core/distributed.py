@@ -1,0 +1,141 @@
+"""Data-parallel meta-training on torch.distributed (issue 15).
+
+An outer iteration whose meta-objective is a mean over independent items (goals, arms) is split
+across processes: every rank draws the same item list from the iteration's generator, computes
+the terms of the items at positions ``rank, rank + size, ...`` (each from its own generator,
+seeded by the iteration and the item's position, so an item's numbers do not depend on the rank
+that computes it), and the meta-gradients are summed with one ``all_reduce``. Every rank then
+takes the same Adam step; rank 0 alone writes checkpoints and artefacts.
+
+Launch with ``ml3r run --nproc N ...`` (which starts ``torch.distributed.run``) or with
+``torchrun --nproc-per-node N -m ml3_robotics run ...``; gloo on CPU, NCCL where CUDA is
+available. Across machines: ``torchrun --nnodes M --node-rank R --rdzv-endpoint HOST:PORT ...``
+with the output folder on a shared filesystem (see ``docs/distributed.md``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+#: How long a collective waits for the other ranks before raising (a dead rank stops the run).
+COLLECTIVE_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks of a run.
+
+    Attributes:
+        rank: this process's index, ``0 <= rank < size``.
+        size: number of processes.
+    """
+
+    rank: int = 0
+    size: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"size: expected an int >= 1, got {self.size!r}")
+        if not isinstance(self.rank, int) or not 0 <= self.rank < self.size:
+            raise ValueError(f"rank: expected an int in [0, {self.size}), got {self.rank!r}")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes checkpoints, logs and artefacts."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def positions(self, n: int) -> list[int]:
+        """The positions of ``n`` items this rank computes (strided: balanced, deterministic)."""
+        return list(range(self.rank, n, self.size))
+
+    def all_reduce_sum(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """The elementwise sums over ranks of ``tensors`` (one collective for all of them)."""
+        if not self.distributed or not tensors:
+            return list(tensors)
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        out, offset = [], 0
+        for t in tensors:
+            out.append(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+SINGLE = World()
+
+
+def world_from_env(environ: Mapping[str, str] | None = None) -> World:
+    """The :class:`World` of a process started by ``torch.distributed.run`` (its ``RANK`` and
+    ``WORLD_SIZE``), joining the process group on first use; a single process otherwise."""
+    env = os.environ if environ is None else environ
+    size = int(env.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return SINGLE
+    rank = int(env.get("RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+        log.info("rank %d of %d joined (%s)", rank, size, backend)
+    return World(rank, size)
+
+
+def item_generator(generator: torch.Generator, position: int) -> torch.Generator:
+    """The generator of the item at ``position`` of an outer iteration (whose own generator
+    is ``generator``): the same on whichever rank computes it."""
+    return torch.Generator().manual_seed(int(generator.initial_seed()) + 1 + position)
+
+
+class ItemObjective(Protocol):
+    """A meta-objective that is the mean of independent per-item terms (it can be split
+    across ranks by :class:`~ml3_robotics.core.meta_trainer.MetaTrainer`)."""
+
+    def items(self, generator: torch.Generator) -> list[Any]:
+        """This iteration's items, drawn from the iteration's generator (same on every rank)."""
+        ...
+
+    def item_loss(self, item: Any, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        """One item's differentiable term and its metrics."""
+        ...
+
+
+def local_item_terms(
+    objective: ItemObjective, generator: torch.Generator, world: World
+) -> tuple[Tensor | None, dict[str, float], int]:
+    """This rank's share of an item objective's mean.
+
+    Returns:
+        ``(sum of this rank's terms / n)`` (None when this rank has no item), the sums of their
+        metrics divided by ``n``, and ``n`` (the iteration's item count). Summed over ranks
+        these are the mean term and the mean metrics.
+    """
+    items = objective.items(generator)
+    n = len(items)
+    if n == 0:
+        raise ValueError("items: the meta-objective drew no items for this iteration")
+    total: Tensor | None = None
+    metrics: dict[str, float] = {}
+    for position in world.positions(n):
+        term, row = objective.item_loss(items[position], item_generator(generator, position))
+        total = term / n if total is None else total + term / n
+        for key, value in row.items():
+            metrics[key] = metrics.get(key, 0.0) + float(value) / n
+    return total, metrics, n

@@ -1,0 +1,100 @@
+"""Data-parallel meta-training (issue 15): 2 gloo processes give the same learned loss as 1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from ml3_robotics.core.distributed import SINGLE, World, item_generator, local_item_terms
+from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
+
+N_ITEMS = 5  # odd: the ranks get 3 and 2 items
+
+
+class ToyItems:
+    """A mean of per-item regression terms of a small network (stands in for goals or arms)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+
+    def items(self, generator):
+        return torch.randperm(8, generator=generator)[:N_ITEMS].tolist()
+
+    def item_loss(self, item, generator):
+        x = torch.randn(16, 3, generator=generator) + item
+        y = torch.sin(x).sum(-1)
+        err = (self.net(x).squeeze(-1) - y).pow(2).mean()
+        return err, {"err": float(err.detach()), "item": float(item)}
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+def _train(world: World, checkpoint) -> tuple[nn.Module, MetaTrainer]:
+    net = _net()
+    trainer = MetaTrainer(
+        net, ToyItems(net), MetaTrainConfig(6, lr=1e-2, seed=5, checkpoint_every=2),
+        checkpoint_path=checkpoint, world=world,
+    )  # fmt: skip
+    trainer.run()
+    return net, trainer
+
+
+def _worker(rank: int, size: int, rendezvous: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=size)
+    try:
+        net, trainer = _train(World(rank, size), f"{out}/ckpt.safetensors")
+        torch.save({"state": net.state_dict(), "history": trainer.history}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_learn_the_same_loss_as_one(tmp_path):
+    single_dir = tmp_path / "single"
+    single_dir.mkdir()
+    net, trainer = _train(SINGLE, single_dir / "ckpt.safetensors")
+    mp.spawn(_worker, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        doc = torch.load(tmp_path / f"rank{rank}.pt")
+        for key, value in net.state_dict().items():
+            torch.testing.assert_close(doc["state"][key], value, rtol=1e-6, atol=1e-7)
+        for a, b in zip(doc["history"], trainer.history, strict=True):
+            for key in ("meta_loss", "meta_grad_norm", "err", "item"):
+                assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    # rank 0 alone wrote the checkpoint, which equals the single process's
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "ckpt.safetensors"), load_file(single_dir / "ckpt.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+def test_items_are_split_by_position_and_draw_the_same_numbers_on_any_rank():
+    net = _net()
+    objective = ToyItems(net)
+    g = torch.Generator().manual_seed(11)
+    whole, metrics, n = local_item_terms(objective, g, SINGLE)
+    parts = [local_item_terms(objective, torch.Generator().manual_seed(11), World(r, 2))
+             for r in (0, 1)]  # fmt: skip
+    assert n == N_ITEMS and World(0, 2).positions(5) == [0, 2, 4]
+    torch.testing.assert_close(parts[0][0] + parts[1][0], whole)
+    assert parts[0][1]["err"] + parts[1][1]["err"] == pytest.approx(metrics["err"])
+    g1, g2 = item_generator(g, 3), item_generator(torch.Generator().manual_seed(11), 3)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+    assert World(3, 3 + 1).positions(2) == []  # more ranks than items: nothing, not an error
+
+
+def test_bad_worlds_and_objectives_are_refused():
+    with pytest.raises(ValueError, match="rank: expected an int in"):
+        World(2, 2)
+    with pytest.raises(ValueError, match="size: expected"):
+        World(0, 0)
+    net = _net()
+    with pytest.raises(ValueError, match="needs a mean of items"):
+        MetaTrainer(net, lambda i, g: net[0].weight.sum(), MetaTrainConfig(1), world=World(0, 2))
