@@ -195,6 +195,7 @@ def _meta_train(
         callbacks=[lambda _i, row: ctx.metrics_log.append({"variant": variant, **row})],
         progress=ctx.progress,
         label=f"meta-train ({variant})",
+        world=ctx.world,
     )
     return loss, trainer
 
@@ -228,6 +229,10 @@ def run(config: ModelLossConfig, ctx: RunContext) -> RunResult:
     for variant, trainer in trainers.items():
         with ctx.phase(f"meta_train_{variant}"):
             trainer.run()
+    if not ctx.world.is_main:
+        # Data-parallel meta-training is done; rank 0 saves, evaluates and reports.
+        return RunResult(metrics={}, baselines={}, extra={})
+    for variant, trainer in trainers.items():
         save_learned_loss(
             losses[variant],
             ctx.loss_stem(f"loss_{variant}"),

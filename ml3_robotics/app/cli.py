@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -40,6 +42,7 @@ from ml3_robotics.app.runs import (
     read_config_file,
     read_run_config,
 )
+from ml3_robotics.core.distributed import world_from_env
 from ml3_robotics.core.errors import ML3Error
 from ml3_robotics.core.run_context import RunContext
 from ml3_robotics.core.serialization import load_learned_loss, read_loss_sidecar
@@ -98,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("experiment")
     run = sub.add_parser("run", help="run an experiment and write its artefacts")
     run.add_argument("experiment", help="its name (ml3r list); with --help: its config fields")
+    run.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes for data-parallel meta-training (torch.distributed, gloo on CPU; "
+        "needs --out). Launched with torch.distributed.run; see docs/distributed.md",
+    )
     _run_options(run)
     render = sub.add_parser("render", help="write a video of a scripted rollout of a system")
     render.add_argument("system", help="mountain-car or arm")
@@ -180,8 +190,15 @@ def run_experiment(
     overwrite: bool = False,
     progress: bool = False,
 ) -> tuple[RunContext, RunResult]:
-    """Resolve the config, prepare ``out``, run the experiment, write its artefacts."""
+    """Resolve the config, prepare ``out``, run the experiment, write its artefacts.
+
+    Under ``torch.distributed.run`` (``ml3r run --nproc N``) every rank resolves the same
+    config; rank 0 alone prepares ``out`` and writes in it (the others wait for it, then read
+    the checkpoints on resume)."""
     _check_seed(seed)
+    world = world_from_env()
+    if world.distributed and out is None:
+        raise ConfigError("--nproc: a data-parallel run needs --out DIR (every rank uses it)")
     experiment = get_experiment(name)
     if resume:
         if out is None:
@@ -190,7 +207,9 @@ def run_experiment(
             raise ConfigError(
                 "--resume takes the run's own config.yaml; drop --config/--set/--smoke"
             )
-        prepare_out_dir(out, resume=True, overwrite=overwrite)
+        if world.is_main:
+            prepare_out_dir(out, resume=True, overwrite=overwrite)
+        world.barrier()
         saved = read_run_config(out)
         if saved.get("experiment") != name:
             raise ConfigError(
@@ -206,9 +225,37 @@ def run_experiment(
         config = build_config(experiment.config_type, *layers)
         if out is None:
             out = Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
-        prepare_out_dir(out, resume=False, overwrite=overwrite)
-    ctx = RunContext(out, seed, resume=resume, smoke=smoke, progress=progress)
+        if world.is_main:
+            prepare_out_dir(out, resume=False, overwrite=overwrite)
+        world.barrier()
+    ctx = RunContext(out, seed, resume=resume, smoke=smoke, progress=progress, world=world)
     return ctx, execute_run(ctx, name, config, experiment.run)
+
+
+def _launch_data_parallel(argv: Sequence[str], nproc: int) -> int:
+    """Re-run this command under ``torch.distributed.run`` with ``nproc`` local processes."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "ml3_robotics", *rest]  # fmt: skip
+    code = subprocess.run(cmd, check=False).returncode
+    if code != 0:
+        out = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--out"), None)
+        hint = (
+            f"; the last checkpoint in {out}/checkpoints is intact: continue with "
+            f"ml3r run EXPERIMENT --nproc {nproc} --resume --out {out}"
+            if out
+            else ""
+        )
+        print(f"ml3r: error: a process of the {nproc}-process run failed (exit {code}){hint}",
+              file=sys.stderr)  # fmt: skip
+    return code
 
 
 def eval_loss(
@@ -409,6 +456,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     progress = sys.stderr.isatty()
+    if args.command == "run" and args.nproc != 1:
+        if args.nproc < 1:
+            print(f"ml3r: error: --nproc: expected an integer >= 1, got {args.nproc}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        if "WORLD_SIZE" not in os.environ:
+            return _launch_data_parallel(argv, args.nproc)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # one voice per run: rank 0 reports progress and prints the table
+        progress_log.setLevel(logging.WARNING)
+        progress = False
     try:
         if args.command == "show":
             print(_config_help(args.experiment))
@@ -467,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ML3Error, ConfigError, ValueError, FileNotFoundError) as e:
         print(f"ml3r: error: {e}", file=sys.stderr)
         return 2
+    if not ctx.world.is_main:
+        return 0
     print(_table(result))
     print(f"artefacts in {ctx.out} ({ctx.timing['total']:.1f} s)")
     return 0

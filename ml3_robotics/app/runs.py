@@ -470,11 +470,14 @@ def execute_run(
     ctx: RunContext, experiment: str, config: Any, run: Callable[[Any, RunContext], RunResult]
 ) -> RunResult:
     """``config.yaml``, then ``run(config, ctx)`` timed as the ``total`` phase, then
-    ``results.json``: what every run through the CLI leaves."""
-    write_config(ctx, experiment, config, ctx.smoke)
+    ``results.json``: what every run through the CLI leaves (rank 0's files, in a
+    data-parallel run)."""
+    if ctx.world.is_main:
+        write_config(ctx, experiment, config, ctx.smoke)
     with ctx.phase("total"):
         result = run(config, ctx)
-    write_results(ctx, experiment, config, result)
+    if ctx.world.is_main:
+        write_results(ctx, experiment, config, result)
     return result
 
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ml3_robotics.core.distributed import SINGLE, World
 from ml3_robotics.core.errors import RunDirError
 from ml3_robotics.core.serialization import atomic_write_bytes, read_format_json
 
@@ -53,8 +54,9 @@ class MetricsLog:
     file is then rewritten with the union of columns, empty where a row had no value.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled  # False on ranks other than 0: rows are kept, nothing written
         self._rows: list[dict[str, Any]] = []
         self._fields: list[str] = []
 
@@ -62,7 +64,8 @@ class MetricsLog:
         """Rewrite the file from ``rows`` (on resume: drop rows past the checkpoint)."""
         self._rows = []
         self._fields = []
-        self.path.unlink(missing_ok=True)
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
         for row in rows:
             self.append(row)
 
@@ -76,6 +79,8 @@ class MetricsLog:
             self._write([row], mode="a", header=False)
 
     def _write(self, rows: list[Mapping[str, Any]], mode: str, header: bool) -> None:
+        if not self.enabled:
+            return
         with self.path.open(mode, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self._fields, restval="")
             if header:
@@ -92,6 +97,8 @@ class RunContext:
         resume: continue from the checkpoint in ``out/checkpoints``.
         smoke: the run uses the experiment's smoke sizes.
         progress: show progress bars.
+        world: this process's rank (data-parallel runs): ranks other than 0 read the folder
+            (checkpoints on resume) but write nothing in it.
         timing: seconds per named phase.
     """
 
@@ -103,7 +110,9 @@ class RunContext:
         resume: bool = False,
         smoke: bool = False,
         progress: bool = False,
+        world: World = SINGLE,
     ) -> None:
+        self.world = world
         self.out = Path(out)
         self.seed = seed
         self.resume = resume
@@ -118,7 +127,7 @@ class RunContext:
     def _record(self, name: str) -> None:
         """Add the top-level entry of ``name`` to the run marker before it is written."""
         top = Path(name).parts[0]
-        if top in self._written:
+        if top in self._written or not self.world.is_main:
             return
         self._written.append(top)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +137,7 @@ class RunContext:
     def metrics_log(self) -> MetricsLog:
         if self._metrics_log is None:
             self._record("metrics.csv")
-            self._metrics_log = MetricsLog(self.out / "metrics.csv")
+            self._metrics_log = MetricsLog(self.out / "metrics.csv", enabled=self.world.is_main)
         return self._metrics_log
 
     @property
@@ -164,5 +173,6 @@ class RunContext:
         if self.out.resolve() not in target.parents:
             raise ValueError(f"name: {name!r} would leave the output directory {self.out}")
         self._record(str(target.relative_to(self.out.resolve())))
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if self.world.is_main:
+            target.parent.mkdir(parents=True, exist_ok=True)
         return target

@@ -159,3 +159,78 @@ def test_ml3r_eval_applies_a_model_loss_to_a_new_robot(tmp_path):
     assert main(["eval", "--loss", str(loss), "--policy-depth", "3",
                  "--out", str(tmp_path / "nothing")]) == 2  # fmt: skip
     assert not (tmp_path / "nothing").exists()
+
+
+KILL_RANK_1_AT_ITERATION = """
+import os, signal, sys
+import ml3_robotics.core.meta_trainer as mt
+_kill_at = int(os.environ["KILL_AT"])
+_step = mt.MetaTrainer.step
+def _step_or_die(self):
+    if self.iteration == _kill_at and self.world.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _step(self)
+mt.MetaTrainer.step = _step_or_die
+"""
+
+
+def test_two_processes_learn_the_same_losses_and_a_killed_rank_resumes_exactly(tmp_path, registry):
+    """``--nproc 2`` equals one process; SIGKILL of rank 1 mid-run stops the whole run with the
+    last checkpoint intact, and ``--resume`` on 2 processes ends where the reference does."""
+    sets = ["--set", "outer_steps=6", "--set", "checkpoint_every=2"]
+    reference = tmp_path / "reference"
+    run_experiment("model-loss", seed=0, out=reference, smoke=True, sets=sets[1::2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    script = tmp_path / "worker.py"
+    script.write_text(KILL_RANK_1_AT_ITERATION + RUNNER.replace("; ", "\n"))
+
+    def torchrun(out, *extra, kill_at=None):
+        run_env = env | ({"KILL_AT": str(kill_at)} if kill_at is not None else {"KILL_AT": "-1"})
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             "--nproc-per-node=2", str(script), "run", "model-loss", *extra, "--out", str(out)],
+            capture_output=True, text=True, env=run_env,
+        )  # fmt: skip
+
+    two = tmp_path / "two"
+    done = torchrun(two, "--smoke", *sets)
+    assert done.returncode == 0, done.stderr[-2000:]
+    killed = tmp_path / "killed"
+    done = torchrun(killed, "--smoke", *sets, kill_at=3)
+    assert done.returncode != 0
+    assert "Signals.SIGKILL" in done.stderr or "SIGKILL" in done.stderr, done.stderr[-2000:]
+    assert not (killed / "loss.safetensors").exists()
+    assert (killed / "checkpoints" / "prior.safetensors").is_file()
+    done = torchrun(killed, "--resume")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for out in (two, killed):
+        for stem in ("loss_prior", "loss_no_prior"):
+            a = load_file(reference / f"{stem}.safetensors")
+            b = load_file(out / f"{stem}.safetensors")
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+        rows = (out / "metrics.csv").read_text().splitlines()
+        assert len(rows) == 1 + 2 * 6  # one row per meta-update of each variant, rank 0's
+
+
+def test_nproc_launch_failure_names_the_resume_command(monkeypatch, capsys, tmp_path):
+    from ml3_robotics.app import cli
+
+    calls = []
+
+    def fake_run(cmd, check):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    out = tmp_path / "x"
+    code = cli.main(["run", "model-loss", "--nproc", "2", "--smoke", "--out", str(out)])
+    assert code == 1
+    assert calls[0][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert "--nproc" not in calls[0][5:]
+    err = capsys.readouterr().err
+    assert f"--nproc 2 --resume --out {out}" in err
+    assert cli.main(["run", "model-loss", "--nproc", "0"]) == 2
