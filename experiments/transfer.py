@@ -114,9 +114,14 @@ def _source_loss(config: TransferConfig, ctx: RunContext) -> tuple[str, dict[str
 
 
 def run(config: TransferConfig, ctx: RunContext) -> RunResult:
+    """The study; with several processes (``ml3r run transfer --nproc N``) the robots (and the
+    policy-size sweep's runs) are split across ranks and the rows gathered on rank 0, which
+    meta-trains the source loss (if any) first and writes every file."""
+    world = ctx.world
     source_info: dict[str, Any] = {}
     if config.loss_path is None:
-        loss_path, source_info = _source_loss(config, ctx)
+        source = _source_loss(config, ctx) if world.is_main else None
+        loss_path, source_info = world.broadcast(source)
     else:
         loss_path = config.loss_path
     losses: dict[str, tuple[LearnedLoss, dict[str, Any], str]] = {}
@@ -130,7 +135,6 @@ def run(config: TransferConfig, ctx: RunContext) -> RunResult:
     robots = grid_configs(config.robots) if config.robots else transfer_grid()
     model_config = config.model
 
-    table: list[dict[str, Any]] = []
     per_robot: dict[str, Any] = {}
     fitted: dict[str, Any] = {}  # robot label -> (model, buffer): one fit per robot
 
@@ -174,23 +178,36 @@ def run(config: TransferConfig, ctx: RunContext) -> RunResult:
         for name in losses:
             if row.get(f"{name}_mm") is not None and row.get("task_loss_mm"):
                 row[f"{name}_over_task_loss"] = row[f"{name}_mm"] / row["task_loss_mm"]
-        per_robot[f"{label} | depth {depth}"] = detail
         log.info("transfer %s depth %d: %s", label, depth,
                  {k: v for k, v in row.items() if k.endswith("_mm")})  # fmt: skip
-        return row
+        return row, (f"{label} | depth {depth}", detail)
+
+    def collect(rows: list[tuple[dict[str, Any], tuple[str, Any]]]) -> list[dict[str, Any]]:
+        per_robot.update(detail for _, detail in rows)
+        return [row for row, _ in rows]
 
     base_depth = 2
     run_methods = METHODS if config.baselines else ("ml3",)
-    for label, arm in robots.items():
-        table.append(evaluate(label, arm, base_depth, run_methods))
-    depth_table: list[dict[str, Any]] = []
-    for label, arm in grid_configs(config.depth_robots).items():
-        for depth in config.policy_depths:
-            if depth == base_depth and label in robots:
-                row = next(r for r in table if r["label"] == label)
-            else:  # iLQR does not depend on the policy: only the policy-based methods rerun
-                row = evaluate(label, arm, depth, run_methods[:2])
-            depth_table.append(row | {"label": f"{label}, {depth} layers"})
+    table = collect(world.map_items(
+        list(robots.items()), lambda item: evaluate(*item, base_depth, run_methods)
+    ))  # fmt: skip
+    depth_jobs = [(label, arm, depth) for label, arm in grid_configs(config.depth_robots).items()
+                  for depth in config.policy_depths]  # fmt: skip
+    # iLQR does not depend on the policy: only the policy-based methods rerun, and the base
+    # depth's rows of robots in the table are reused.
+    reused = {(r["label"], base_depth): r for r in table}
+    new_rows = collect(world.map_items(
+        [job for job in depth_jobs if (job[0], job[2]) not in reused],
+        lambda job: evaluate(job[0], job[1], job[2], run_methods[:2]),
+    ))  # fmt: skip
+    fresh = iter(new_rows)
+    depth_table: list[dict[str, Any]] = [
+        (reused[(label, depth)] if (label, depth) in reused else next(fresh))
+        | {"label": f"{label}, {depth} layers"}
+        for label, _, depth in depth_jobs
+    ]
+    if not world.is_main:
+        return RunResult(metrics={}, baselines={}, extra={})
 
     methods = [*losses, *run_methods[1:]]
     plot_transfer_heatmap(ctx.path("transfer_heatmap.png"), table, methods,

@@ -75,6 +75,31 @@ class World:
             offset += t.numel()
         return out
 
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), indexed by rank, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (what the others pass is ignored)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def map_items(self, items: Sequence[Any], fn: Any) -> list[Any]:
+        """``[fn(item) for item in items]`` with the items split across ranks (by position)
+        and the results gathered, in order, on every rank."""
+        mine = {p: fn(items[p]) for p in self.positions(len(items))}
+        merged: dict[int, Any] = {}
+        for part in self.gather(mine):
+            merged.update(part)
+        return [merged[p] for p in range(len(items))]
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

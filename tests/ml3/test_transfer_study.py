@@ -68,3 +68,38 @@ def test_same_loss_twice_gives_the_same_row(tmp_path):
 def test_unknown_robot_label_suggests(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'arm3'"):
         run_experiment("transfer", out=tmp_path / "x", smoke=True, sets=["robots=[arm33]"])
+
+
+def test_two_processes_split_the_robots_and_report_what_one_does(tmp_path):
+    """``ml3r run transfer --nproc 2``: rank 0 meta-trains the source loss, the robots and the
+    policy-size runs are split across the ranks, and the gathered rows equal one process's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    runner = (
+        "import sys\nimport ml3_robotics.app.runs as r\n"
+        "from experiments.transfer import EXPERIMENT\nfrom experiments.reacher import "
+        "EXPERIMENT as R\nr.discover_experiments = lambda: {'transfer': EXPERIMENT, "
+        "'reacher': R}\nfrom ml3_robotics.app.cli import main\nraise SystemExit(main(sys.argv[1:]))"
+    )
+    script = tmp_path / "worker.py"
+    script.write_text(runner)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    two = tmp_path / "two"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(script), "run", "transfer", "--smoke", "--seed", "2", "--out", str(two)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    one = tmp_path / "one"
+    run_experiment("transfer", seed=2, out=one, smoke=True)
+    a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert a["metrics"] == b["metrics"] and a["baselines"] == b["baselines"]
+    for key in ("table", "policy_depth_table"):
+        assert a["extra"][key] == b["extra"][key], key
+    assert sorted(a["extra"]["per_robot"]) == sorted(b["extra"]["per_robot"])
