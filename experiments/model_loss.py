@@ -324,6 +324,7 @@ EXPERIMENT = Experiment(
     summary="a meta-learned loss fits a new arm's dynamics from few trajectories (vs MSE, NLL)",
     config_type=ModelLossConfig,
     run=run,
+    data_parallel=True,
     smoke={
         "train_arms": "links=2,3 n=2",
         "test_arms": "links=2,4 n=2",

@@ -271,6 +271,7 @@ EXPERIMENT = Experiment(
     summary="a learned reach loss on other arm configurations and policy sizes vs task loss/iLQR",
     config_type=TransferConfig,
     run=run,
+    data_parallel=True,
     smoke={
         "source_size": "smoke",
         "robots": ["reacher2", "reacher2 length x2", "arm3"],

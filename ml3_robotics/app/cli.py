@@ -30,6 +30,7 @@ from ml3_robotics.app.robot_eval import (
 )
 from ml3_robotics.app.runs import (
     ConfigError,
+    Experiment,
     RunResult,
     build_config,
     describe_config,
@@ -196,10 +197,12 @@ def run_experiment(
     config; rank 0 alone prepares ``out`` and writes in it (the others wait for it, then read
     the checkpoints on resume)."""
     _check_seed(seed)
-    world = world_from_env()
-    if world.distributed and out is None:
-        raise ConfigError("--nproc: a data-parallel run needs --out DIR (every rank uses it)")
     experiment = get_experiment(name)
+    world = world_from_env()
+    if world.distributed:
+        _check_data_parallel(experiment)
+        if out is None:
+            raise ConfigError("--nproc: a data-parallel run needs --out DIR (every rank uses it)")
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out DIR naming the run to continue")
@@ -230,6 +233,15 @@ def run_experiment(
         world.barrier()
     ctx = RunContext(out, seed, resume=resume, smoke=smoke, progress=progress, world=world)
     return ctx, execute_run(ctx, name, config, experiment.run)
+
+
+def _check_data_parallel(experiment: Experiment) -> None:
+    if not experiment.data_parallel:
+        able = [n for n, e in discover_experiments().items() if e.data_parallel]
+        raise ConfigError(
+            f"--nproc: {experiment.name!r} runs in one process (its work is not split across "
+            f"processes); experiments that are: {', '.join(able) or 'none'}"
+        )
 
 
 def _launch_data_parallel(argv: Sequence[str], nproc: int) -> int:
@@ -462,6 +474,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
         if "WORLD_SIZE" not in os.environ:
+            try:
+                _check_data_parallel(get_experiment(args.experiment))
+            except ConfigError as e:
+                print(f"ml3r: error: {e}", file=sys.stderr)
+                return 2
             return _launch_data_parallel(argv, args.nproc)
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # one voice per run: rank 0 reports progress and prints the table

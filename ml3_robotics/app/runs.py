@@ -69,6 +69,8 @@ class Experiment:
         run: ``run(config, ctx) -> RunResult``.
         smoke: field overrides for ``--smoke`` (a size the test suite runs end to end).
         demo: field overrides for the demo size (``ml3r demo``: minutes on 2 CPU cores).
+        data_parallel: the run splits its work across processes (``ml3r run --nproc N``,
+            :mod:`ml3_robotics.core.distributed`); others refuse ``--nproc``.
     """
 
     name: str
@@ -77,6 +79,7 @@ class Experiment:
     run: Callable[[Any, RunContext], RunResult]
     smoke: Mapping[str, Any] = field(default_factory=dict)
     demo: Mapping[str, Any] = field(default_factory=dict)
+    data_parallel: bool = False
 
 
 def discover_experiments() -> dict[str, Experiment]:
