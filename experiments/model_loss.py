@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml3_robotics.app.runs import Experiment, RunResult
+from ml3_robotics.app.runs import Experiment, RunResult, load_or_meta_train
 from ml3_robotics.core.inner import InnerOptimizer
 from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
 from ml3_robotics.core.run_context import RunContext
-from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.serialization import save_learned_loss
 from ml3_robotics.core.validation import check_choice, check_ints, check_widths
 from ml3_robotics.evaluation.model_loss import (
     ModelEvalSettings,
@@ -210,22 +210,13 @@ def run(config: ModelLossConfig, ctx: RunContext) -> RunResult:
     for data in test:
         data.arm = data.arm.replace(name=data.arm.name.replace("sampled", "test"))
 
-    paths = {"prior": config.loss_path, "no_prior": config.no_prior_loss_path}
-    losses: dict[str, LearnedLoss] = {}
-    trainers: dict[str, MetaTrainer] = {}
-    for variant in VARIANTS:
-        if paths[variant] is not None:
-            losses[variant], _ = load_learned_loss(
-                paths[variant], expect_features=MODEL_LOSS_FEATURES
-            )
-        else:
-            losses[variant], trainers[variant] = _meta_train(variant, config, train, ctx)
-    if ctx.resume:
-        resumed = [v for v, t in trainers.items() if t.load_checkpoint()]
-        if resumed:
-            ctx.metrics_log.restart(
-                [{"variant": v, **row} for v in resumed for row in trainers[v].history]
-            )
+    losses, trainers = load_or_meta_train(
+        VARIANTS,
+        {"prior": config.loss_path, "no_prior": config.no_prior_loss_path},
+        MODEL_LOSS_FEATURES,
+        lambda variant: _meta_train(variant, config, train, ctx),
+        ctx,
+    )
     for variant, trainer in trainers.items():
         with ctx.phase(f"meta_train_{variant}"):
             trainer.run()

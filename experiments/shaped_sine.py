@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ml3_robotics.app.runs import Experiment, RunResult
+from ml3_robotics.app.runs import Experiment, RunResult, load_or_meta_train
 from ml3_robotics.core.inner import InnerOptimizer
 from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
 from ml3_robotics.core.run_context import RunContext
-from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.serialization import save_learned_loss
 from ml3_robotics.core.validation import check_widths
 from ml3_robotics.reporting.plotting import new_figure, save
 from ml3_robotics.tasks.sine import (
@@ -173,28 +173,14 @@ def _meta_train(
 def run(config: ShapedSineConfig, ctx: RunContext) -> RunResult:
     torch.manual_seed(ctx.seed)
     tasks = ShapedSineTasks(theta0_range=config.theta0_range)
-    paths = {"shaped": config.loss_path, "unshaped": config.unshaped_loss_path}
-
-    losses: dict[str, LearnedLoss] = {}
-    trainers: dict[str, MetaTrainer] = {}
-    for variant in VARIANTS:
-        if paths[variant] is not None:
-            losses[variant], _ = load_learned_loss(
-                paths[variant], expect_features=SHAPED_SINE_FEATURES
-            )
-        else:
-            losses[variant], trainers[variant] = _meta_train(variant, config, tasks, ctx)
-    if ctx.resume:
-        resumed = [v for v, t in trainers.items() if t.load_checkpoint()]
-        if resumed:
-            ctx.metrics_log.restart(
-                [
-                    {"variant": v, **row}
-                    for v in resumed
-                    for row in trainers[v].history
-                    if row["inner_step"] == config.inner_steps - 1
-                ]
-            )
+    losses, trainers = load_or_meta_train(
+        VARIANTS,
+        {"shaped": config.loss_path, "unshaped": config.unshaped_loss_path},
+        SHAPED_SINE_FEATURES,
+        lambda variant: _meta_train(variant, config, tasks, ctx),
+        ctx,
+        keep_row=lambda row: row["inner_step"] == config.inner_steps - 1,
+    )
     for variant, trainer in trainers.items():
         with ctx.phase(f"meta_train_{variant}"):
             trainer.run()

@@ -20,20 +20,22 @@ import re
 import shutil
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from ml3_robotics.core.errors import ML3Error, RunDirError
+from ml3_robotics.core.learned_loss import LearnedLoss
+from ml3_robotics.core.meta_trainer import MetaTrainer
 from ml3_robotics.core.run_context import (
     RUN_MARKER,
     RunContext,
     read_run_marker,
     write_run_marker,
 )
-from ml3_robotics.core.serialization import atomic_write_bytes
+from ml3_robotics.core.serialization import atomic_write_bytes, load_learned_loss
 from robots.yaml_io import dump_yaml, parse_yaml, read_yaml_file
 
 ENTRY_POINT_GROUP = "ml3r.experiments"
@@ -498,3 +500,38 @@ def read_run_config(out: Path) -> dict[str, Any]:
     ):
         raise RunDirError(f"--resume: {path} is not a run config written by ml3r")
     return data
+
+
+def load_or_meta_train(
+    variants: Sequence[str],
+    paths: Mapping[str, str | None],
+    features: tuple[str, ...],
+    meta_train: Callable[[str], tuple[LearnedLoss, MetaTrainer]],
+    ctx: RunContext,
+    keep_row: Callable[[Mapping[str, float]], bool] = lambda _row: True,
+) -> tuple[dict[str, LearnedLoss], dict[str, MetaTrainer]]:
+    """The learned losses of an experiment with several variants: per variant the saved loss at
+    ``paths[variant]`` (refused unless it reads ``features``) or a fresh loss and its trainer
+    from ``meta_train(variant)``. On ``--resume`` the trainers restore their checkpoints and
+    ``metrics.csv`` is rewritten from their histories (rows ``keep_row`` accepts, tagged with
+    the variant), so it holds no row past a checkpoint."""
+    losses: dict[str, LearnedLoss] = {}
+    trainers: dict[str, MetaTrainer] = {}
+    for variant in variants:
+        path = paths.get(variant)
+        if path is not None:
+            losses[variant], _ = load_learned_loss(path, expect_features=features)
+        else:
+            losses[variant], trainers[variant] = meta_train(variant)
+    if ctx.resume:
+        resumed = [v for v, t in trainers.items() if t.load_checkpoint()]
+        if resumed:
+            ctx.metrics_log.restart(
+                [
+                    {"variant": v, **row}
+                    for v in resumed
+                    for row in trainers[v].history
+                    if keep_row(row)
+                ]
+            )
+    return losses, trainers
