@@ -297,14 +297,17 @@ def _plot(summary: dict[str, Any], config: ModelLossConfig, ctx: RunContext) -> 
     sizes = [str(n) for n in config.fit_sizes]
     keys = [("error_full_median", f"open-loop error over {config.horizon} steps (median)"),
             ("ilqr_mm_median", "iLQR on the fitted model, in MuJoCo: mm (median)")]  # fmt: skip
+    keys = [(k, t) for k, t in keys if all(k in summary[m][n] for m in names for n in sizes)]
     fig, axes = new_figure(len(keys))
     width = 0.8 / len(names)
     for ax, (key, title) in zip(axes[0], keys, strict=True):
         for j, name in enumerate(names):
-            values = [summary[name][n].get(key, np.nan) for n in sizes]
+            values = [summary[name][n][key] for n in sizes]
             ax.bar(np.arange(len(sizes)) + j * width, values, width, label=name)
         ax.set(title=title, xticks=np.arange(len(sizes)) + 0.4 - width / 2,
-               xticklabels=[f"{n} trajectories" for n in sizes], yscale="log")  # fmt: skip
+               xticklabels=[f"{n} trajectories" for n in sizes])  # fmt: skip
+        if all(summary[m][n][key] > 0 for m in names for n in sizes):
+            ax.set_yscale("log")
         ax.grid(alpha=0.3, axis="y")
     axes[0, 0].legend()
     save(fig, ctx.path("model_loss.png"))

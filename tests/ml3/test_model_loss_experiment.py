@@ -234,3 +234,12 @@ def test_nproc_launch_failure_names_the_resume_command(monkeypatch, capsys, tmp_
     err = capsys.readouterr().err
     assert f"--nproc 2 --resume --out {out}" in err
     assert cli.main(["run", "model-loss", "--nproc", "0"]) == 2
+
+
+def test_without_goals_there_is_no_ilqr_and_the_plot_shows_the_errors(tmp_path, registry):
+    out = tmp_path / "run"
+    run_experiment("model-loss", seed=1, out=out, smoke=True, sets=["n_goals=0"])
+    doc = json.loads((out / "results.json").read_text())
+    assert not any(k.startswith("ilqr") for k in doc["metrics"])
+    assert "error_full_median_1" in doc["metrics"]
+    assert (out / "model_loss.png").stat().st_size > 0
