@@ -142,25 +142,60 @@ class ItemObjective(Protocol):
         ...
 
 
-def local_item_terms(
-    objective: ItemObjective, generator: torch.Generator, world: World
-) -> tuple[Tensor | None, dict[str, float], int]:
-    """This rank's share of an item objective's mean.
+@dataclass
+class ItemMean:
+    """An item objective's mean over one outer iteration, the same on every rank.
 
-    Returns:
-        ``(sum of this rank's terms / n)`` (None when this rank has no item), the sums of their
-        metrics divided by ``n``, and ``n`` (the iteration's item count). Summed over ranks
-        these are the mean term and the mean metrics.
+    Attributes:
+        value: the mean term.
+        grads: the mean gradient per parameter (the parameters' dtypes).
+        metrics: the mean of each item metric.
+    """
+
+    value: float
+    grads: list[Tensor]
+    metrics: dict[str, float]
+
+
+def item_mean(
+    objective: ItemObjective,
+    params: Sequence[Tensor],
+    generator: torch.Generator,
+    world: World = SINGLE,
+) -> ItemMean:
+    """The mean of an item objective's terms and of their gradients with respect to
+    ``params``, each rank computing the items at its positions.
+
+    Each item's gradient is taken on its own (its graph freed at once) and stored in its own
+    row of an ``(items, parameters)`` float64 table that is zero elsewhere; one ``all_reduce``
+    fills the table on every rank (adding zeros is exact), and the rows are summed in item
+    order. One process and any number of them therefore compute bit-identical means, however
+    sensitive the meta-training is to rounding.
     """
     items = objective.items(generator)
     n = len(items)
     if n == 0:
         raise ValueError("items: the meta-objective drew no items for this iteration")
-    total: Tensor | None = None
-    metrics: dict[str, float] = {}
+    sizes = [p.numel() for p in params]
+    table = torch.zeros(n, sum(sizes) + 1, dtype=torch.float64)
+    rows: dict[int, dict[str, float]] = {}
     for position in world.positions(n):
         term, row = objective.item_loss(items[position], item_generator(generator, position))
-        total = term / n if total is None else total + term / n
-        for key, value in row.items():
-            metrics[key] = metrics.get(key, 0.0) + float(value) / n
-    return total, metrics, n
+        grads = torch.autograd.grad(term, list(params), allow_unused=True)
+        flat = [
+            torch.zeros(size, dtype=torch.float64) if g is None else g.reshape(-1).double()
+            for g, size in zip(grads, sizes, strict=True)
+        ]
+        table[position] = torch.cat([term.detach().reshape(1).double(), *flat])
+        rows[position] = {k: float(v) for k, v in row.items()}
+    (table,) = world.all_reduce_sum([table])
+    for part in world.gather(rows) if world.distributed else [rows]:
+        rows.update(part)
+    mean = table.sum(dim=0) / n
+    grads, offset = [], 1
+    for p, size in zip(params, sizes, strict=True):
+        grads.append(mean[offset : offset + size].view_as(p).to(p.dtype))
+        offset += size
+    keys = list(rows[0])
+    metrics = {k: sum(rows[pos][k] for pos in range(n)) / n for k in keys}
+    return ItemMean(float(mean[0]), grads, metrics)

@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ml3_robotics.core.distributed import SINGLE, World, local_item_terms
+from ml3_robotics.core.distributed import SINGLE, World, item_mean
 from ml3_robotics.core.errors import NonFiniteError
 from ml3_robotics.core.progress import progress_bar
 from ml3_robotics.core.serialization import atomic_save_tensors
@@ -269,28 +269,13 @@ class MetaTrainer:
         return row
 
     def _item_step(self, generator: torch.Generator) -> tuple[float, list[Tensor], dict]:
-        """This rank's items, then the meta-gradients, the meta-loss and the metrics summed
-        over ranks (one collective); ``p.grad`` holds the summed gradient on every rank."""
-        local, metrics, _ = local_item_terms(self.objective, generator, self.world)  # type: ignore[arg-type]
+        """The mean term, gradient and metrics of the items (split across ranks, the same on
+        every rank: :func:`~ml3_robotics.core.distributed.item_mean`); sets ``p.grad``."""
         params = list(self.loss.parameters())
-        if local is not None:
-            local.backward()
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        names = sorted(metrics)
-        # Metric names may differ between ranks only if some rank has no item: that cannot
-        # happen with at least as many items as ranks; guard it instead of mis-summing.
-        stats = torch.tensor([0.0 if local is None else float(local.detach())]
-                             + [metrics[k] for k in names], dtype=torch.float64)  # fmt: skip
-        grads = [p.grad for p in params]
-        if self.world.distributed:
-            summed = self.world.all_reduce_sum([*(g.double() for g in grads), stats])
-            for p, g in zip(params, summed[:-1], strict=True):
-                p.grad = g.to(p.dtype)
-            stats = summed[-1]
-            grads = [p.grad for p in params]
-        return float(stats[0]), grads, dict(zip(names, stats[1:].tolist(), strict=True))
+        mean = item_mean(self.objective, params, generator, self.world)  # type: ignore[arg-type]
+        for p, g in zip(params, mean.grads, strict=True):
+            p.grad = g
+        return mean.value, mean.grads, mean.metrics
 
     def _last_good(self) -> str:
         if self.checkpoint_path is not None and self.checkpoint_path.is_file():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ml3_robotics.core.distributed import SINGLE, local_item_terms
+from ml3_robotics.core.distributed import item_generator
 from ml3_robotics.core.inner import InnerOptimizer
 from ml3_robotics.core.meta_trainer import OuterStep
 from ml3_robotics.mbrl.arm_data import ArmData
@@ -125,8 +125,13 @@ class ModelLossObjective:
         return term, metrics
 
     def __call__(self, iteration: int, generator: torch.Generator) -> OuterStep:
-        """The mean of :meth:`item_loss` over :meth:`items` in one process (the meta-trainer
-        splits the same items across ranks when there are several)."""
-        total, metrics, _ = local_item_terms(self, generator, SINGLE)
-        assert total is not None  # one process computes every item
-        return OuterStep(total, metrics)
+        """The mean of :meth:`item_loss` over :meth:`items`, differentiable (the meta-trainer
+        instead takes each item's gradient on its own, which also splits across processes)."""
+        items = self.items(generator)
+        terms, rows = [], []
+        for position, arm_index in enumerate(items):
+            term, row = self.item_loss(arm_index, item_generator(generator, position))
+            terms.append(term)
+            rows.append(row)
+        metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+        return OuterStep(torch.stack(terms).mean(), metrics)

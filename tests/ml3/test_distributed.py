@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from ml3_robotics.core.distributed import SINGLE, World, item_generator, local_item_terms
+from ml3_robotics.core.distributed import SINGLE, World, item_generator, item_mean
 from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
 
 N_ITEMS = 5  # odd: the ranks get 3 and 2 items
@@ -61,33 +61,38 @@ def test_two_gloo_processes_learn_the_same_loss_as_one(tmp_path):
     mp.spawn(_worker, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2)
     for rank in (0, 1):
         doc = torch.load(tmp_path / f"rank{rank}.pt")
+        # bit-identical: each item's gradient is summed in item order on every rank
         for key, value in net.state_dict().items():
-            torch.testing.assert_close(doc["state"][key], value, rtol=1e-6, atol=1e-7)
+            assert torch.equal(doc["state"][key], value), key
         for a, b in zip(doc["history"], trainer.history, strict=True):
             for key in ("meta_loss", "meta_grad_norm", "err", "item"):
-                assert a[key] == pytest.approx(b[key], rel=1e-6), key
+                assert a[key] == b[key], key
     # rank 0 alone wrote the checkpoint, which equals the single process's
     from safetensors.torch import load_file
 
     a, b = load_file(tmp_path / "ckpt.safetensors"), load_file(single_dir / "ckpt.safetensors")
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+        assert torch.equal(a[key], b[key]), key
 
 
-def test_items_are_split_by_position_and_draw_the_same_numbers_on_any_rank():
+def test_item_mean_is_the_mean_of_the_items_and_their_gradients():
     net = _net()
     objective = ToyItems(net)
+    params = list(net.parameters())
+    mean = item_mean(objective, params, torch.Generator().manual_seed(11))
     g = torch.Generator().manual_seed(11)
-    whole, metrics, n = local_item_terms(objective, g, SINGLE)
-    parts = [local_item_terms(objective, torch.Generator().manual_seed(11), World(r, 2))
-             for r in (0, 1)]  # fmt: skip
-    assert n == N_ITEMS and World(0, 2).positions(5) == [0, 2, 4]
-    torch.testing.assert_close(parts[0][0] + parts[1][0], whole)
-    assert parts[0][1]["err"] + parts[1][1]["err"] == pytest.approx(metrics["err"])
+    items = objective.items(g)
+    terms = [objective.item_loss(it, item_generator(g, p))[0] for p, it in enumerate(items)]
+    direct = torch.stack(terms).mean()
+    assert mean.value == pytest.approx(float(direct.detach()), rel=1e-6)
+    for a, b in zip(mean.grads, torch.autograd.grad(direct, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert mean.metrics["item"] == pytest.approx(sum(items) / len(items))
+    assert World(0, 2).positions(5) == [0, 2, 4] and World(1, 2).positions(5) == [1, 3]
+    assert World(3, 4).positions(2) == []  # more ranks than items: nothing, not an error
     g1, g2 = item_generator(g, 3), item_generator(torch.Generator().manual_seed(11), 3)
     assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
-    assert World(3, 3 + 1).positions(2) == []  # more ranks than items: nothing, not an error
 
 
 def test_bad_worlds_and_objectives_are_refused():
