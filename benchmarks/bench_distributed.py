@@ -56,7 +56,7 @@ def main() -> None:
         "train_arms=links=2,3 length=0.7:1.4 mass=0.5:2 n=6",
         "test_arms=links=2 n=1",
         "fit_sizes=[5]",
-        "eval_repeats=1",
+        "repeats=1",
         "n_goals=0",
         "lr_grid=[0.01]",
         f"checkpoint_every={args.outer_steps}",

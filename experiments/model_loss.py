@@ -24,16 +24,15 @@ from ml3_robotics.core.run_context import RunContext
 from ml3_robotics.core.serialization import save_learned_loss
 from ml3_robotics.core.validation import check_choice, check_ints, check_widths
 from ml3_robotics.evaluation.model_loss import (
-    ModelEvalSettings,
+    ModelStudySettings,
     evaluate_model_losses,
-    tune_step_size,
+    tune_baselines,
 )
 from ml3_robotics.mbrl.arm_data import ArmData
 from ml3_robotics.mbrl.arm_distribution import ArmDistribution, sample_arm_configs
 from ml3_robotics.mbrl.model_loss import ModelFitSettings, ModelLossObjective
 from ml3_robotics.reporting.plotting import new_figure, save
 from ml3_robotics.tasks.model_fitting import (
-    FITTING_LOSSES,
     MODEL_LOSS_FEATURES,
     Transitions,
     imitate_mse,
@@ -49,18 +48,13 @@ TEST_DATA_SEED = 2_000
 
 
 @dataclass(frozen=True)
-class ModelLossConfig:
+class ModelLossConfig(ModelStudySettings):
     """Sizes and settings.
 
     Attributes:
         train_arms, test_arms: arm distributions (``ArmDistribution.parse`` syntax); the test
             arms are drawn from their own seed, so none of them is a meta-training arm.
-        fit_pool: babbling trajectories per arm that fitting sets are drawn from.
-        check_trajectories: held-out babbling per arm (meta-objective; meta-test errors).
         prior_trajectories: true-simulator rollouts from broad starts per meta-training arm.
-        horizon: steps per trajectory (the reacher's 65).
-        babble_hold: babbling torques are held this many steps.
-        fit_sizes: fitting-set sizes (trajectories) at meta-train and meta-test time.
         model_hidden, model_members: the fitted model.
         inner_method, inner_lr, inner_steps: the K-step fit.
         differentiable_steps: meta-gradient through the last this many steps (0: all).
@@ -72,21 +66,15 @@ class ModelLossConfig:
         arms_per_iteration: meta-training arms per outer iteration.
         meta_horizon: open-loop steps scored by the meta-objective.
         prior_weight: weight of the physics-prior term (variant ``prior``).
-        lr_grid: step sizes tried for the MSE and the NLL (on the meta-training arms).
-        eval_repeats: fitting draws per test arm and size.
-        n_goals, ilqr_iters, goal_min_radius: the iLQR reach on each fitted model.
         checkpoint_every: meta-updates between checkpoints.
         loss_path, no_prior_loss_path: evaluate these saved losses instead of meta-training.
+        the rest: :class:`~ml3_robotics.evaluation.model_loss.ModelStudySettings` (the data,
+            the baselines' step-size grid, tuned on the meta-training arms, and the meta-test).
     """
 
     train_arms: str = "links=2,3 length=0.7:1.4 mass=0.5:2 n=6"
     test_arms: str = "links=2,3,4 length=0.7:1.4 mass=0.5:2 n=4"
-    fit_pool: int = 40
-    check_trajectories: int = 10
     prior_trajectories: int = 10
-    horizon: int = 65
-    babble_hold: int = 8
-    fit_sizes: tuple[int, ...] = (5, 20)
     model_hidden: tuple[int, ...] = (64, 64)
     model_members: int = 1
     inner_method: str = "adam"
@@ -101,36 +89,24 @@ class ModelLossConfig:
     arms_per_iteration: int = 2
     meta_horizon: int = 65
     prior_weight: float = 1.0
-    lr_grid: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
-    eval_repeats: int = 2
-    n_goals: int = 5
-    ilqr_iters: int = 30
-    goal_min_radius: float = 0.3
     checkpoint_every: int = 10
     loss_path: str | None = None
     no_prior_loss_path: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for spec in ("train_arms", "test_arms"):
             ArmDistribution.parse(getattr(self, spec))  # raises naming the field's problem
-        check_ints(self, ("fit_pool", "check_trajectories", "horizon", "babble_hold",
-                          "model_members", "inner_steps", "arms_per_iteration", "meta_horizon",
-                          "eval_repeats", "ilqr_iters", "checkpoint_every"), 1)  # fmt: skip
-        check_ints(self, ("prior_trajectories", "differentiable_steps", "outer_steps",
-                          "n_goals"), 0)  # fmt: skip
+        check_ints(self, ("model_members", "inner_steps", "arms_per_iteration", "meta_horizon",
+                          "checkpoint_every"), 1)  # fmt: skip
+        check_ints(self, ("prior_trajectories", "differentiable_steps", "outer_steps"), 0)
         check_widths("model_hidden", self.model_hidden)
         check_widths("loss_hidden", self.loss_hidden)
-        if not self.fit_sizes or any(not 1 <= n <= self.fit_pool for n in self.fit_sizes):
-            raise ValueError(
-                f"fit_sizes: expected sizes in 1..fit_pool={self.fit_pool}, got {self.fit_sizes!r}"
-            )
         for name in ("inner_lr", "outer_lr", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
         if not self.prior_weight >= 0:
             raise ValueError(f"prior_weight: expected a number >= 0, got {self.prior_weight}")
-        if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
-            raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid!r}")
         InnerOptimizer(self.inner_method, lr=self.inner_lr, steps=self.inner_steps)
         check_choice("loss_init", self.loss_init, LOSS_INITS)
 
@@ -248,24 +224,14 @@ def run(config: ModelLossConfig, ctx: RunContext) -> RunResult:
     )
 
     settings = config.fit_settings()
-    eval_settings = ModelEvalSettings(
-        sizes=tuple(config.fit_sizes), repeats=config.eval_repeats, n_goals=config.n_goals,
-        goal_min_radius=config.goal_min_radius, ilqr_iters=config.ilqr_iters,
-    )  # fmt: skip
-    tuning: dict[str, Any] = {}
     methods: dict[str, tuple[Any, dict[int, float]]] = {
         f"ml3_{v}": (losses[v], dict.fromkeys(config.fit_sizes, config.inner_lr)) for v in VARIANTS
     }
     with ctx.phase("tune_baselines"):
         # The baselines' step size per fitting-set size, tuned on the meta-training arms.
-        for name in FITTING_LOSSES:
-            lrs = {}
-            for n in config.fit_sizes:
-                lrs[n], scores = tune_step_size(name, train, settings, n, config.lr_grid, ctx.seed)
-                tuning[f"{name}_{n}"] = {"lr": lrs[n], "median_error_full": scores}
-            methods[name] = (name, lrs)
+        tuning = tune_baselines(methods, train, settings, config, ctx.seed)
     with ctx.phase("meta_test"):
-        result = evaluate_model_losses(methods, test, settings, eval_settings, ctx)
+        result = evaluate_model_losses(methods, test, settings, config, ctx)
     summary = result["summary"]
 
     with ctx.phase("plots"):
@@ -333,7 +299,7 @@ EXPERIMENT = Experiment(
         "outer_steps": 3,
         "meta_horizon": 6,
         "lr_grid": (1e-2, 3e-2),
-        "eval_repeats": 1,
+        "repeats": 1,
         "n_goals": 2,
         "ilqr_iters": 2,
         "checkpoint_every": 2,

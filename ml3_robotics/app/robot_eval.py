@@ -21,7 +21,7 @@ from ml3_robotics.core.learned_loss import LearnedLoss
 from ml3_robotics.core.run_context import RunContext
 from ml3_robotics.core.serialization import load_learned_loss
 from ml3_robotics.core.validation import check_ints
-from ml3_robotics.evaluation.model_loss import ModelEvalSettings, evaluate_on_new_robot
+from ml3_robotics.evaluation.model_loss import ModelStudySettings, evaluate_on_new_robot
 from ml3_robotics.evaluation.reach import METHODS, ReachEvalConfig
 from ml3_robotics.evaluation.robots import (
     DEFAULT_INNER_LR,
@@ -146,7 +146,7 @@ def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
 
 
 @dataclass(frozen=True)
-class ModelEvalRunConfig:
+class ModelEvalRunConfig(ModelStudySettings):
     """``ml3r eval`` of a saved model-fitting loss (``ml3r run model-loss``) on one robot.
 
     The model, the inner optimizer, K and the step size are the loss's own (its sidecar) unless
@@ -156,46 +156,23 @@ class ModelEvalRunConfig:
     Attributes:
         loss: path of the saved loss.
         robot: shipped arm name or YAML path.
-        fit_sizes: fitting-set sizes (babbling trajectories) to compare at.
-        repeats: fitting draws per size.
-        fit_pool, check_trajectories: babbling trajectories to draw from and held out.
-        horizon, babble_hold: babbling trajectories' length and torque hold.
-        n_goals, goal_min_radius, ilqr_iters: the iLQR reach on each fitted model (0 goals: none).
         inner_steps, inner_lr: K and the loss's step size (None: from the sidecar).
-        lr_grid: the baselines' step sizes to tune over.
+        the rest: :class:`~ml3_robotics.evaluation.model_loss.ModelStudySettings`.
     """
 
     loss: str = ""
     robot: str = "reacher2"
-    fit_sizes: tuple[int, ...] = (5, 20)
-    repeats: int = 2
-    fit_pool: int = 40
-    check_trajectories: int = 10
-    horizon: int = 65
-    babble_hold: int = 8
-    n_goals: int = 5
-    goal_min_radius: float = 0.3
-    ilqr_iters: int = 30
     inner_steps: int | None = None
     inner_lr: float | None = None
-    lr_grid: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, str) or not self.loss:
             raise ValueError(f"loss: expected the path of a saved learned loss, got {self.loss!r}")
-        check_ints(self, ("repeats", "fit_pool", "check_trajectories", "horizon", "babble_hold",
-                          "ilqr_iters"), 1)  # fmt: skip
-        check_ints(self, ("n_goals",), 0)
-        if not self.fit_sizes or any(not 1 <= n <= self.fit_pool for n in self.fit_sizes):
-            raise ValueError(
-                f"fit_sizes: expected sizes in 1..fit_pool={self.fit_pool}, got {self.fit_sizes!r}"
-            )
+        super().__post_init__()
         if self.inner_steps is not None:
             check_ints(self, ("inner_steps",), 1)
         if self.inner_lr is not None and not self.inner_lr > 0:
             raise ValueError(f"inner_lr: expected a positive number, got {self.inner_lr!r}")
-        if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
-            raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid!r}")
 
 
 #: Field overrides of :class:`ModelEvalRunConfig` for ``ml3r eval --smoke`` (tests).
@@ -233,15 +210,7 @@ def run_model_eval(config: ModelEvalRunConfig, ctx: RunContext) -> RunResult:
         tuple(prov.get("model_hidden", (64, 64))), int(prov.get("model_members", 1)),
         optimizer, tuple(config.fit_sizes),
     )  # fmt: skip
-    eval_settings = ModelEvalSettings(
-        sizes=tuple(config.fit_sizes), repeats=config.repeats, n_goals=config.n_goals,
-        goal_min_radius=config.goal_min_radius, ilqr_iters=config.ilqr_iters,
-    )  # fmt: skip
-    result = evaluate_on_new_robot(
-        loss, optimizer.lr, arm, settings, eval_settings, config.lr_grid, ctx,
-        fit_pool=config.fit_pool, check_trajectories=config.check_trajectories,
-        horizon=config.horizon, hold=config.babble_hold,
-    )  # fmt: skip
+    result = evaluate_on_new_robot(loss, optimizer.lr, arm, settings, config, ctx)
 
     def flat(by_size: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
         return {f"{k}_{n}": v for n, figures in by_size.items() for k, v in figures.items()}

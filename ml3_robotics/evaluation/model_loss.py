@@ -22,6 +22,7 @@ from controllers.ilqr import ILQRConfig
 from controllers.mujoco_dynamics import MujocoDynamics
 from ml3_robotics.core.inner import Params
 from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.validation import check_ints
 from ml3_robotics.evaluation.reach import mujoco_model
 from ml3_robotics.mbrl.arm_data import ArmData
 from ml3_robotics.mbrl.model_loss import ModelFitSettings, draw_fit
@@ -44,22 +45,48 @@ SHORT_HORIZON = 10
 
 
 @dataclass(frozen=True)
-class ModelEvalSettings:
-    """Meta-test sizes.
+class ModelStudySettings:
+    """The data and the meta-test of a model-loss study (``ml3r run model-loss``, and
+    ``ml3r eval`` of a model loss).
 
     Attributes:
-        sizes: fitting-set sizes (trajectories) to report.
-        repeats: fitting draws (data and initial weights) per arm and size.
-        n_goals: reach goals per arm for iLQR (0: no iLQR).
+        fit_sizes: fitting-set sizes (babbling trajectories) to meta-train on and report.
+        repeats: fitting draws (data and initial weights) per test arm and size.
+        fit_pool: babbling trajectories per arm that fitting sets are drawn from.
+        check_trajectories: held-out babbling per arm (errors are scored on it).
+        horizon: steps per trajectory (the reacher's 65).
+        babble_hold: babbling torques are held this many steps.
+        n_goals: reach goals per arm for iLQR on each fitted model (0: no iLQR).
         goal_min_radius: goals at least this fraction of the reach from the base.
         ilqr_iters: iLQR iterations.
+        lr_grid: step sizes tried for the MSE and the NLL.
     """
 
-    sizes: tuple[int, ...] = (5, 20)
+    fit_sizes: tuple[int, ...] = (5, 20)
     repeats: int = 2
+    fit_pool: int = 40
+    check_trajectories: int = 10
+    horizon: int = 65
+    babble_hold: int = 8
     n_goals: int = 5
     goal_min_radius: float = 0.3
     ilqr_iters: int = 30
+    lr_grid: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+
+    def __post_init__(self) -> None:
+        check_ints(self, ("repeats", "fit_pool", "check_trajectories", "horizon", "babble_hold",
+                          "ilqr_iters"), 1)  # fmt: skip
+        check_ints(self, ("n_goals",), 0)
+        if not self.fit_sizes or any(not 1 <= n <= self.fit_pool for n in self.fit_sizes):
+            raise ValueError(
+                f"fit_sizes: expected sizes in 1..fit_pool={self.fit_pool}, got {self.fit_sizes!r}"
+            )
+        if not 0 <= self.goal_min_radius < 1:
+            raise ValueError(
+                f"goal_min_radius: expected a fraction in [0, 1), got {self.goal_min_radius}"
+            )
+        if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
+            raise ValueError(f"lr_grid: expected positive step sizes, got {self.lr_grid!r}")
 
 
 def load_params(model: ProbabilisticEnsemble, params: Mapping[str, torch.Tensor]) -> None:
@@ -111,7 +138,7 @@ def evaluate_model_losses(
     methods: Mapping[str, tuple[LossLike, Mapping[int, float]]],
     arms: Sequence[ArmData],
     settings: ModelFitSettings,
-    config: ModelEvalSettings,
+    config: ModelStudySettings,
     ctx: RunContext,
 ) -> dict[str, Any]:
     """Fit and score every method on every test arm (see the module docstring).
@@ -144,7 +171,7 @@ def evaluate_model_losses(
             entry["ilqr_true_model_mm"] = float(1000 * task.final_distance(X).mean())
         for name, (loss, lrs) in methods.items():
             rows: dict[str, Any] = {}
-            for n in config.sizes:
+            for n in config.fit_sizes:
                 optimizer = replace(settings.optimizer, lr=lrs[n])
                 runs = []
                 for r in range(config.repeats):
@@ -173,7 +200,7 @@ def evaluate_model_losses(
                 rows[str(n)] = runs
             entry["methods"][name] = rows
         per_arm.append(entry)
-    return {"per_arm": per_arm, "summary": summarize(per_arm, list(methods), config.sizes)}
+    return {"per_arm": per_arm, "summary": summarize(per_arm, list(methods), config.fit_sizes)}
 
 
 def summarize(
@@ -205,14 +232,8 @@ def evaluate_on_new_robot(
     lr: float,
     arm: ArmConfig,
     settings: ModelFitSettings,
-    config: ModelEvalSettings,
-    lr_grid: Sequence[float],
+    config: ModelStudySettings,
     ctx: RunContext,
-    *,
-    fit_pool: int,
-    check_trajectories: int,
-    horizon: int,
-    hold: int,
 ) -> dict[str, Any]:
     """A saved model-fitting loss on one robot (``ml3r eval``), against the MSE and the NLL.
 
@@ -226,24 +247,37 @@ def evaluate_on_new_robot(
 
     def collect(seed: int) -> ArmData:
         return ArmData.collect(
-            arm, seed, n_fit=fit_pool, n_check=check_trajectories, n_prior=0,
-            horizon=horizon, hold=hold,
+            arm, seed, n_fit=config.fit_pool, n_check=config.check_trajectories, n_prior=0,
+            horizon=config.horizon, hold=config.babble_hold,
         )  # fmt: skip
 
     with ctx.phase("robot_data"):
         data = collect(ctx.seed + ROBOT_DATA_SEED)
         tune_data = collect(ctx.seed + ROBOT_TUNE_SEED)
     methods: dict[str, tuple[LossLike, dict[int, float]]] = {
-        "ml3": (loss, dict.fromkeys(config.sizes, lr))
+        "ml3": (loss, dict.fromkeys(config.fit_sizes, lr))
     }
-    tuning: dict[str, Any] = {}
     with ctx.phase("tune_baselines"):
-        for name in FITTING_LOSSES:
-            lrs = {}
-            for n in config.sizes:
-                lrs[n], scores = tune_step_size(name, [tune_data], settings, n, lr_grid, ctx.seed)
-                tuning[f"{name}_{n}"] = {"lr": lrs[n], "median_error_full": scores}
-            methods[name] = (name, lrs)
+        tuning = tune_baselines(methods, [tune_data], settings, config, ctx.seed)
     with ctx.phase("meta_test"):
         result = evaluate_model_losses(methods, [data], settings, config, ctx)
     return result | {"tuning": tuning}
+
+
+def tune_baselines(
+    methods: dict[str, tuple[LossLike, dict[int, float]]],
+    arms: Sequence[ArmData],
+    settings: ModelFitSettings,
+    config: ModelStudySettings,
+    seed: int,
+) -> dict[str, Any]:
+    """Add the MSE and the NLL to ``methods``, each at its step size tuned per fitting-set size
+    on ``arms`` (:func:`tune_step_size`); returns the tuning record."""
+    tuning: dict[str, Any] = {}
+    for name in FITTING_LOSSES:
+        lrs = {}
+        for n in config.fit_sizes:
+            lrs[n], scores = tune_step_size(name, arms, settings, n, config.lr_grid, seed)
+            tuning[f"{name}_{n}"] = {"lr": lrs[n], "median_error_full": scores}
+        methods[name] = (name, lrs)
+    return tuning
