@@ -4,7 +4,7 @@ An outer iteration whose meta-objective is a mean over independent items (goals,
 across processes: every rank draws the same item list from the iteration's generator, computes
 the terms of the items at positions ``rank, rank + size, ...`` (each from its own generator,
 seeded by the iteration and the item's position, so an item's numbers do not depend on the rank
-that computes it), and the meta-gradients are summed with one ``all_reduce``. Every rank then
+that computes it), and the per-item gradients are gathered and summed in item order. Every rank then
 takes the same Adam step; rank 0 alone writes checkpoints and artefacts.
 
 Launch with ``ml3r run --nproc N ...`` (which starts ``torch.distributed.run``) or with
@@ -62,18 +62,6 @@ class World:
     def positions(self, n: int) -> list[int]:
         """The positions of ``n`` items this rank computes (strided: balanced, deterministic)."""
         return list(range(self.rank, n, self.size))
-
-    def all_reduce_sum(self, tensors: Sequence[Tensor]) -> list[Tensor]:
-        """The elementwise sums over ranks of ``tensors`` (one collective for all of them)."""
-        if not self.distributed or not tensors:
-            return list(tensors)
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        out, offset = [], 0
-        for t in tensors:
-            out.append(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
-        return out
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` (picklable), indexed by rank, on every rank."""
@@ -166,36 +154,33 @@ def item_mean(
     """The mean of an item objective's terms and of their gradients with respect to
     ``params``, each rank computing the items at its positions.
 
-    Each item's gradient is taken on its own (its graph freed at once) and stored in its own
-    row of an ``(items, parameters)`` float64 table that is zero elsewhere; one ``all_reduce``
-    fills the table on every rank (adding zeros is exact), and the rows are summed in item
-    order. One process and any number of them therefore compute bit-identical means, however
-    sensitive the meta-training is to rounding.
+    Each item's term and gradient are taken on their own (the graph freed at once) as one
+    float64 row; the rows are gathered in item order on every rank (:meth:`World.map_items`)
+    and summed in that order. One process and any number of them therefore compute
+    bit-identical means, however sensitive the meta-training is to rounding.
     """
     items = objective.items(generator)
     n = len(items)
     if n == 0:
         raise ValueError("items: the meta-objective drew no items for this iteration")
     sizes = [p.numel() for p in params]
-    table = torch.zeros(n, sum(sizes) + 1, dtype=torch.float64)
-    rows: dict[int, dict[str, float]] = {}
-    for position in world.positions(n):
-        term, row = objective.item_loss(items[position], item_generator(generator, position))
+
+    def row_of(entry: tuple[int, Any]) -> tuple[Tensor, dict[str, float]]:
+        position, item = entry
+        term, metrics = objective.item_loss(item, item_generator(generator, position))
         grads = torch.autograd.grad(term, list(params), allow_unused=True)
         flat = [
             torch.zeros(size, dtype=torch.float64) if g is None else g.reshape(-1).double()
             for g, size in zip(grads, sizes, strict=True)
         ]
-        table[position] = torch.cat([term.detach().reshape(1).double(), *flat])
-        rows[position] = {k: float(v) for k, v in row.items()}
-    (table,) = world.all_reduce_sum([table])
-    for part in world.gather(rows) if world.distributed else [rows]:
-        rows.update(part)
-    mean = table.sum(dim=0) / n
+        row = torch.cat([term.detach().reshape(1).double(), *flat])
+        return row, {k: float(v) for k, v in metrics.items()}
+
+    rows = world.map_items(list(enumerate(items)), row_of)
+    mean = torch.stack([row for row, _ in rows]).sum(dim=0) / n
     grads, offset = [], 1
     for p, size in zip(params, sizes, strict=True):
         grads.append(mean[offset : offset + size].view_as(p).to(p.dtype))
         offset += size
-    keys = list(rows[0])
-    metrics = {k: sum(rows[pos][k] for pos in range(n)) / n for k in keys}
+    metrics = {k: sum(m[k] for _, m in rows) / n for k in rows[0][1]}
     return ItemMean(float(mean[0]), grads, metrics)

@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ml3_robotics.core.distributed import SINGLE, World, item_mean
+from ml3_robotics.core.distributed import SINGLE, ItemObjective, World, item_mean
 from ml3_robotics.core.errors import NonFiniteError
 from ml3_robotics.core.progress import progress_bar
 from ml3_robotics.core.serialization import atomic_save_tensors
@@ -125,7 +125,7 @@ class MetaTrainer:
     def __init__(
         self,
         loss: nn.Module,
-        objective: MetaObjective,
+        objective: MetaObjective | ItemObjective,
         config: MetaTrainConfig,
         *,
         checkpoint_path: str | Path | None = None,

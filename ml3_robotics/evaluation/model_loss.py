@@ -32,7 +32,7 @@ from ml3_robotics.tasks.model_fitting import (
     LossLike,
     fit_model,
     fresh_model,
-    rollout_error,
+    rollout_step_errors,
 )
 from ml3_robotics.tasks.reach import ReachTask, plan_and_execute
 from robots.arm import ArmConfig, ArmSim, sample_goals
@@ -100,13 +100,11 @@ def load_params(model: ProbabilisticEnsemble, params: Mapping[str, torch.Tensor]
 def fit_errors(
     data: ArmData, model: ProbabilisticEnsemble, params: Params
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per held-out trajectory: normalised open-loop error over the horizon and over 10 steps."""
+    """Per held-out trajectory: normalised open-loop error over the horizon and over its first
+    10 steps (one rollout)."""
     with torch.no_grad():
-        full = rollout_error(model, params, data.check_X, data.check_U, data.state_scale)
-        short = rollout_error(
-            model, params, data.check_X, data.check_U, data.state_scale, SHORT_HORIZON
-        )
-    return full.numpy(), short.numpy()
+        steps = rollout_step_errors(model, params, data.check_X, data.check_U, data.state_scale)
+    return steps.mean(1).numpy(), steps[:, :SHORT_HORIZON].mean(1).numpy()
 
 
 def tune_step_size(

@@ -16,9 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ml3_robotics.core.distributed import item_generator
 from ml3_robotics.core.inner import InnerOptimizer
-from ml3_robotics.core.meta_trainer import OuterStep
 from ml3_robotics.mbrl.arm_data import ArmData
 from ml3_robotics.tasks.model_fitting import (
     LossLike,
@@ -58,7 +56,9 @@ def draw_fit(
 
 
 class ModelLossObjective:
-    """The meta-objective of a model-fitting loss (see the module docstring).
+    """The meta-objective of a model-fitting loss (see the module docstring): an
+    :class:`~ml3_robotics.core.distributed.ItemObjective` whose items are meta-training arms
+    (:class:`~ml3_robotics.core.meta_trainer.MetaTrainer` takes their mean and its gradient).
 
     Args:
         loss: M_psi.
@@ -123,15 +123,3 @@ class ModelLossObjective:
             term = term + self.prior_weight * torch.log1p(prior).mean()
             metrics["prior_error"] = float(prior.detach().mean())
         return term, metrics
-
-    def __call__(self, iteration: int, generator: torch.Generator) -> OuterStep:
-        """The mean of :meth:`item_loss` over :meth:`items`, differentiable (the meta-trainer
-        instead takes each item's gradient on its own, which also splits across processes)."""
-        items = self.items(generator)
-        terms, rows = [], []
-        for position, arm_index in enumerate(items):
-            term, row = self.item_loss(arm_index, item_generator(generator, position))
-            terms.append(term)
-            rows.append(row)
-        metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-        return OuterStep(torch.stack(terms).mean(), metrics)

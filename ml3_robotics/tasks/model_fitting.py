@@ -201,11 +201,22 @@ def rollout_error(
     scale: Tensor,
     horizon: int | None = None,
 ) -> Tensor:
-    """Open-loop error of the model with ``params`` on real trajectories.
+    """Open-loop error of the model with ``params`` on real trajectories: per trajectory, the
+    mean over steps of :func:`rollout_step_errors`, ``(M,)``, differentiable in ``params``."""
+    return rollout_step_errors(model, params, X, U, scale, horizon).mean(1)
 
-    Rolls the model from each ``X[:, 0]`` with the recorded ``U`` for ``horizon`` steps (all by
-    default) and returns, per trajectory, the mean over steps and dimensions of the squared
-    error divided by ``scale**2``: ``(M,)``, differentiable in ``params``.
+
+def rollout_step_errors(
+    model: ProbabilisticEnsemble,
+    params: Mapping[str, Tensor],
+    X: np.ndarray | Tensor,
+    U: np.ndarray | Tensor,
+    scale: Tensor,
+    horizon: int | None = None,
+) -> Tensor:
+    """Rolls the model with ``params`` from each ``X[:, 0]`` with the recorded ``U`` for
+    ``horizon`` steps (all by default); per trajectory and step, the mean over dimensions of
+    the squared error divided by ``scale**2``: ``(M, horizon)``, differentiable in ``params``.
     """
     dtype = next(iter(params.values())).dtype
     X, U = torch.as_tensor(np.asarray(X), dtype=dtype), torch.as_tensor(np.asarray(U), dtype=dtype)
@@ -216,7 +227,7 @@ def rollout_error(
     for t in range(T):
         x = call(model, params, x, U[:, t])
         errors.append(((x - X[:, t + 1]) / scale).pow(2).mean(-1))
-    return torch.stack(errors, 1).mean(1)
+    return torch.stack(errors, 1)
 
 
 def imitate_mse(
