@@ -196,6 +196,7 @@ def run(config: ModelLossConfig, ctx: RunContext) -> RunResult:
     for variant, trainer in trainers.items():
         with ctx.phase(f"meta_train_{variant}"):
             trainer.run()
+    ctx.world.finish()
     if not ctx.world.is_main:
         # Data-parallel meta-training is done; rank 0 saves, evaluates and reports.
         return RunResult(metrics={}, baselines={}, extra={})

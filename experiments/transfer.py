@@ -206,6 +206,7 @@ def run(config: TransferConfig, ctx: RunContext) -> RunResult:
         | {"label": f"{label}, {depth} layers"}
         for label, _, depth in depth_jobs
     ]
+    world.finish()
     if not world.is_main:
         return RunResult(metrics={}, baselines={}, extra={})
 

@@ -92,6 +92,14 @@ class World:
         if self.distributed:
             dist.barrier()
 
+    def finish(self) -> None:
+        """Leave the process group together once the ranks' shared work is done, so a rank
+        that exits early does not tear the group down under the others (rank 0 may go on
+        alone: evaluation, reports)."""
+        if self.distributed and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 SINGLE = World()
 
