@@ -1,11 +1,13 @@
 """Model loss (issue 14): a meta-learned loss that fits a new robot's dynamics model from a few
 trajectories, shaped by a physics prior at meta-train time.
 
-Two learned losses are meta-trained the same way on random 2- and 3-link arms except for the
+Learned losses are meta-trained the same way on random 2- and 3-link arms except for the
 meta-objective: ``prior`` adds the true simulator's rollouts from broad starts to the held-out
-error, ``no_prior`` scores the held-out error alone. Meta-test: arms drawn apart (including
-4-link arms), 5 and 20 babbling trajectories, the same model, data and K steps for every loss;
-the MSE and the Gaussian NLL at step sizes tuned on the meta-training arms.
+error, ``reach`` adds the arm's reaching motions (iLQR on the true model), ``no_prior`` scores
+the held-out error alone (``variants`` picks which are run; the first is the headline).
+Meta-test: arms drawn apart (including 4-link arms), 5 and 20 babbling trajectories, the same
+model, data and K steps for every loss; the MSE and the Gaussian NLL at step sizes tuned on the
+meta-training arms.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ml3_robotics.tasks.model_fitting import (
     model_loss_feature_spec,
 )
 
-VARIANTS = ("prior", "no_prior")
+VARIANTS = ("prior", "reach", "no_prior")
 LOSS_INITS = ("mse", "random")
 #: Seed offsets of the test arms' draw and of the arms' data (train arm i: + i).
 TEST_ARM_SEED = 40_009
@@ -54,7 +56,10 @@ class ModelLossConfig(ModelStudySettings):
     Attributes:
         train_arms, test_arms: arm distributions (``ArmDistribution.parse`` syntax); the test
             arms are drawn from their own seed, so none of them is a meta-training arm.
+        variants: the learned losses to meta-train and test (of ``VARIANTS``; the first is
+            the headline, saved also as ``loss``).
         prior_trajectories: true-simulator rollouts from broad starts per meta-training arm.
+        reach_trajectories: reaching motions per meta-training arm (variant ``reach``).
         model_hidden, model_members: the fitted model.
         inner_method, inner_lr, inner_steps: the K-step fit.
         differentiable_steps: meta-gradient through the last this many steps (0: all).
@@ -65,16 +70,20 @@ class ModelLossConfig(ModelStudySettings):
         outer_steps, outer_lr, grad_clip: meta-training.
         arms_per_iteration: meta-training arms per outer iteration.
         meta_horizon: open-loop steps scored by the meta-objective.
-        prior_weight: weight of the physics-prior term (variant ``prior``).
+        prior_weight: weight of the broad-start term (variant ``prior``).
+        reach_weight: weight of the reaching-motion term (variant ``reach``).
         checkpoint_every: meta-updates between checkpoints.
-        loss_path, no_prior_loss_path: evaluate these saved losses instead of meta-training.
+        loss_path, reach_loss_path, no_prior_loss_path: evaluate these saved losses (of the
+            variants ``prior``, ``reach``, ``no_prior``) instead of meta-training.
         the rest: :class:`~ml3_robotics.evaluation.model_loss.ModelStudySettings` (the data,
             the baselines' step-size grid, tuned on the meta-training arms, and the meta-test).
     """
 
     train_arms: str = "links=2,3 length=0.7:1.4 mass=0.5:2 n=6"
     test_arms: str = "links=2,3,4 length=0.7:1.4 mass=0.5:2 n=4"
+    variants: tuple[str, ...] = ("prior", "no_prior")
     prior_trajectories: int = 10
+    reach_trajectories: int = 10
     model_hidden: tuple[int, ...] = (64, 64)
     model_members: int = 1
     inner_method: str = "adam"
@@ -89,8 +98,10 @@ class ModelLossConfig(ModelStudySettings):
     arms_per_iteration: int = 2
     meta_horizon: int = 65
     prior_weight: float = 1.0
+    reach_weight: float = 1.0
     checkpoint_every: int = 10
     loss_path: str | None = None
+    reach_loss_path: str | None = None
     no_prior_loss_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -99,14 +110,24 @@ class ModelLossConfig(ModelStudySettings):
             ArmDistribution.parse(getattr(self, spec))  # raises naming the field's problem
         check_ints(self, ("model_members", "inner_steps", "arms_per_iteration", "meta_horizon",
                           "checkpoint_every"), 1)  # fmt: skip
-        check_ints(self, ("prior_trajectories", "differentiable_steps", "outer_steps"), 0)
+        check_ints(self, ("prior_trajectories", "reach_trajectories", "differentiable_steps",
+                          "outer_steps"), 0)  # fmt: skip
         check_widths("model_hidden", self.model_hidden)
         check_widths("loss_hidden", self.loss_hidden)
         for name in ("inner_lr", "outer_lr", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
-        if not self.prior_weight >= 0:
-            raise ValueError(f"prior_weight: expected a number >= 0, got {self.prior_weight}")
+        for name in ("prior_weight", "reach_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants: expected distinct names, got {self.variants}")
+        for variant in self.variants:
+            check_choice("variants", variant, VARIANTS)
+        if "reach" in self.variants and self.reach_trajectories == 0:
+            raise ValueError("variants: 'reach' needs reach_trajectories > 0")
+        if "prior" in self.variants and self.prior_trajectories == 0:
+            raise ValueError("variants: 'prior' needs prior_trajectories > 0")
         InnerOptimizer(self.inner_method, lr=self.inner_lr, steps=self.inner_steps)
         check_choice("loss_init", self.loss_init, LOSS_INITS)
 
@@ -119,7 +140,11 @@ class ModelLossConfig(ModelStudySettings):
         )
 
 
-def _arm_data(config: ModelLossConfig, spec: str, seed: int, data_seed: int) -> list[ArmData]:
+def _arm_data(
+    config: ModelLossConfig, spec: str, seed: int, data_seed: int, *, train: bool
+) -> list[ArmData]:
+    """Every arm's data; the priors' true-simulator data only for meta-training arms whose
+    variants use it."""
     arms = sample_arm_configs(ArmDistribution.parse(spec), seed)
     return [
         ArmData.collect(
@@ -130,6 +155,7 @@ def _arm_data(config: ModelLossConfig, spec: str, seed: int, data_seed: int) -> 
             n_prior=config.prior_trajectories,
             horizon=config.horizon,
             hold=config.babble_hold,
+            n_reach=config.reach_trajectories if train and "reach" in config.variants else 0,
         )
         for i, arm in enumerate(arms)
     ]
@@ -139,7 +165,7 @@ def _new_loss(config: ModelLossConfig, arms: list[ArmData], seed: int) -> Learne
     loss = LearnedLoss(
         LossConfig(model_loss_feature_spec(), hidden=config.loss_hidden, activation="elu")
     )
-    # Both variants start from the same psi: they differ only in the meta-objective.
+    # All variants start from the same psi: they differ only in the meta-objective.
     generator = torch.Generator().manual_seed(seed)
     loss.reset_parameters(generator)
     if config.loss_init == "mse":
@@ -155,6 +181,7 @@ def _meta_train(
         loss, arms, config.fit_settings(),
         arms_per_iteration=config.arms_per_iteration, meta_horizon=config.meta_horizon,
         prior_weight=config.prior_weight if variant == "prior" else 0.0,
+        reach_weight=config.reach_weight if variant == "reach" else 0.0,
         differentiable_steps=config.differentiable_steps or None,
     )  # fmt: skip
     trainer = MetaTrainer(
@@ -179,16 +206,23 @@ def _meta_train(
 def run(config: ModelLossConfig, ctx: RunContext) -> RunResult:
     torch.manual_seed(ctx.seed)
     with ctx.phase("arm_data"):
-        train = _arm_data(config, config.train_arms, ctx.seed, ctx.seed + TRAIN_DATA_SEED)
-        test = _arm_data(
-            config, config.test_arms, ctx.seed + TEST_ARM_SEED, ctx.seed + TEST_DATA_SEED
+        train = _arm_data(
+            config, config.train_arms, ctx.seed, ctx.seed + TRAIN_DATA_SEED, train=True
         )
+        test = _arm_data(
+            config, config.test_arms, ctx.seed + TEST_ARM_SEED, ctx.seed + TEST_DATA_SEED,
+            train=False,
+        )  # fmt: skip
     for data in test:
         data.arm = data.arm.replace(name=data.arm.name.replace("sampled", "test"))
 
     losses, trainers = load_or_meta_train(
-        VARIANTS,
-        {"prior": config.loss_path, "no_prior": config.no_prior_loss_path},
+        config.variants,
+        {
+            "prior": config.loss_path,
+            "reach": config.reach_loss_path,
+            "no_prior": config.no_prior_loss_path,
+        },
         MODEL_LOSS_FEATURES,
         lambda variant: _meta_train(variant, config, train, ctx),
         ctx,
@@ -216,17 +250,20 @@ def run(config: ModelLossConfig, ctx: RunContext) -> RunResult:
                 "model_hidden": list(config.model_hidden),
                 "model_members": config.model_members,
                 "prior_weight": config.prior_weight if variant == "prior" else 0.0,
+                "reach_weight": config.reach_weight if variant == "reach" else 0.0,
             },
         )
+    headline_variant = config.variants[0]
     save_learned_loss(
-        losses["prior"],
+        losses[headline_variant],
         ctx.loss_stem("loss"),
-        provenance={"experiment": "model-loss", "variant": "prior", "seed": ctx.seed},
+        provenance={"experiment": "model-loss", "variant": headline_variant, "seed": ctx.seed},
     )
 
     settings = config.fit_settings()
     methods: dict[str, tuple[Any, dict[int, float]]] = {
-        f"ml3_{v}": (losses[v], dict.fromkeys(config.fit_sizes, config.inner_lr)) for v in VARIANTS
+        f"ml3_{v}": (losses[v], dict.fromkeys(config.fit_sizes, config.inner_lr))
+        for v in config.variants
     }
     with ctx.phase("tune_baselines"):
         # The baselines' step size per fitting-set size, tuned on the meta-training arms.
@@ -239,7 +276,7 @@ def run(config: ModelLossConfig, ctx: RunContext) -> RunResult:
         _plot(summary, config, ctx)
     headline = {
         f"{key}_{n}": value
-        for n, figures in summary["ml3_prior"].items()
+        for n, figures in summary[f"ml3_{headline_variant}"].items()
         for key, value in figures.items()
     }
     return RunResult(
@@ -247,7 +284,7 @@ def run(config: ModelLossConfig, ctx: RunContext) -> RunResult:
         baselines={
             name: {f"{k}_{n}": v for n, figs in by_size.items() for k, v in figs.items()}
             for name, by_size in summary.items()
-            if name != "ml3_prior"
+            if name != f"ml3_{headline_variant}"
         },
         extra={
             "summary": summary,

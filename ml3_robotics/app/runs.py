@@ -129,6 +129,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: got {value!r}")
     if origin is tuple:
+        if isinstance(value, str) and "," in value:
+            # YAML reads a,b as one string; a list needs brackets.
+            raise ConfigError(f"{key}: a list is written [a, b] (YAML), got {value!r}")
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list | tuple):

@@ -3,9 +3,10 @@
 Each outer iteration draws a few meta-training arms; for each, a handful of its babbling
 trajectories (5 or 20, say) and a fresh model. The model takes K plain steps on M_psi's loss of
 those transitions; the meta-objective is the fitted model's open-loop error on the arm's held-out
-trajectories, plus, for the physics-prior variant, its error on the true simulator's rollouts
-from broad starts (random angles and speeds: states the fitting data never shows). Neither term
-exists at meta-test, where M_psi alone fits a model to a new arm's data.
+trajectories, plus, for the physics-prior variants, its error on true-simulator data the fitting
+data never shows: rollouts from broad starts (random angles and speeds), or the arm's reaching
+motions (iLQR on the true model, the states a planner needs). Neither term exists at meta-test,
+where M_psi alone fits a model to a new arm's data.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class ModelLossObjective:
         settings: model and inner loop.
         arms_per_iteration: arms per outer iteration.
         meta_horizon: steps of the open-loop rollouts scored (at most the data's horizon).
-        prior_weight: weight of the true-simulator term (0: no physics prior).
+        prior_weight: weight of the broad-start rollouts' term (0: none).
+        reach_weight: weight of the reaching motions' term (0: none).
         differentiable_steps: truncate the meta-gradient to the last this many inner steps.
     """
 
@@ -79,16 +81,20 @@ class ModelLossObjective:
         arms_per_iteration: int,
         meta_horizon: int,
         prior_weight: float,
+        reach_weight: float = 0.0,
         differentiable_steps: int | None = None,
     ) -> None:
         if prior_weight > 0 and any(a.prior_X is None for a in arms):
             raise ValueError("prior_weight > 0 needs every arm's prior rollouts (n_prior > 0)")
+        if reach_weight > 0 and any(a.reach_X is None for a in arms):
+            raise ValueError("reach_weight > 0 needs every arm's reaching motions (n_reach > 0)")
         self.loss = loss
         self.arms = list(arms)
         self.settings = settings
         self.arms_per_iteration = min(arms_per_iteration, len(self.arms))
         self.meta_horizon = meta_horizon
         self.prior_weight = prior_weight
+        self.reach_weight = reach_weight
         self.differentiable_steps = differentiable_steps
 
     def items(self, generator: torch.Generator) -> list[int]:
@@ -122,4 +128,10 @@ class ModelLossObjective:
             )
             term = term + self.prior_weight * torch.log1p(prior).mean()
             metrics["prior_error"] = float(prior.detach().mean())
+        if self.reach_weight > 0:
+            reach = rollout_error(
+                model, fitted, data.reach_X, data.reach_U, data.state_scale, self.meta_horizon
+            )
+            term = term + self.reach_weight * torch.log1p(reach).mean()
+            metrics["reach_error"] = float(reach.detach().mean())
         return term, metrics

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from experiments.model_loss import ModelLossConfig
 from experiments.mountain_car import MountainCarConfig
 from experiments.reacher import ReacherConfig
 from experiments.sine import SineConfig
@@ -143,6 +144,13 @@ def test_yaml_12_floats_in_set_and_config(tmp_path, text):
     assert parse_set_options([f"inner_lr={text}"]) == {"inner_lr": 0.001}
     (tmp_path / "c.yaml").write_text(f"inner_lr: {text}\n")
     assert read_config_file(tmp_path / "c.yaml") == {"inner_lr": 0.001}
+
+
+def test_a_list_without_brackets_is_refused_with_the_syntax():
+    with pytest.raises(ConfigError, match=r"variants: a list is written \[a, b\]"):
+        build_config(ModelLossConfig, parse_set_options(["variants=reach,no_prior"]))
+    config = build_config(ModelLossConfig, parse_set_options(["variants=[reach, no_prior]"]))
+    assert config.variants == ("reach", "no_prior")
 
 
 def test_yaml_12_scalars():

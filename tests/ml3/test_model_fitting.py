@@ -8,7 +8,8 @@ import torch
 
 from ml3_robotics.core.inner import InnerOptimizer, call
 from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
-from ml3_robotics.mbrl.arm_data import ArmData
+from ml3_robotics.mbrl.arm_data import ArmData, true_reaches
+from ml3_robotics.mbrl.model_loss import ModelFitSettings, ModelLossObjective
 from ml3_robotics.models.learned_dynamics import gaussian_nll
 from ml3_robotics.tasks.model_fitting import (
     MODEL_LOSS_FEATURES,
@@ -22,7 +23,8 @@ from ml3_robotics.tasks.model_fitting import (
     model_loss_features,
     rollout_error,
 )
-from robots.arm import load_arm_config
+from ml3_robotics.tasks.reach import ReachTask
+from robots.arm import ArmSim, load_arm_config, sample_goals
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,43 @@ def test_arm_data_is_reproducible_and_prior_starts_are_broad(arm2, data2):
     assert not np.allclose(data2.check_X, data2.fit_X[:2])
     none = ArmData.collect(arm2, 3, n_fit=2, n_check=2, n_prior=0, horizon=5, hold=4)
     assert none.prior_X is None
+
+
+def test_reaching_motions_reach_their_goals_from_rest(arm2):
+    X, U = true_reaches(ArmSim(arm2, "mujoco"), 2, 65, np.random.default_rng(5))
+    goals = sample_goals(arm2, 2, np.random.default_rng(5), min_radius=0.3)  # the same draw
+    assert X.shape == (2, 66, 4) and U.shape == (2, 65, 2) and np.all(X[:, 0] == 0)
+    assert np.all(ReachTask(arm2, goals, 65).final_distance(X) < 0.005)
+    assert np.all(np.abs(U) <= np.asarray(arm2.torque_limits) + 1e-12)
+
+
+def test_reaching_motions_are_drawn_after_the_babbling(arm2, data2):
+    with_reaches = ArmData.collect(arm2, 3, n_fit=3, n_check=2, n_prior=2, horizon=12, hold=4,
+                                   n_reach=2)  # fmt: skip
+    for name in ("fit_X", "fit_U", "check_X", "prior_X", "prior_U"):
+        np.testing.assert_array_equal(getattr(with_reaches, name), getattr(data2, name))
+    assert data2.reach_X is None and with_reaches.reach_X.shape == (2, 13, 4)
+
+
+def test_reach_term_adds_its_weighted_error_to_the_meta_objective(arm2, data2):
+    loss = LearnedLoss(LossConfig(model_loss_feature_spec(), hidden=(4,), activation="elu"))
+    settings = ModelFitSettings((8,), 1, InnerOptimizer("adam", lr=1e-2, steps=2), (2,))
+    with pytest.raises(ValueError, match="reach_weight > 0 needs"):
+        ModelLossObjective(loss, [data2], settings, arms_per_iteration=1, meta_horizon=5,
+                           prior_weight=0.0, reach_weight=1.0)  # fmt: skip
+    data = ArmData.collect(arm2, 3, n_fit=3, n_check=2, n_prior=0, horizon=12, hold=4,
+                           n_reach=2)  # fmt: skip
+    terms = {}
+    for weight in (0.0, 1.0, 2.0):
+        objective = ModelLossObjective(
+            loss, [data], settings, arms_per_iteration=1, meta_horizon=5, prior_weight=0.0,
+            reach_weight=weight,
+        )  # fmt: skip
+        terms[weight], metrics = objective.item_loss(0, torch.Generator().manual_seed(1))
+        assert ("reach_error" in metrics) == (weight > 0)
+    reach_term = terms[1.0] - terms[0.0]
+    assert reach_term > 0  # log(1 + error) of a fitted model's real error
+    torch.testing.assert_close(terms[2.0] - terms[0.0], 2 * reach_term)
 
 
 def test_mse_and_nll_objectives_match_direct_computation(arm2, data2):

@@ -122,11 +122,32 @@ def test_sigkill_mid_meta_training_then_resume_is_exact(tmp_path, registry):
         ({"inner_method": "rmsprop"}, "method"),
         ({"prior_weight": -1.0}, "prior_weight"),
         ({"lr_grid": ()}, "lr_grid"),
+        ({"variants": ()}, "variants: expected distinct names"),
+        ({"variants": ("reach", "reach")}, "variants: expected distinct names"),
+        ({"variants": ("best",)}, "variants"),
+        ({"variants": ("reach",), "reach_trajectories": 0}, "'reach' needs reach_trajectories"),
+        ({"reach_weight": -1.0}, "reach_weight"),
     ],
 )
 def test_bad_config_values_are_named(change, message):
     with pytest.raises(ValueError, match=message):
         ModelLossConfig(**change)
+
+
+def test_reach_variant_is_the_headline_when_named_first(tmp_path, registry):
+    out = tmp_path / "run"
+    run_experiment("model-loss", seed=0, out=out, smoke=True,
+                   sets=["variants=[reach, no_prior]", "outer_steps=2"])  # fmt: skip
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc["baselines"]) == {"ml3_no_prior", "mse", "nll"}
+    assert set(doc["extra"]["per_arm"][0]["methods"]) == {"ml3_reach", "ml3_no_prior", "mse", "nll"}
+    _, side = load_learned_loss(out / "loss", expect_features=MODEL_LOSS_FEATURES)
+    assert side["provenance"]["variant"] == "reach"
+    _, side = load_learned_loss(out / "loss_reach")
+    assert side["provenance"]["reach_weight"] > 0 and side["provenance"]["prior_weight"] == 0
+    assert not (out / "loss_prior.json").exists()
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert "reach_error" in header and "prior_error" not in header
 
 
 def _saved_model_loss(path):
