@@ -127,14 +127,23 @@ def item_generator(generator: torch.Generator, position: int) -> torch.Generator
 
 class ItemObjective(Protocol):
     """A meta-objective that is the mean of independent per-item terms (it can be split
-    across ranks by :class:`~ml3_robotics.core.meta_trainer.MetaTrainer`)."""
+    across ranks by :class:`~ml3_robotics.core.meta_trainer.MetaTrainer`).
+
+    ``item_loss`` may return a third element, the item's output (anything picklable, e.g. its
+    adapted policies); the outputs are gathered in item order and, if the objective has a
+    ``finish_iteration(iteration, outputs) -> metrics`` method, handed to it on every rank
+    before the meta-update, so state the iteration changes (data collected with every item's
+    policies, a model refit) stays the same on every rank.
+    """
 
     def items(self, generator: torch.Generator) -> list[Any]:
         """This iteration's items, drawn from the iteration's generator (same on every rank)."""
         ...
 
-    def item_loss(self, item: Any, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        """One item's differentiable term and its metrics."""
+    def item_loss(
+        self, item: Any, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]] | tuple[Tensor, dict[str, float], Any]:
+        """One item's differentiable term, its metrics (and optionally its output)."""
         ...
 
 
@@ -145,12 +154,14 @@ class ItemMean:
     Attributes:
         value: the mean term.
         grads: the mean gradient per parameter (the parameters' dtypes).
-        metrics: the mean of each item metric.
+        metrics: each item metric's mean over the items that report it.
+        outputs: the items' outputs in item order (None for an item that returned none).
     """
 
     value: float
     grads: list[Tensor]
     metrics: dict[str, float]
+    outputs: list[Any]
 
 
 def item_mean(
@@ -173,22 +184,26 @@ def item_mean(
         raise ValueError("items: the meta-objective drew no items for this iteration")
     sizes = [p.numel() for p in params]
 
-    def row_of(entry: tuple[int, Any]) -> tuple[Tensor, dict[str, float]]:
+    def row_of(entry: tuple[int, Any]) -> tuple[Tensor, dict[str, float], Any]:
         position, item = entry
-        term, metrics = objective.item_loss(item, item_generator(generator, position))
+        term, metrics, *output = objective.item_loss(item, item_generator(generator, position))
         grads = torch.autograd.grad(term, list(params), allow_unused=True)
         flat = [
             torch.zeros(size, dtype=torch.float64) if g is None else g.reshape(-1).double()
             for g, size in zip(grads, sizes, strict=True)
         ]
         row = torch.cat([term.detach().reshape(1).double(), *flat])
-        return row, {k: float(v) for k, v in metrics.items()}
+        return row, {k: float(v) for k, v in metrics.items()}, output[0] if output else None
 
     rows = world.map_items(list(enumerate(items)), row_of)
-    mean = torch.stack([row for row, _ in rows]).sum(dim=0) / n
+    mean = torch.stack([row for row, _, _ in rows]).sum(dim=0) / n
     grads, offset = [], 1
     for p, size in zip(params, sizes, strict=True):
         grads.append(mean[offset : offset + size].view_as(p).to(p.dtype))
         offset += size
-    metrics = {k: sum(m[k] for _, m in rows) / n for k in rows[0][1]}
-    return ItemMean(float(mean[0]), grads, metrics)
+    reported: dict[str, list[float]] = {}
+    for _, item_metrics, _ in rows:
+        for key, value in item_metrics.items():
+            reported.setdefault(key, []).append(value)
+    metrics = {k: sum(values) / len(values) for k, values in reported.items()}
+    return ItemMean(float(mean[0]), grads, metrics, [output for _, _, output in rows])

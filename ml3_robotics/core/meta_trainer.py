@@ -230,7 +230,7 @@ class MetaTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         generator = iteration_generator(self.config.seed, i)
         if self.item_objective:
-            value, grads, metrics = self._item_step(generator)
+            value, grads, metrics = self._item_step(i, generator)
         else:
             out = self.objective(i, generator)
             result = out if isinstance(out, OuterStep) else OuterStep(loss=out)
@@ -268,14 +268,21 @@ class MetaTrainer:
         self.history.append(row)
         return row
 
-    def _item_step(self, generator: torch.Generator) -> tuple[float, list[Tensor], dict]:
+    def _item_step(
+        self, iteration: int, generator: torch.Generator
+    ) -> tuple[float, list[Tensor], dict]:
         """The mean term, gradient and metrics of the items (split across ranks, the same on
-        every rank: :func:`~ml3_robotics.core.distributed.item_mean`); sets ``p.grad``."""
+        every rank: :func:`~ml3_robotics.core.distributed.item_mean`), then the objective's
+        ``finish_iteration`` on their outputs, if it has one; sets ``p.grad``."""
         params = list(self.loss.parameters())
         mean = item_mean(self.objective, params, generator, self.world)  # type: ignore[arg-type]
         for p, g in zip(params, mean.grads, strict=True):
             p.grad = g
-        return mean.value, mean.grads, mean.metrics
+        metrics = dict(mean.metrics)
+        finish = getattr(self.objective, "finish_iteration", None)
+        if finish is not None:
+            metrics.update(finish(iteration, mean.outputs))
+        return mean.value, mean.grads, metrics
 
     def _last_good(self) -> str:
         if self.checkpoint_path is not None and self.checkpoint_path.is_file():
