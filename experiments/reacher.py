@@ -29,7 +29,6 @@ from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.core.meta_trainer import (
     MetaTrainConfig,
     MetaTrainer,
-    OuterStep,
     iteration_generator,
 )
 from ml3_robotics.core.run_context import RunContext
@@ -145,6 +144,9 @@ class ReacherConfig:
     # iteration: a fixed set of 16 was learned by heart (48 mm on it, 116 mm held out; measured).
     n_train_goals: int = 256
     goals_per_iteration: int = 16
+    # The iteration's goals are split into items of this many (0: one item of all of them);
+    # ``--nproc N`` spreads the items over N processes, so the same items give the same loss.
+    goals_per_item: int = 0
     n_test_goals: int = 10
     # Held-out goals [[x, z], ...] in m to evaluate on instead of n_test_goals sampled ones
     # (n_test_goals becomes their number; training goals are kept goal_separation away).
@@ -237,7 +239,12 @@ class ReacherConfig:
             "torch_threads", "video_stride",
         )  # fmt: skip
         check_ints(self, positive, 1)
-        check_ints(self, ("outer_steps", "video_goals", "meta_gradient_steps"), 0)
+        check_ints(self, ("outer_steps", "video_goals", "meta_gradient_steps", "goals_per_item"), 0)
+        if self.goals_per_item and self.goals_per_iteration % self.goals_per_item:
+            raise ValueError(
+                f"goals_per_item: expected a divisor of goals_per_iteration="
+                f"{self.goals_per_iteration} (items of equal size), got {self.goals_per_item}"
+            )
         check_ints(self, ("pretrain_steps",), 1)
         meta_objective_terms(self.meta_objective, self.meta_distance, self.inner_steps)
         check_choice("policy_class", self.policy_class, POLICY_CLASSES)
@@ -375,49 +382,93 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             return policy, fresh()
         return state.start_policy.for_goals(task.goals), state.start_policy.stacked(task.n)
 
-    def objective(iteration: int, g: torch.Generator) -> OuterStep:
-        metrics: dict[str, float] = {}
-        if iteration % config.eval_every == 0:
-            # Visible progress in the real simulator: fresh policies on the held-out goals, K
-            # steps on the current M_phi, executed in MuJoCo (monitoring only, never selection).
-            test_policy, init = start_of(test, lambda: test_init)
-            X, _ = execute_policies(
-                sim, test_policy, meta_test(loss, test_policy, init, model_step, test, inner), test
-            )
-            learner.monitor_steps += test.n * T
-            metrics["heldout_real_distance_mm"] = float(1000 * test.final_distance(X).mean())
-        draw = torch.randperm(len(meta_pool), generator=g)[: config.goals_per_iteration]
-        index = meta_pool[draw]
-        batch = train.subset(index)
-        batch_policy, params = start_of(batch, lambda: init_params(policy, batch.n, g, **zero))
-        value, adapted = meta_loss(
-            batch_policy, params, model_step, batch, learned, inner, batch_extras(index),
-            differentiable_steps=config.meta_gradient_steps or None,
-            task_term=task_term, step_weights=step_weights,
-        )  # fmt: skip
-        if (iteration + 1) % config.collect_every == 0:
-            with ctx.phase("collect"):
-                X, _ = learner.collect(sim, batch_policy, adapted, batch)
-            metrics["train_real_distance_mm"] = float(1000 * batch.final_distance(X).mean())
-        metrics["buffer_transitions"] = float(buffer.n_transitions_added)
-        return OuterStep(value, metrics)
-
-    def after_update(iteration: int, row: dict[str, float]) -> None:
-        # Refit after the meta-update (the model's weights and normalisation are in the graph
-        # until then) and before the checkpoint, which then holds the refitted model.
-        if (iteration + 1) % config.refit_every == 0:
-            refit(config.refit_epochs, iteration_generator(seed + 1, iteration))
-
     distribution_steps = 0
+    cycle = None
     if config.arm_distribution and config.loss_path is None:
         with ctx.phase("arm_distribution"):  # one babbling-fitted model per sampled arm
             cycle = arm_cycle_from(config, seed)
-        objective = cycle.objective(objective, learned, inner)
         distribution_steps = cycle.env_steps
+
+    class ReacherObjective:
+        """ML3's meta-objective on the reacher as a mean of items (split across ranks under
+        ``--nproc``): an outer iteration's training goals in chunks of ``goals_per_item``, and,
+        with an arm distribution, one sampled arm's meta-loss, weighted so the objective is
+        half the goals' mean and half the arm's (the base arm keeps its draws either way).
+        The data collection, the refit and the held-out monitoring happen once per iteration
+        in ``finish_iteration``, on every rank (monitoring on rank 0 alone), so every rank
+        keeps the same buffer and model."""
+
+        def items(self, iteration: int, g: torch.Generator) -> list[tuple[Any, ...]]:
+            draw = torch.randperm(len(meta_pool), generator=g)[: config.goals_per_iteration]
+            index = meta_pool[draw]
+            self.batch = batch = train.subset(index)
+            self.batch_policy, params = start_of(
+                batch, lambda: init_params(policy, batch.n, g, **zero)
+            )
+            self.collecting = (iteration + 1) % config.collect_every == 0
+            size = config.goals_per_item or batch.n
+            items: list[tuple[Any, ...]] = [
+                ("goals", index[i : i + size], {k: v[i : i + size] for k, v in params.items()})
+                for i in range(0, batch.n, size)
+            ]
+            if cycle is not None:
+                # The sampled arm's policies come from its own generator, derived from the
+                # iteration's, so the base arm's draws are the same as without the distribution.
+                arm = iteration % len(cycle.arms)
+                items.append(("arm", arm, int(g.initial_seed()) + 1 + arm))
+            self.weights = (1.0, 1.0) if cycle is None else (
+                len(items) / (2 * (len(items) - 1)), len(items) / 2)  # fmt: skip
+            return items
+
+        def item_loss(
+            self, item: tuple[Any, ...], _g: torch.Generator
+        ) -> tuple[Tensor, dict[str, float], Params | None]:
+            if item[0] == "arm":
+                out = cycle.meta_step(item[1], torch.Generator().manual_seed(item[2]),
+                                      learned, inner)  # fmt: skip
+                metrics = {"arm_meta_loss": float(out.loss.detach()), "arm_index": float(item[1])}
+                return self.weights[1] * out.loss, metrics, None
+            _, index, params = item
+            chunk = train.subset(index)
+            chunk_policy, _ = start_of(chunk, lambda: params)
+            value, adapted = meta_loss(
+                chunk_policy, params, model_step, chunk, learned, inner, batch_extras(index),
+                differentiable_steps=config.meta_gradient_steps or None,
+                task_term=task_term, step_weights=step_weights,
+            )  # fmt: skip
+            metrics = {} if cycle is None else {"base_meta_loss": float(value.detach())}
+            output = {k: v.detach() for k, v in adapted.items()} if self.collecting else None
+            return self.weights[0] * value, metrics, output
+
+        def finish_iteration(self, iteration: int, outputs: list[Any]) -> dict[str, float]:
+            metrics: dict[str, float] = {}
+            if iteration % config.eval_every == 0 and ctx.world.is_main:
+                # Visible progress in the real simulator: fresh policies on the held-out goals,
+                # K steps on the current M_phi (not yet updated), executed in MuJoCo
+                # (monitoring only, never selection).
+                test_policy, init = start_of(test, lambda: test_init)
+                X, _ = execute_policies(sim, test_policy,
+                                        meta_test(loss, test_policy, init, model_step, test, inner),
+                                        test)  # fmt: skip
+                learner.monitor_steps += test.n * T
+                metrics["heldout_real_distance_mm"] = float(1000 * test.final_distance(X).mean())
+            if self.collecting:
+                chunks = [o for o in outputs if o is not None]
+                adapted = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+                with ctx.phase("collect"):
+                    X, _ = learner.collect(sim, self.batch_policy, adapted, self.batch)
+                metrics["train_real_distance_mm"] = float(
+                    1000 * self.batch.final_distance(X).mean()
+                )
+            metrics["buffer_transitions"] = float(buffer.n_transitions_added)
+            if (iteration + 1) % config.refit_every == 0:
+                # Before the checkpoint, which then holds the refitted model.
+                refit(config.refit_epochs, iteration_generator(seed + 1, iteration))
+            return metrics
 
     trainer = MetaTrainer(
         loss,
-        objective,
+        ReacherObjective(),
         MetaTrainConfig(
             config.outer_steps,
             lr=config.outer_lr,
@@ -427,9 +478,10 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             lr_final=config.outer_lr_final,
         ),
         checkpoint_path=ctx.checkpoint_path,
-        callbacks=[lambda i, row: ctx.metrics_log.append(row), after_update],
+        callbacks=[lambda i, row: ctx.metrics_log.append(row)],
         state=state,
         progress=ctx.progress,
+        world=ctx.world,
     )
     if config.policy_class == "goal_conditioned":  # its place in the checkpoint's state
         state.start_policy = GoalConditionedPolicy(arm, config.policy_hidden)
@@ -455,6 +507,10 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     if config.loss_path is None:
         with ctx.phase("meta_train"):
             trainer.run()
+        ctx.world.finish()
+        if not ctx.world.is_main:
+            # Data-parallel meta-training is done; rank 0 saves, evaluates and reports.
+            return RunResult(metrics={}, baselines={}, extra={})
         history = trainer.history
         save_learned_loss(
             loss,
@@ -532,6 +588,7 @@ EXPERIMENT = Experiment(
     summary="MBRL on the 2-link reacher: ML3 learned loss vs task loss vs iLQR (learned, true)",
     config_type=ReacherConfig,
     run=run,
+    data_parallel=True,
     smoke={
         "n_train_goals": 3,
         "goals_per_iteration": 2,

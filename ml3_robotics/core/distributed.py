@@ -136,8 +136,9 @@ class ItemObjective(Protocol):
     policies, a model refit) stays the same on every rank.
     """
 
-    def items(self, generator: torch.Generator) -> list[Any]:
-        """This iteration's items, drawn from the iteration's generator (same on every rank)."""
+    def items(self, iteration: int, generator: torch.Generator) -> list[Any]:
+        """Outer iteration ``iteration``'s items, drawn from its generator (the same on every
+        rank)."""
         ...
 
     def item_loss(
@@ -167,18 +168,20 @@ class ItemMean:
 def item_mean(
     objective: ItemObjective,
     params: Sequence[Tensor],
+    iteration: int,
     generator: torch.Generator,
     world: World = SINGLE,
 ) -> ItemMean:
     """The mean of an item objective's terms and of their gradients with respect to
-    ``params``, each rank computing the items at its positions.
+    ``params`` at outer iteration ``iteration`` (whose generator is ``generator``), each rank
+    computing the items at its positions.
 
     Each item's term and gradient are taken on their own (the graph freed at once) as one
     float64 row; the rows are gathered in item order on every rank (:meth:`World.map_items`)
     and summed in that order. One process and any number of them therefore compute
     bit-identical means, however sensitive the meta-training is to rounding.
     """
-    items = objective.items(generator)
+    items = objective.items(iteration, generator)
     n = len(items)
     if n == 0:
         raise ValueError("items: the meta-objective drew no items for this iteration")

@@ -275,7 +275,7 @@ class MetaTrainer:
         every rank: :func:`~ml3_robotics.core.distributed.item_mean`), then the objective's
         ``finish_iteration`` on their outputs, if it has one; sets ``p.grad``."""
         params = list(self.loss.parameters())
-        mean = item_mean(self.objective, params, generator, self.world)  # type: ignore[arg-type]
+        mean = item_mean(self.objective, params, iteration, generator, self.world)  # type: ignore[arg-type]
         for p, g in zip(params, mean.grads, strict=True):
             p.grad = g
         metrics = dict(mean.metrics)

@@ -14,7 +14,7 @@ identically when a meta-training run resumes, so the checkpoint does not need to
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,32 +203,6 @@ class ArmCycle:
                                     zero_output_layer=self.zero_output_layer)  # fmt: skip
         value, _ = meta_loss(policy, params, step, task, learned, inner)
         return OuterStep(value, {"arm_index": float(index)})
-
-    def objective(
-        self,
-        base: Callable[[int, torch.Generator], OuterStep],
-        learned: LossFn,
-        inner: InnerOptimizer,
-    ) -> Callable[[int, torch.Generator], OuterStep]:
-        """The base arm's objective (with its monitoring, collection and refit schedule intact)
-        averaged with the meta-loss of one sampled arm, cycling through them over iterations.
-
-        The sampled arm's fresh policies come from a generator derived from the iteration's, so
-        the base arm's draws are the same as without the distribution.
-        """
-
-        def fn(iteration: int, generator: torch.Generator) -> OuterStep:
-            out = base(iteration, generator)
-            index = iteration % len(self.arms)
-            g = torch.Generator().manual_seed(int(generator.initial_seed()) + 1 + index)
-            extra = self.meta_step(index, g, learned, inner)
-            metrics = dict(out.metrics)
-            metrics["base_meta_loss"] = float(out.loss.detach())
-            metrics["arm_meta_loss"] = float(extra.loss.detach())
-            metrics["arm_index"] = float(index)
-            return OuterStep(0.5 * (out.loss + extra.loss), metrics)
-
-        return fn
 
 
 def arm_cycle_from(config: Any, seed: int) -> ArmCycle:

@@ -97,7 +97,7 @@ class ModelLossObjective:
         self.reach_weight = reach_weight
         self.differentiable_steps = differentiable_steps
 
-    def items(self, generator: torch.Generator) -> list[int]:
+    def items(self, iteration: int, generator: torch.Generator) -> list[int]:
         """The meta-training arms of one outer iteration (indices, in order)."""
         picks = torch.randperm(len(self.arms), generator=generator)[: self.arms_per_iteration]
         return picks.tolist()

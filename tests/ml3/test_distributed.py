@@ -26,7 +26,7 @@ class ToyItems:
         self.net = net
         self.shift = 0.0
 
-    def items(self, generator):
+    def items(self, iteration, generator):
         return torch.randperm(8, generator=generator)[:N_ITEMS].tolist()
 
     def item_loss(self, item, generator):
@@ -96,9 +96,9 @@ def test_item_mean_is_the_mean_of_the_items_and_their_gradients():
     net = _net()
     objective = ToyItems(net)
     params = list(net.parameters())
-    mean = item_mean(objective, params, torch.Generator().manual_seed(11))
+    mean = item_mean(objective, params, 0, torch.Generator().manual_seed(11))
     g = torch.Generator().manual_seed(11)
-    items = objective.items(g)
+    items = objective.items(0, g)
     results = [objective.item_loss(it, item_generator(g, p)) for p, it in enumerate(items)]
     direct = torch.stack([r[0] for r in results]).mean()
     assert mean.value == pytest.approx(float(direct.detach()), rel=1e-6)
