@@ -125,8 +125,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_fields_help(ReachEvalRunConfig),
     )
     ev.add_argument("--loss", required=True, help="saved loss (X.safetensors, X.json or X)")
-    ev.add_argument("--robot", default=None,
-                    help="arm configuration name or YAML path (default reacher2)")  # fmt: skip
+    ev.add_argument("--robot", action="append", default=None,
+                    help="arm configuration name or YAML path (default reacher2); repeat it "
+                    "for several robots, each evaluated in OUT/robots/NAME")  # fmt: skip
+    ev.add_argument("--nproc", type=int, default=1,
+                    help="processes that split several robots (needs --out)")  # fmt: skip
     ev.add_argument("--goals", type=int, default=None, help="evaluation goals (default 10)")
     ev.add_argument("--steps", type=int, default=None,
                     help="K inner steps (default: as the loss was meta-trained)")  # fmt: skip
@@ -244,7 +247,7 @@ def _check_data_parallel(experiment: Experiment) -> None:
         )
 
 
-def _launch_data_parallel(argv: Sequence[str], nproc: int) -> int:
+def _launch_data_parallel(argv: Sequence[str], nproc: int, *, resumable: bool = True) -> int:
     """Re-run this command under ``torch.distributed.run`` with ``nproc`` local processes."""
     rest, skip = [], False
     for arg in argv:
@@ -262,7 +265,7 @@ def _launch_data_parallel(argv: Sequence[str], nproc: int) -> int:
         hint = (
             f"; the last checkpoint in {out}/checkpoints is intact: continue with "
             f"ml3r run EXPERIMENT --nproc {nproc} --resume --out {out}"
-            if out
+            if out and resumable
             else ""
         )
         print(f"ml3r: error: a process of the {nproc}-process run failed (exit {code}){hint}",
@@ -270,10 +273,16 @@ def _launch_data_parallel(argv: Sequence[str], nproc: int) -> int:
     return code
 
 
+ONE_ROBOT_ONE_PROCESS = (
+    "--nproc: one robot is evaluated in one process; several processes split several robots "
+    "(repeat --robot)"
+)
+
+
 def eval_loss(
     loss: str | Path,
     *,
-    robot: str | None = None,
+    robot: str | Sequence[str] | None = None,
     goals: int | None = None,
     steps: int | None = None,
     policy_depth: int | None = None,
@@ -289,8 +298,10 @@ def eval_loss(
     """``ml3r eval``: resolve the config, refuse a loss or robot that cannot be used before
     touching ``out``, run :func:`ml3_robotics.app.robot_eval.run_reach_eval` (a reach loss) or
     :func:`~ml3_robotics.app.robot_eval.run_model_eval` (a model-fitting loss, told apart by
-    the features its sidecar names), write the artefacts."""
+    the features its sidecar names), write the artefacts. Several robots (``robot`` a list)
+    are evaluated one by one, or split across the processes of ``ml3r eval --nproc N``."""
     _check_seed(seed)
+    robots = [robot] if isinstance(robot, str) else robot
     model_loss = is_model_loss(read_loss_sidecar(loss))  # LossFileError before anything else
     if model_loss:
         unused = [f for f, v in (("--policy-depth", policy_depth), ("--policy-width",
@@ -300,10 +311,10 @@ def eval_loss(
                 f"{', '.join(unused)}: {loss} is a model-fitting loss (it fits a dynamics "
                 "model, not a policy); leave these out"
             )
-        options = {"loss": str(loss), "robot": robot, "n_goals": goals, "inner_steps": steps}
+        options = {"loss": str(loss), "robot": robots, "n_goals": goals, "inner_steps": steps}
         smoke_layer, config_type, run_fn = MODEL_EVAL_SMOKE, ModelEvalRunConfig, run_model_eval
     else:
-        options = {"loss": str(loss), "robot": robot, "n_goals": goals, "inner_steps": steps,
+        options = {"loss": str(loss), "robot": robots, "n_goals": goals, "inner_steps": steps,
                    "policy_depth": policy_depth, "policy_width": policy_width}  # fmt: skip
         smoke_layer, config_type, run_fn = EVAL_SMOKE, ReachEvalRunConfig, run_reach_eval
     layers = _config_layers(smoke_layer if smoke else {}, config_file, sets)
@@ -313,14 +324,23 @@ def eval_loss(
         load_learned_loss(config.loss, expect_features=MODEL_LOSS_FEATURES)
     else:
         load_reach_loss(config.loss)
-    try:
-        load_arm_config(config.robot)
-    except (TypeError, ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"--robot: {e}") from e
+    for name in config.robot:
+        try:
+            load_arm_config(name)
+        except (TypeError, ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"--robot: {e}") from e
+    world = world_from_env()
+    if world.distributed:
+        if len(config.robot) < 2:
+            raise ConfigError(ONE_ROBOT_ONE_PROCESS)
+        if out is None:
+            raise ConfigError("--nproc: a data-parallel run needs --out DIR (every rank uses it)")
     if out is None:
         out = Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S")
-    prepare_out_dir(out, resume=False, overwrite=overwrite)
-    ctx = RunContext(out, seed, smoke=smoke, progress=progress)
+    if world.is_main:
+        prepare_out_dir(out, resume=False, overwrite=overwrite)
+    world.barrier()
+    ctx = RunContext(out, seed, smoke=smoke, progress=progress, world=world)
     return ctx, execute_run(ctx, "eval", config, run_fn)
 
 
@@ -468,18 +488,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     progress = sys.stderr.isatty()
-    if args.command == "run" and args.nproc != 1:
+    if args.command in ("run", "eval") and args.nproc != 1:
         if args.nproc < 1:
             print(f"ml3r: error: --nproc: expected an integer >= 1, got {args.nproc}",
                   file=sys.stderr)  # fmt: skip
             return 2
         if "WORLD_SIZE" not in os.environ:
             try:
-                _check_data_parallel(get_experiment(args.experiment))
+                if args.command == "run":
+                    _check_data_parallel(get_experiment(args.experiment))
+                elif len(args.robot or ()) < 2:
+                    raise ConfigError(ONE_ROBOT_ONE_PROCESS)
             except ConfigError as e:
                 print(f"ml3r: error: {e}", file=sys.stderr)
                 return 2
-            return _launch_data_parallel(argv, args.nproc)
+            return _launch_data_parallel(argv, args.nproc, resumable=args.command == "run")
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # one voice per run: rank 0 reports progress and prints the table
         progress_log.setLevel(logging.WARNING)

@@ -1,21 +1,25 @@
-"""``ml3r eval``: one saved reach loss on one robot, evaluated and reported; or a saved
-model-fitting loss (:func:`run_model_eval`) fitting that robot's dynamics model.
+"""``ml3r eval``: a saved reach loss on a robot, evaluated and reported; or a saved
+model-fitting loss (:func:`run_model_eval`) fitting that robot's dynamics model. With several
+robots (:func:`on_each_robot`) each gets its own complete evaluation in ``robots/<name>/``,
+the robots split across processes under ``ml3r eval --nproc N``.
 
 :func:`evaluate_and_report` composes the data-only
 :func:`ml3_robotics.evaluation.robots.evaluate_on_robot` with the figures of
 :func:`ml3_robotics.reporting.reach_figures.write_reach_figures`; the transfer study uses it per
-robot, ``ml3r eval`` (:func:`run_reach_eval`) once.
+robot, ``ml3r eval`` (:func:`run_reach_eval`) once per robot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
-from ml3_robotics.app.runs import RunResult
+from ml3_robotics.app.runs import RunResult, execute_run
 from ml3_robotics.core.inner import InnerOptimizer
 from ml3_robotics.core.learned_loss import LearnedLoss
 from ml3_robotics.core.run_context import RunContext
@@ -67,7 +71,7 @@ class ReachEvalRunConfig(RobotEvalSettings):
 
     Attributes:
         loss: path of the saved loss (``X.safetensors``, ``X.json`` or ``X``).
-        robot: shipped arm name or YAML path.
+        robot: shipped arm names or YAML paths (one, or several: :func:`on_each_robot`).
         policy_depth: hidden layers of the fresh policies.
         goals: evaluation goals ``[[x, z], ...]`` in m instead of ``n_goals`` sampled ones
             (``n_goals`` becomes their number).
@@ -77,7 +81,7 @@ class ReachEvalRunConfig(RobotEvalSettings):
     """
 
     loss: str = ""
-    robot: str = "reacher2"
+    robot: tuple[str, ...] = ("reacher2",)
     policy_depth: int = 2
     goals: tuple[tuple[float, float], ...] = ()
     video_goals: int = 4
@@ -90,8 +94,10 @@ class ReachEvalRunConfig(RobotEvalSettings):
         depth = self.policy_depth
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"policy_depth: expected an integer >= 1, got {depth!r}")
+        check_robots(self.robot)
         if self.goals:
-            check_goals(self.robot, self.goals)
+            for robot in self.robot:
+                check_goals(robot, self.goals)
             object.__setattr__(self, "n_goals", len(self.goals))
         super().__post_init__()
         self.eval_config(DEFAULT_INNER_STEPS, DEFAULT_INNER_LR, depth)
@@ -118,11 +124,88 @@ EVAL_SMOKE: dict[str, Any] = {
 }
 
 
+def check_robots(robots: Sequence[str]) -> None:
+    if not robots:
+        raise ValueError("robot: expected at least one arm name or YAML path")
+    labels = [robot_label(r) for r in robots]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"robot: expected distinct robots, got {list(robots)}")
+
+
+def robot_label(robot: str) -> str:
+    """A robot's folder name in a several-robot evaluation: a shipped arm's name, or the
+    stem of its YAML file."""
+    return Path(robot).stem if robot.endswith((".yaml", ".yml")) else robot
+
+
+EvalConfig = TypeVar("EvalConfig")  # ReachEvalRunConfig or ModelEvalRunConfig
+
+
+def on_each_robot(
+    run_one: Callable[[EvalConfig, RunContext], RunResult],
+) -> Callable[[EvalConfig, RunContext], RunResult]:
+    """An evaluation of one robot made an evaluation of ``config.robot``'s robots.
+
+    One robot: ``run_one`` as it is. Several: each robot's evaluation is a complete run of its
+    own in ``robots/<name>/`` (config, results, figures), written by the process that computes
+    it; the robots are split across processes (``World.map_items``) and rank 0 writes the
+    summary: per method, each figure's mean over the robots, and every robot's results.
+    """
+
+    def run(config: EvalConfig, ctx: RunContext) -> RunResult:
+        if len(config.robot) == 1:
+            return run_one(config, ctx)
+
+        def evaluate(robot: str) -> tuple[str, RunResult]:
+            label = robot_label(robot)
+            sub = RunContext(ctx.out / "robots" / label, ctx.seed, smoke=ctx.smoke)
+            sub.out.mkdir(parents=True, exist_ok=True)
+            return label, execute_run(sub, "eval", replace(config, robot=(robot,)), run_one)
+
+        done = ctx.world.map_items(list(config.robot), evaluate)
+        ctx.world.finish()
+        if not ctx.world.is_main:
+            return RunResult(metrics={}, baselines={}, extra={})
+        methods = list(done[0][1].baselines)
+        return RunResult(
+            metrics=_mean_figures([r.metrics for _, r in done]),
+            baselines={m: _mean_figures([r.baselines[m] for _, r in done]) for m in methods},
+            extra={
+                "summary": "per figure, the mean over the robots",
+                "robots": {
+                    label: {
+                        "folder": f"robots/{label}",
+                        "metrics": r.metrics,
+                        "baselines": r.baselines,
+                    }
+                    for label, r in done
+                },
+            },
+        )
+
+    return run
+
+
+def _mean_figures(per_robot: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Each numeric figure every robot reports, averaged over the robots."""
+    keys = [k for k in per_robot[0] if all(_is_number(r.get(k)) for r in per_robot)]
+    return {k: float(sum(r[k] for r in per_robot) / len(per_robot)) for k in keys}
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+@on_each_robot
 def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
     """``ml3r eval``: apply the loss at ``config.loss`` to ``config.robot`` (see
     :mod:`ml3_robotics.evaluation.robots`)."""
     loss, sidecar = load_reach_loss(config.loss)
-    arm = load_arm_config(config.robot)
+    arm = load_arm_config(config.robot[0])
     steps, lr = inner_settings(sidecar)
     eval_config = config.eval_config(steps, lr, config.policy_depth)
     results, extra = evaluate_and_report(
@@ -155,13 +238,13 @@ class ModelEvalRunConfig(ModelStudySettings):
 
     Attributes:
         loss: path of the saved loss.
-        robot: shipped arm name or YAML path.
+        robot: shipped arm names or YAML paths (one, or several: :func:`on_each_robot`).
         inner_steps, inner_lr: K and the loss's step size (None: from the sidecar).
         the rest: :class:`~ml3_robotics.evaluation.model_loss.ModelStudySettings`.
     """
 
     loss: str = ""
-    robot: str = "reacher2"
+    robot: tuple[str, ...] = ("reacher2",)
     inner_steps: int | None = None
     inner_lr: float | None = None
 
@@ -169,6 +252,7 @@ class ModelEvalRunConfig(ModelStudySettings):
         if not isinstance(self.loss, str) or not self.loss:
             raise ValueError(f"loss: expected the path of a saved learned loss, got {self.loss!r}")
         super().__post_init__()
+        check_robots(self.robot)
         if self.inner_steps is not None:
             check_ints(self, ("inner_steps",), 1)
         if self.inner_lr is not None and not self.inner_lr > 0:
@@ -195,12 +279,13 @@ def is_model_loss(sidecar: Mapping[str, Any]) -> bool:
     return tuple(names or ()) == MODEL_LOSS_FEATURES
 
 
+@on_each_robot
 def run_model_eval(config: ModelEvalRunConfig, ctx: RunContext) -> RunResult:
     """``ml3r eval`` of a model-fitting loss: see
     :func:`ml3_robotics.evaluation.model_loss.evaluate_on_new_robot`."""
     loss, sidecar = load_learned_loss(config.loss, expect_features=MODEL_LOSS_FEATURES)
     prov = sidecar.get("provenance", {}) or {}
-    arm = load_arm_config(config.robot)
+    arm = load_arm_config(config.robot[0])
     optimizer = InnerOptimizer(
         str(prov.get("inner_method", "adam")),
         lr=float(config.inner_lr or prov.get("inner_lr", 1e-2)),

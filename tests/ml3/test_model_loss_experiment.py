@@ -170,7 +170,7 @@ def test_ml3r_eval_applies_a_model_loss_to_a_new_robot(tmp_path):
     eval_loss(loss, robot="arm4", seed=1, out=out, smoke=True)
     doc = json.loads((out / "results.json").read_text())
     assert set(doc["baselines"]) == {"mse", "nll"}
-    assert doc["config"]["robot"] == "arm4" and doc["extra"]["inner_steps"] == 3  # smoke's K
+    assert doc["config"]["robot"] == ["arm4"] and doc["extra"]["inner_steps"] == 3  # smoke's K
     for figures in (doc["metrics"], *doc["baselines"].values()):
         for n in doc["config"]["fit_sizes"]:
             assert math.isfinite(figures[f"error_full_mean_{n}"])
@@ -180,6 +180,46 @@ def test_ml3r_eval_applies_a_model_loss_to_a_new_robot(tmp_path):
     assert main(["eval", "--loss", str(loss), "--policy-depth", "3",
                  "--out", str(tmp_path / "nothing")]) == 2  # fmt: skip
     assert not (tmp_path / "nothing").exists()
+
+
+def test_ml3r_eval_on_several_robots_one_folder_each_and_two_processes_agree(tmp_path):
+    """Several --robot: each robot's complete evaluation in robots/NAME, the summary the mean
+    over them; ``--nproc 2`` splits the robots and writes the same files and figures."""
+    from ml3_robotics.app.cli import main
+
+    loss = _saved_model_loss(tmp_path / "model_loss")
+    args = ["eval", "--loss", str(loss), "--robot", "reacher2", "--robot", "arm3", "--smoke"]
+    one = tmp_path / "one"
+    assert main(["-q", *args, "--out", str(one)]) == 0
+    doc = json.loads((one / "results.json").read_text())
+    assert doc["config"]["robot"] == ["reacher2", "arm3"]
+    per_robot = [json.loads((one / "robots" / r / "results.json").read_text())
+                 for r in ("reacher2", "arm3")]  # fmt: skip
+    assert [d["config"]["robot"] for d in per_robot] == [["reacher2"], ["arm3"]]
+    for key, value in doc["metrics"].items():
+        assert value == pytest.approx(sum(d["metrics"][key] for d in per_robot) / 2), key
+    assert doc["baselines"]["mse"]["error_full_mean_1"] == pytest.approx(
+        sum(d["baselines"]["mse"]["error_full_mean_1"] for d in per_robot) / 2
+    )
+    assert doc["extra"]["robots"]["arm3"]["metrics"] == per_robot[1]["metrics"]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    two = tmp_path / "two"
+    done = subprocess.run(
+        [sys.executable, "-m", "ml3_robotics", "-q", *args, "--nproc", "2", "--out", str(two)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc2 = json.loads((two / "results.json").read_text())
+    assert doc2["metrics"] == doc["metrics"] and doc2["baselines"] == doc["baselines"]
+    for robot in ("reacher2", "arm3"):  # each written by the rank that evaluated it
+        assert (two / "robots" / robot / "results.json").is_file()
+    # bad requests are refused before anything is written
+    for bad in (["--robot", "arm3", "--nproc", "2"], ["--robot", "arm3", "--robot", "arm3"]):
+        nothing = tmp_path / "nothing"
+        assert main(["eval", "--loss", str(loss), *bad, "--smoke", "--out", str(nothing)]) == 2
+        assert not nothing.exists()
 
 
 KILL_RANK_1_AT_ITERATION = """
