@@ -4,7 +4,9 @@ open-loop errors and the iLQR distance, pooled over seeds, test arms and repeats
     python scripts/model_loss_table.py runs/model_loss_s0 runs/model_loss_s1 runs/model_loss_s2
 
 Prints a Markdown table (mean and median of each figure over every fit, and per link count the
-median error over the horizon), plus the baselines' tuned step sizes per run.
+median error over the horizon), plus the baselines' tuned step sizes per run. Runs of the same
+seed that add variants (``--set variants=[reach]``) may be listed too: a method's fits on an
+arm of a seed are counted once, and a repeat that disagrees with the first is reported.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def table(docs: dict[str, dict]) -> str:
     by_links: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     true_ilqr: list[float] = []
     tuned: list[str] = []
+    seen: dict[tuple[int, str, str], list] = {}  # (seed, arm, method) -> its fits
+    mismatches: list[str] = []
+    arms_seen: set[tuple[int, str]] = set()
     for name, doc in docs.items():
         extra = doc["extra"]
         tuned.append(
@@ -30,9 +35,17 @@ def table(docs: dict[str, dict]) -> str:
             + ", ".join(f"{k} lr {v['lr']:g}" for k, v in extra["tuning"].items())
         )
         for entry in extra["per_arm"]:
-            if "ilqr_true_model_mm" in entry:
+            arm_key = (doc["seed"], entry["arm"])
+            if "ilqr_true_model_mm" in entry and arm_key not in arms_seen:
                 true_ilqr.append(entry["ilqr_true_model_mm"])
+            arms_seen.add(arm_key)
             for method, sizes in entry["methods"].items():
+                key = (doc["seed"], entry["arm"], method)
+                if key in seen:
+                    if seen[key] != sizes:
+                        mismatches.append(f"{name}: {method} on {entry['arm']}")
+                    continue
+                seen[key] = sizes
                 for n, runs in sizes.items():
                     fits[(method, n)].extend(runs)
                     by_links[(method, n, entry["links"])].extend(r["error_full"] for r in runs)
@@ -53,6 +66,9 @@ def table(docs: dict[str, dict]) -> str:
     if true_ilqr:
         lines.append(f"\niLQR on the true model (MuJoCo), same goals: {np.mean(true_ilqr):.1f} mm")
     lines.append("\nTuned step sizes:\n" + "\n".join(f"- {t}" for t in tuned))
+    if mismatches:
+        lines.append("\nRepeated fits that differ from the first run's (not counted):\n"
+                     + "\n".join(f"- {m}" for m in mismatches))  # fmt: skip
     return "\n".join(lines)
 
 

@@ -76,6 +76,12 @@ def test_smoke_run_writes_every_artefact(tmp_path, registry):
         for n in sizes:
             median = doc["extra"]["summary"][name][str(n)]["error_full_median"]
             assert f"| {name} | {n} | 2 | " in text and f" | {median:.3g} | " in text
+    # a second run of the same seed adds its fits once; a repeat that disagrees is reported
+    twice = script["table"]({"smoke": doc, "again": doc})
+    assert twice.split("\nTuned")[0] == text.split("\nTuned")[0]
+    changed = json.loads(json.dumps(doc))
+    changed["extra"]["per_arm"][0]["methods"]["mse"][str(sizes[0])][0]["error_full"] += 1.0
+    assert "again: mse on" in script["table"]({"smoke": doc, "again": changed})
     # evaluating the saved losses instead of meta-training reproduces the meta-test
     again = tmp_path / "again"
     run_experiment("model-loss", seed=2, out=again, smoke=True,
