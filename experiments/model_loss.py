@@ -155,10 +155,15 @@ def _arm_data(
             n_prior=config.prior_trajectories,
             horizon=config.horizon,
             hold=config.babble_hold,
-            n_reach=config.reach_trajectories if train and "reach" in config.variants else 0,
+            n_reach=config.reach_trajectories if train and _meta_trains_reach(config) else 0,
         )
         for i, arm in enumerate(arms)
     ]
+
+
+def _meta_trains_reach(config: ModelLossConfig) -> bool:
+    """Whether the run meta-trains the ``reach`` variant (and so needs the reaching motions)."""
+    return "reach" in config.variants and config.reach_loss_path is None
 
 
 def _new_loss(config: ModelLossConfig, arms: list[ArmData], seed: int) -> LearnedLoss:

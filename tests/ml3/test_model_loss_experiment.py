@@ -82,6 +82,9 @@ def test_smoke_run_writes_every_artefact(tmp_path, registry):
     changed = json.loads(json.dumps(doc))
     changed["extra"]["per_arm"][0]["methods"]["mse"][str(sizes[0])][0]["error_full"] += 1.0
     assert "again: mse on" in script["table"]({"smoke": doc, "again": changed})
+    retimed = json.loads(json.dumps(doc))
+    retimed["extra"]["per_arm"][0]["methods"]["mse"][str(sizes[0])][0]["fit_seconds"] += 1.0
+    assert "differ" not in script["table"]({"smoke": doc, "again": retimed})  # timings may
     # evaluating the saved losses instead of meta-training reproduces the meta-test
     again = tmp_path / "again"
     run_experiment("model-loss", seed=2, out=again, smoke=True,
