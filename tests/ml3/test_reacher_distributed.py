@@ -94,3 +94,18 @@ def test_goals_per_item_must_divide_the_iterations_goals():
         ReacherConfig(goals_per_iteration=16, goals_per_item=5)
     with pytest.raises(ValueError, match="goals_per_item"):
         ReacherConfig(goals_per_item=-1)
+
+
+def test_an_experiment_that_is_not_an_item_mean_refuses_several_processes(
+    monkeypatch, capsys, tmp_path
+):
+    from ml3_robotics.app import cli
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    out = tmp_path / "sine"
+    assert cli.main(["run", "sine", "--nproc", "2", "--smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'sine' runs in one process" in err
+    for name in ("model-loss", "reacher", "transfer"):  # the ones that split their work
+        assert name in err
+    assert not out.exists()
