@@ -27,3 +27,17 @@ def _step_or_die(self):
     return _step(self)
 mt.MetaTrainer.step = _step_or_die
 """
+
+# The same for rank 1 of a data-parallel run, at the iteration in the KILL_AT variable (-1:
+# never), so one script serves the killed launch and the resumed one.
+KILL_RANK_1_AT_ITERATION = """
+import os, signal, sys
+import ml3_robotics.core.meta_trainer as mt
+_kill_at = int(os.environ["KILL_AT"])
+_step = mt.MetaTrainer.step
+def _step_or_die(self):
+    if self.iteration == _kill_at and self.world.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _step(self)
+mt.MetaTrainer.step = _step_or_die
+"""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SIGKILL_AT_ITERATION
+from conftest import KILL_RANK_1_AT_ITERATION, SIGKILL_AT_ITERATION
 from safetensors.torch import load_file
 
 import ml3_robotics.app.runs as runs
@@ -229,19 +229,6 @@ def test_ml3r_eval_on_several_robots_one_folder_each_and_two_processes_agree(tmp
         nothing = tmp_path / "nothing"
         assert main(["eval", "--loss", str(loss), *bad, "--smoke", "--out", str(nothing)]) == 2
         assert not nothing.exists()
-
-
-KILL_RANK_1_AT_ITERATION = """
-import os, signal, sys
-import ml3_robotics.core.meta_trainer as mt
-_kill_at = int(os.environ["KILL_AT"])
-_step = mt.MetaTrainer.step
-def _step_or_die(self):
-    if self.iteration == _kill_at and self.world.rank == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return _step(self)
-mt.MetaTrainer.step = _step_or_die
-"""
 
 
 def test_two_processes_learn_the_same_losses_and_a_killed_rank_resumes_exactly(tmp_path, registry):

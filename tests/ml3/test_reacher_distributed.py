@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import KILL_RANK_1_AT_ITERATION
 from safetensors.torch import load_file
 
 from experiments.reacher import ReacherConfig
@@ -19,19 +20,9 @@ from ml3_robotics.app.cli import run_experiment
 ROOT = Path(__file__).resolve().parents[2]
 SETS = ["outer_steps=6", "checkpoint_every=2", "collect_every=2", "refit_every=2",
         "eval_every=2", "video_goals=0", "landscape_grid=0"]  # fmt: skip
-KILL_RANK_1 = """
-import os, signal, sys
-import ml3_robotics.core.meta_trainer as mt
-_kill_at = int(os.environ["KILL_AT"])
-_step = mt.MetaTrainer.step
-def _step_or_die(self):
-    if self.iteration == _kill_at and self.world.rank == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return _step(self)
-mt.MetaTrainer.step = _step_or_die
-from ml3_robotics.app.cli import main
-raise SystemExit(main(sys.argv[1:]))
-"""
+KILL_RANK_1 = KILL_RANK_1_AT_ITERATION + (
+    "from ml3_robotics.app.cli import main\nraise SystemExit(main(sys.argv[1:]))\n"
+)
 
 
 def _meta_losses(out: Path) -> list[float]:
