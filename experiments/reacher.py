@@ -416,6 +416,8 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                 # iteration's, so the base arm's draws are the same as without the distribution.
                 arm = iteration % len(cycle.arms)
                 items.append(("arm", arm, int(g.initial_seed()) + 1 + arm))
+            # The trainer takes the items' mean (sum / n): the c goal items scaled by n / (2c)
+            # and the arm item by n / 2 make it half the goals' mean and half the arm's.
             self.weights = (1.0, 1.0) if cycle is None else (
                 len(items) / (2 * (len(items) - 1)), len(items) / 2)  # fmt: skip
             return items
