@@ -235,10 +235,8 @@ def run(config: ModelLossConfig, ctx: RunContext) -> RunResult:
     for variant, trainer in trainers.items():
         with ctx.phase(f"meta_train_{variant}"):
             trainer.run()
-    ctx.world.finish()
-    if not ctx.world.is_main:
-        # Data-parallel meta-training is done; rank 0 saves, evaluates and reports.
-        return RunResult(metrics={}, baselines={}, extra={})
+    if not ctx.world.finish():  # data-parallel meta-training done; rank 0 goes on
+        return RunResult.of_other_rank()
     for variant, trainer in trainers.items():
         save_learned_loss(
             losses[variant],

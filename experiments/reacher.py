@@ -509,10 +509,8 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     if config.loss_path is None:
         with ctx.phase("meta_train"):
             trainer.run()
-        ctx.world.finish()
-        if not ctx.world.is_main:
-            # Data-parallel meta-training is done; rank 0 saves, evaluates and reports.
-            return RunResult(metrics={}, baselines={}, extra={})
+        if not ctx.world.finish():  # data-parallel meta-training done; rank 0 goes on
+            return RunResult.of_other_rank()
         history = trainer.history
         save_learned_loss(
             loss,

@@ -206,9 +206,8 @@ def run(config: TransferConfig, ctx: RunContext) -> RunResult:
         | {"label": f"{label}, {depth} layers"}
         for label, _, depth in depth_jobs
     ]
-    world.finish()
-    if not world.is_main:
-        return RunResult(metrics={}, baselines={}, extra={})
+    if not world.finish():  # the rows are gathered; rank 0 writes every file
+        return RunResult.of_other_rank()
 
     methods = [*losses, *run_methods[1:]]
     plot_transfer_heatmap(ctx.path("transfer_heatmap.png"), table, methods,

@@ -43,7 +43,7 @@ from ml3_robotics.app.runs import (
     read_config_file,
     read_run_config,
 )
-from ml3_robotics.core.distributed import world_from_env
+from ml3_robotics.core.distributed import World, world_from_env
 from ml3_robotics.core.errors import ML3Error
 from ml3_robotics.core.run_context import RunContext
 from ml3_robotics.core.serialization import load_learned_loss, read_loss_sidecar
@@ -204,8 +204,7 @@ def run_experiment(
     world = world_from_env()
     if world.distributed:
         _check_data_parallel(experiment)
-        if out is None:
-            raise ConfigError("--nproc: a data-parallel run needs --out DIR (every rank uses it)")
+        _require_out(out)
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out DIR naming the run to continue")
@@ -213,9 +212,7 @@ def run_experiment(
             raise ConfigError(
                 "--resume takes the run's own config.yaml; drop --config/--set/--smoke"
             )
-        if world.is_main:
-            prepare_out_dir(out, resume=True, overwrite=overwrite)
-        world.barrier()
+        _prepare_out(world, out, resume=True, overwrite=overwrite)
         saved = read_run_config(out)
         if saved.get("experiment") != name:
             raise ConfigError(
@@ -231,11 +228,21 @@ def run_experiment(
         config = build_config(experiment.config_type, *layers)
         if out is None:
             out = Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
-        if world.is_main:
-            prepare_out_dir(out, resume=False, overwrite=overwrite)
-        world.barrier()
+        _prepare_out(world, out, resume=False, overwrite=overwrite)
     ctx = RunContext(out, seed, resume=resume, smoke=smoke, progress=progress, world=world)
     return ctx, execute_run(ctx, name, config, experiment.run)
+
+
+def _require_out(out: Path | None) -> None:
+    if out is None:
+        raise ConfigError("--nproc: a data-parallel run needs --out DIR (every rank uses it)")
+
+
+def _prepare_out(world: World, out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Rank 0 prepares ``out`` (:func:`prepare_out_dir`); the other ranks wait for it."""
+    if world.is_main:
+        prepare_out_dir(out, resume=resume, overwrite=overwrite)
+    world.barrier()
 
 
 def _check_data_parallel(experiment: Experiment) -> None:
@@ -333,13 +340,10 @@ def eval_loss(
     if world.distributed:
         if len(config.robot) < 2:
             raise ConfigError(ONE_ROBOT_ONE_PROCESS)
-        if out is None:
-            raise ConfigError("--nproc: a data-parallel run needs --out DIR (every rank uses it)")
+        _require_out(out)
     if out is None:
         out = Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S")
-    if world.is_main:
-        prepare_out_dir(out, resume=False, overwrite=overwrite)
-    world.barrier()
+    _prepare_out(world, out, resume=False, overwrite=overwrite)
     ctx = RunContext(out, seed, smoke=smoke, progress=progress, world=world)
     return ctx, execute_run(ctx, "eval", config, run_fn)
 

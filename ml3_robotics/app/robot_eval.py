@@ -163,9 +163,8 @@ def on_each_robot(
             return label, execute_run(sub, "eval", replace(config, robot=(robot,)), run_one)
 
         done = ctx.world.map_items(list(config.robot), evaluate)
-        ctx.world.finish()
-        if not ctx.world.is_main:
-            return RunResult(metrics={}, baselines={}, extra={})
+        if not ctx.world.finish():
+            return RunResult.of_other_rank()
         methods = list(done[0][1].baselines)
         return RunResult(
             metrics=_mean_figures([r.metrics for _, r in done]),

@@ -59,6 +59,12 @@ class RunResult:
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of_other_rank(cls) -> RunResult:
+        """What a data-parallel rank other than 0 returns once its share is done (rank 0
+        reports; nothing of this is written)."""
+        return cls(metrics={})
+
 
 @dataclass(frozen=True)
 class Experiment:

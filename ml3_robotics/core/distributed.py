@@ -92,13 +92,14 @@ class World:
         if self.distributed:
             dist.barrier()
 
-    def finish(self) -> None:
+    def finish(self) -> bool:
         """Leave the process group together once the ranks' shared work is done, so a rank
-        that exits early does not tear the group down under the others (rank 0 may go on
-        alone: evaluation, reports)."""
+        that exits early does not tear the group down under the others. Returns whether this
+        rank goes on alone (rank 0: evaluation, reports); the others stop there."""
         if self.distributed and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+        return self.is_main
 
 
 SINGLE = World()

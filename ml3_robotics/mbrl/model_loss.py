@@ -117,21 +117,18 @@ class ModelLossObjective:
             model, data.arm, fit_data, self.loss, self.settings.optimizer,
             differentiable=True, differentiable_steps=self.differentiable_steps,
         )  # fmt: skip
-        check = rollout_error(
-            model, fitted, data.check_X, data.check_U, data.state_scale, self.meta_horizon
-        )
-        term = torch.log1p(check).mean()
-        metrics = {"check_error": float(check.detach().mean())}
-        if self.prior_weight > 0:
-            prior = rollout_error(
-                model, fitted, data.prior_X, data.prior_U, data.state_scale, self.meta_horizon
-            )
-            term = term + self.prior_weight * torch.log1p(prior).mean()
-            metrics["prior_error"] = float(prior.detach().mean())
-        if self.reach_weight > 0:
-            reach = rollout_error(
-                model, fitted, data.reach_X, data.reach_U, data.state_scale, self.meta_horizon
-            )
-            term = term + self.reach_weight * torch.log1p(reach).mean()
-            metrics["reach_error"] = float(reach.detach().mean())
+        # The held-out babbling, then the priors' true-simulator data, each as weight times
+        # the mean of log(1 + open-loop error) over its trajectories.
+        scored = (("check", data.check_X, data.check_U, 1.0),
+                  ("prior", data.prior_X, data.prior_U, self.prior_weight),
+                  ("reach", data.reach_X, data.reach_U, self.reach_weight))  # fmt: skip
+        term: Tensor | None = None
+        metrics: dict[str, float] = {}
+        for name, X, U, weight in scored:
+            if weight > 0:
+                error = rollout_error(model, fitted, X, U, data.state_scale, self.meta_horizon)
+                part = weight * torch.log1p(error).mean()
+                term = part if term is None else term + part
+                metrics[f"{name}_error"] = float(error.detach().mean())
+        assert term is not None  # the held-out term always counts
         return term, metrics
