@@ -13,6 +13,7 @@ of ``make bench`` (needs git history).
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import io
 import pathlib
@@ -55,8 +56,13 @@ def load_revision(rev: str, into: pathlib.Path):
 
 
 def main() -> None:
-    rev = sys.argv[1] if len(sys.argv) > 1 else "0f73c9b"
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("rev", nargs="?", default="0f73c9b", help="the git revision to compare")
+    ap.add_argument("rounds", nargs="?", type=int, default=5, help="round-robin rounds")
+    args = ap.parse_args()
+    rev, rounds = args.rev, args.rounds
     torch.set_num_threads(1)
     tmp = tempfile.TemporaryDirectory()
     old = load_revision(rev, pathlib.Path(tmp.name))

@@ -9,6 +9,7 @@ shared, and ratios of blocks timed one after the other swung 2x with the load.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
 import statistics
@@ -315,6 +316,9 @@ def mountain_car_bench() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # --help: what this measures, before it runs
     print(
         f"crocoddyl available: {HAVE_CROC}; torch threads 1; numpy backward pass; "
         f"times: wall median (cpu = this process's CPU time, steadier on a shared machine)"

@@ -7,6 +7,7 @@ batch-1 torch step measured in the same process. Each row runs for about ``SECON
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 
@@ -87,4 +88,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # --help: what this measures, before it runs
     main()

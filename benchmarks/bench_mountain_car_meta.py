@@ -13,6 +13,7 @@ round-robin rounds. Run: ``python benchmarks/bench_mountain_car_meta.py``.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -118,4 +119,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # --help: what this measures, before it runs
     main()

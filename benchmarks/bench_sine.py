@@ -4,6 +4,7 @@ Both variants run side by side in this process on the same tasks; the ratio is w
 (absolute times depend on the machine and its load).
 """
 
+import argparse
 import time
 
 import torch
@@ -63,4 +64,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # --help: what this measures, before it runs
     main()

@@ -23,8 +23,13 @@ from ml3_robotics.core.inner import InnerOptimizer
 from ml3_robotics.core.learned_loss import LearnedLoss, LossConfig
 from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
 from ml3_robotics.core.run_context import RunContext
-from ml3_robotics.core.serialization import save_learned_loss
-from ml3_robotics.core.validation import check_choice, check_ints, check_widths
+from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.validation import (
+    MAX_OUTER_STEPS,
+    check_choice,
+    check_ints,
+    check_widths,
+)
 from ml3_robotics.evaluation.model_loss import (
     ModelStudySettings,
     evaluate_model_losses,
@@ -110,8 +115,8 @@ class ModelLossConfig(ModelStudySettings):
             ArmDistribution.parse(getattr(self, spec))  # raises naming the field's problem
         check_ints(self, ("model_members", "inner_steps", "arms_per_iteration", "meta_horizon",
                           "checkpoint_every"), 1)  # fmt: skip
-        check_ints(self, ("prior_trajectories", "reach_trajectories", "differentiable_steps",
-                          "outer_steps"), 0)  # fmt: skip
+        check_ints(self, ("prior_trajectories", "reach_trajectories", "differentiable_steps"), 0)
+        check_ints(self, ("outer_steps",), 0, MAX_OUTER_STEPS)
         check_widths("model_hidden", self.model_hidden)
         check_widths("loss_hidden", self.loss_hidden)
         for name in ("inner_lr", "outer_lr", "grad_clip"):
@@ -320,11 +325,19 @@ def _plot(summary: dict[str, Any], config: ModelLossConfig, ctx: RunContext) -> 
     save(fig, ctx.path("model_loss.png"))
 
 
+def check_inputs(config: ModelLossConfig) -> None:
+    """The saved losses the config names, before the run folder is made."""
+    for path in (config.loss_path, config.reach_loss_path, config.no_prior_loss_path):
+        if path is not None:
+            load_learned_loss(path, expect_features=MODEL_LOSS_FEATURES)
+
+
 EXPERIMENT = Experiment(
     name="model-loss",
     summary="a meta-learned loss fits a new arm's dynamics from few trajectories (vs MSE, NLL)",
     config_type=ModelLossConfig,
     run=run,
+    check_inputs=check_inputs,
     data_parallel=True,
     smoke={
         "train_arms": "links=2,3 n=2",

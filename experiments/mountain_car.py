@@ -49,7 +49,12 @@ from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
 from ml3_robotics.core.task_losses import (
     ControlTask,
 )
-from ml3_robotics.core.validation import check_ints, check_positive, check_widths
+from ml3_robotics.core.validation import (
+    MAX_OUTER_STEPS,
+    check_ints,
+    check_positive,
+    check_widths,
+)
 from ml3_robotics.reporting.plotting import new_figure, save
 from ml3_robotics.tasks.mountain_car import (
     FEATURE_GROUPS,
@@ -184,7 +189,7 @@ class MountainCarConfig:
         check_ints(self, ("meta_batch", "heldout", "train_inits", "test_steps", "inner_steps",
                           "policy_hidden", "landscape_grid", "checkpoint_every", "eval_every",
                           "ilqr_iters"), 1)  # fmt: skip
-        check_ints(self, ("outer_steps",), 0)
+        check_ints(self, ("outer_steps",), 0, MAX_OUTER_STEPS)
         check_positive(self, ("outer_lr", "inner_lr"))
         for name in ("goal_weight", "energy_weight"):
             value = getattr(self, name)
@@ -613,11 +618,19 @@ def _write_gif(ctx: RunContext, traces, variants) -> None:
     write_video(render_trajectory(states, width=320, height=240), ctx.path("rollout.gif"), fps=10)
 
 
+def check_inputs(config: MountainCarConfig) -> None:
+    """The saved loss the config names, before the run folder is made."""
+    if config.loss_path is not None:
+        features, _ = loss_features(config)
+        load_learned_loss(config.loss_path, expect_features=features.names())
+
+
 EXPERIMENT = Experiment(
     name="mountain-car",
     summary="ML3 MountainCar: learned loss with/without an intermediate goal vs task loss and iLQR",
     config_type=MountainCarConfig,
     run=run,
+    check_inputs=check_inputs,
     smoke={
         "outer_steps": 3,
         "meta_batch": 2,

@@ -34,7 +34,13 @@ from ml3_robotics.core.meta_trainer import (
 from ml3_robotics.core.run_context import RunContext
 from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
 from ml3_robotics.core.task_losses import Demonstrations, ExtraTerm
-from ml3_robotics.core.validation import check_choice, check_ints, check_positive, check_widths
+from ml3_robotics.core.validation import (
+    MAX_OUTER_STEPS,
+    check_choice,
+    check_ints,
+    check_positive,
+    check_widths,
+)
 from ml3_robotics.evaluation.reach import (
     REACH_TASK_LR_GRID,
     TEST_INIT_SEED,
@@ -239,7 +245,8 @@ class ReacherConfig:
             "torch_threads", "video_stride",
         )  # fmt: skip
         check_ints(self, positive, 1)
-        check_ints(self, ("outer_steps", "video_goals", "meta_gradient_steps", "goals_per_item"), 0)
+        check_ints(self, ("video_goals", "meta_gradient_steps", "goals_per_item"), 0)
+        check_ints(self, ("outer_steps",), 0, MAX_OUTER_STEPS)
         if self.goals_per_item and self.goals_per_iteration % self.goals_per_item:
             raise ValueError(
                 f"goals_per_item: expected a divisor of goals_per_iteration="
@@ -583,11 +590,19 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
     )
 
 
+def check_inputs(config: ReacherConfig) -> None:
+    """The arm and the saved loss the config names, before the run folder is made."""
+    load_arm_config(config.arm)
+    if config.loss_path is not None:
+        load_learned_loss(config.loss_path, expect_features=REACH_FEATURES)
+
+
 EXPERIMENT = Experiment(
     name="reacher",
     summary="MBRL on the 2-link reacher: ML3 learned loss vs task loss vs iLQR (learned, true)",
     config_type=ReacherConfig,
     run=run,
+    check_inputs=check_inputs,
     data_parallel=True,
     smoke={
         "n_train_goals": 3,

@@ -28,8 +28,8 @@ from ml3_robotics.core.inner import InnerOptimizer
 from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer
 from ml3_robotics.core.run_context import RunContext
-from ml3_robotics.core.serialization import save_learned_loss
-from ml3_robotics.core.validation import check_widths
+from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.validation import MAX_OUTER_STEPS, check_ints, check_widths
 from ml3_robotics.reporting.plotting import new_figure, save
 from ml3_robotics.tasks.sine import (
     SHAPED_SINE_FEATURES,
@@ -105,8 +105,7 @@ class ShapedSineConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value}")
-        if self.outer_steps < 0:
-            raise ValueError(f"outer_steps: expected an integer >= 0, got {self.outer_steps}")
+        check_ints(self, ("outer_steps",), 0, MAX_OUTER_STEPS)
         for name in ("outer_lr", "inner_lr", "tolerance"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
@@ -306,11 +305,19 @@ def run(config: ShapedSineConfig, ctx: RunContext) -> RunResult:
     )
 
 
+def check_inputs(config: ShapedSineConfig) -> None:
+    """The saved losses the config names, before the run folder is made."""
+    for path in (config.loss_path, config.unshaped_loss_path):
+        if path is not None:
+            load_learned_loss(path, expect_features=SHAPED_SINE_FEATURES)
+
+
 EXPERIMENT = Experiment(
     name="shaped-sine",
     summary="ML3 shaped sine: a physics prior at meta-train time vs unshaped ML3 and MSE",
     config_type=ShapedSineConfig,
     run=run,
+    check_inputs=check_inputs,
     smoke={
         "outer_steps": 3,
         "inner_steps": 3,

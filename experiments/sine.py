@@ -19,7 +19,7 @@ from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
 from ml3_robotics.core.meta_trainer import MetaTrainConfig, MetaTrainer, OuterStep
 from ml3_robotics.core.run_context import RunContext
 from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
-from ml3_robotics.core.validation import check_widths
+from ml3_robotics.core.validation import MAX_OUTER_STEPS, check_ints, check_widths
 from ml3_robotics.reporting.plotting import band, new_figure, save
 from ml3_robotics.tasks.sine import (
     SINE_FEATURES,
@@ -76,20 +76,9 @@ class SineConfig:
     def __post_init__(self) -> None:
         check_widths("hidden", self.hidden)
         check_widths("loss_hidden", self.loss_hidden)
-        for name in (
-            "outer_steps",
-            "inner_steps",
-            "meta_batch",
-            "n_points",
-            "test_steps",
-            "n_test_tasks",
-            "eval_every",
-            "checkpoint_every",
-        ):
-            value = getattr(self, name)
-            minimum = 0 if name == "outer_steps" else 1
-            if value < minimum:
-                raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+        check_ints(self, ("inner_steps", "meta_batch", "n_points", "test_steps", "n_test_tasks",
+                          "eval_every", "checkpoint_every"), 1)  # fmt: skip
+        check_ints(self, ("outer_steps",), 0, MAX_OUTER_STEPS)
         if any(d < 1 for d in self.depths):
             raise ValueError(f"depths: expected hidden-layer counts >= 1, got {self.depths}")
 
@@ -240,11 +229,18 @@ def run(config: SineConfig, ctx: RunContext) -> RunResult:
     )
 
 
+def check_inputs(config: SineConfig) -> None:
+    """The saved loss the config names, before the run folder is made."""
+    if config.loss_path is not None:
+        load_learned_loss(config.loss_path, expect_features=SINE_FEATURES)
+
+
 EXPERIMENT = Experiment(
     name="sine",
     summary="ML3 sine regression: learned loss vs MSE on out-of-distribution sine tasks",
     config_type=SineConfig,
     run=run,
+    check_inputs=check_inputs,
     smoke={
         "outer_steps": 6,
         "test_steps": 5,

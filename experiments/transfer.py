@@ -101,9 +101,7 @@ def _source_loss(config: TransferConfig, ctx: RunContext) -> tuple[str, dict[str
     sizes = {"smoke": dict(source.smoke), "demo": dict(source.demo), "full": {}}
     layers = [sizes[config.source_size], parse_set_options(list(config.source_set))]
     rconfig = build_config(source.config_type, *layers)
-    sub = RunContext(ctx.path("source"), ctx.seed, smoke=config.source_size == "smoke",
-                     progress=ctx.progress)  # fmt: skip
-    sub.out.mkdir(parents=True, exist_ok=True)
+    sub = ctx.nested_run("source", smoke=config.source_size == "smoke", progress=ctx.progress)
     with ctx.phase("source_meta_train"):
         result = execute_run(sub, source.name, rconfig, source.run)
     summary = {
@@ -266,11 +264,21 @@ def _bar_plot(path: Path, table: list[dict[str, Any]], methods: list[str]) -> No
     save(fig, path)
 
 
+def check_inputs(config: TransferConfig) -> None:
+    """The saved losses and the robots the config names, before the run folder is made."""
+    for path in (config.loss_path, *(o.partition("=")[2] for o in config.other_losses)):
+        if path is not None:
+            load_reach_loss(path)
+    grid_configs(config.robots)
+    grid_configs(config.depth_robots)
+
+
 EXPERIMENT = Experiment(
     name="transfer",
     summary="a learned reach loss on other arm configurations and policy sizes vs task loss/iLQR",
     config_type=TransferConfig,
     run=run,
+    check_inputs=check_inputs,
     data_parallel=True,
     smoke={
         "source_size": "smoke",

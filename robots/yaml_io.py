@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,94 @@ _FLOAT = re.compile(
     r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
     r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
 )
-_REPLACED = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+# Resolved by our own rules below, or (timestamps: YAML 1.2's core schema has no dates) not at
+# all: 2024-01-01 stays the string it looks like.
+_REPLACED = {
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:timestamp",
+}
+# Bounds on what a config may hold: far above any real one, far below what exhausts memory (an
+# alias "bomb" expands a few lines to billions of nodes) or the stack (deep nesting).
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+MAX_INT = 2**63 - 1
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 core-schema booleans, integers and floats."""
+    """SafeLoader with YAML 1.2 core-schema booleans, integers and floats, no dates, no
+    duplicate keys, and bounded nesting, alias expansion and integers."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        depth = getattr(self, "_depth", 0) + 1
+        if depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+            )
+        self._depth = depth
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth - 1
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # PyYAML's own construct_mapping refuses it with its line
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (the first is at line "
+                    f"{seen[key].line + 1}; which one counts would be a guess)", key_node.start_mark
+                )  # fmt: skip
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a document whose nodes, aliases expanded, exceed MAX_NODES (or that refers to
+    itself): each node's expanded size is counted once, so the check itself stays linear."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            children = _children(node)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            open_nodes.discard(key)
+            if sizes[key] > MAX_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"expands to more than {MAX_NODES} values (aliases counted "
+                    "each time they are used)", node.start_mark
+                )  # fmt: skip
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise yaml.composer.ComposerError(
+                None, None, "refers to itself through an alias", node.start_mark
+            )
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
@@ -44,9 +128,18 @@ def _construct_bool(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> bool:
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     text = str(loader.construct_scalar(node))
-    if text.startswith(("0o", "0x")):
-        return int(text[2:], 8 if text[1] == "o" else 16)
-    return int(text, 10)
+    if len(text) > 25:  # before int(): parsing 10**400 digits is itself the cost
+        value = MAX_INT + 1
+    elif text.startswith(("0o", "0x")):
+        value = int(text[2:], 8 if text[1] == "o" else 16)
+    else:
+        value = int(text, 10)
+    if abs(value) > MAX_INT:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"integer {text[:20]}{'...' if len(text) > 20 else ''} is out of range "
+            f"(at most {MAX_INT} in size)", node.start_mark
+        )  # fmt: skip
+    return value
 
 
 def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:

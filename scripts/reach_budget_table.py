@@ -15,6 +15,7 @@ Usage: ``python scripts/reach_budget_table.py LABEL=RUN_DIR[,RUN_DIR...] ...``
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -97,10 +98,12 @@ def per_run(groups: dict[str, list[dict]]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if not argv:
-        sys.exit(__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("groups", nargs="+", metavar="LABEL=RUN_DIR[,RUN_DIR...]")
     groups = {}
-    for item in argv:
+    for item in ap.parse_args(argv).groups:
         label, _, dirs = item.partition("=")
         groups[label] = _load(dirs.split(","))
     print(table(groups))

@@ -13,7 +13,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,7 +33,10 @@ from ml3_robotics.app.runs import (
     ConfigError,
     Experiment,
     RunResult,
+    broken_experiments,
     build_config,
+    check_out_dir,
+    check_run_inputs,
     describe_config,
     discover_experiments,
     execute_run,
@@ -51,6 +55,7 @@ from ml3_robotics.evaluation.robots import load_reach_loss
 from ml3_robotics.reporting.render import render_system
 from ml3_robotics.tasks.model_fitting import MODEL_LOSS_FEATURES
 from robots.arm import load_arm_config
+from robots.arm.sim import RenderingUnavailableError
 from robots.yaml_io import dump_yaml
 
 log = logging.getLogger("ml3r")
@@ -182,6 +187,95 @@ def _config_layers(
     return layers
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """A resolved run, checked and not yet started: what to run, with which config, where.
+
+    Attributes:
+        name: the experiment's name as ``config.yaml`` and ``results.json`` record it.
+        config: the resolved config.
+        run: ``run(config, ctx) -> RunResult``.
+        seed, smoke, resume, overwrite: as given (on resume: the run's own seed and size).
+        out: the output folder.
+    """
+
+    name: str
+    config: Any
+    run: Callable[[Any, RunContext], RunResult]
+    seed: int
+    smoke: bool
+    out: Path
+    resume: bool = False
+    overwrite: bool = False
+
+    def execute(self, world: World, progress: bool) -> tuple[RunContext, RunResult]:
+        """Rank 0 prepares and locks ``out`` (the other ranks wait for it), then the run;
+        the lock is released when it ends."""
+        lock = None
+        if world.is_main:
+            lock = prepare_out_dir(self.out, resume=self.resume, overwrite=self.overwrite)
+        world.barrier()
+        ctx = RunContext(self.out, self.seed, resume=self.resume, smoke=self.smoke,
+                         progress=progress, world=world)  # fmt: skip
+        try:
+            return ctx, execute_run(ctx, self.name, self.config, self.run)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def plan_experiment(
+    name: str,
+    *,
+    seed: int = 0,
+    out: Path | None = None,
+    config_file: Path | None = None,
+    sets: Sequence[str] = (),
+    smoke: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    nproc: int = 1,
+    check_out: bool = True,
+) -> RunPlan:
+    """Resolve and check ``ml3r run``: the config (defaults, smoke sizes, ``--config``,
+    ``--set``; on resume the run's own), the files it names and ``out``; writes nothing.
+    ``check_out`` False skips the folder's checks (a rank of a data-parallel run: rank 0
+    prepares the folder, and the launcher checked it before the processes started)."""
+    _check_seed(seed)
+    experiment = get_experiment(name)
+    if nproc > 1:
+        _check_data_parallel(experiment)
+        _require_out(out)
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs --out DIR naming the run to continue")
+        if config_file is not None or sets or smoke:
+            raise ConfigError(
+                "--resume takes the run's own config.yaml; drop --config/--set/--smoke"
+            )
+        if overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
+        saved = read_run_config(out)
+        if saved.get("experiment") != name:
+            raise ConfigError(
+                f"--resume: {out} holds a run of {saved.get('experiment')!r}, not {name!r}"
+            )
+        try:
+            config = build_config(experiment.config_type, saved["config"])
+        except ConfigError as e:
+            raise ConfigError(f"--resume: {out / 'config.yaml'}: {e}") from e
+        seed, smoke = int(saved["seed"]), bool(saved.get("smoke", False))
+    else:
+        layers = _config_layers(experiment.smoke if smoke else {}, config_file, sets)
+        config = build_config(experiment.config_type, *layers)
+        if out is None:
+            out = Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
+    check_run_inputs(experiment, config)
+    if check_out:
+        check_out_dir(out, resume=resume, overwrite=overwrite)
+    return RunPlan(name, config, experiment.run, seed, smoke, out, resume, overwrite)
+
+
 def run_experiment(
     name: str,
     *,
@@ -199,50 +293,16 @@ def run_experiment(
     Under ``torch.distributed.run`` (``ml3r run --nproc N``) every rank resolves the same
     config; rank 0 alone prepares ``out`` and writes in it (the others wait for it, then read
     the checkpoints on resume)."""
-    _check_seed(seed)
-    experiment = get_experiment(name)
     world = world_from_env()
-    if world.distributed:
-        _check_data_parallel(experiment)
-        _require_out(out)
-    if resume:
-        if out is None:
-            raise ConfigError("--resume needs --out DIR naming the run to continue")
-        if config_file is not None or sets or smoke:
-            raise ConfigError(
-                "--resume takes the run's own config.yaml; drop --config/--set/--smoke"
-            )
-        _prepare_out(world, out, resume=True, overwrite=overwrite)
-        saved = read_run_config(out)
-        if saved.get("experiment") != name:
-            raise ConfigError(
-                f"--resume: {out} holds a run of {saved.get('experiment')!r}, not {name!r}"
-            )
-        try:
-            config = build_config(experiment.config_type, saved["config"])
-        except ConfigError as e:
-            raise ConfigError(f"--resume: {out / 'config.yaml'}: {e}") from e
-        seed, smoke = int(saved["seed"]), bool(saved.get("smoke", False))
-    else:
-        layers = _config_layers(experiment.smoke if smoke else {}, config_file, sets)
-        config = build_config(experiment.config_type, *layers)
-        if out is None:
-            out = Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
-        _prepare_out(world, out, resume=False, overwrite=overwrite)
-    ctx = RunContext(out, seed, resume=resume, smoke=smoke, progress=progress, world=world)
-    return ctx, execute_run(ctx, name, config, experiment.run)
+    plan = plan_experiment(name, seed=seed, out=out, config_file=config_file, sets=sets,
+                           smoke=smoke, resume=resume, overwrite=overwrite, nproc=world.size,
+                           check_out=not world.distributed)  # fmt: skip
+    return plan.execute(world, progress)
 
 
 def _require_out(out: Path | None) -> None:
     if out is None:
         raise ConfigError("--nproc: a data-parallel run needs --out DIR (every rank uses it)")
-
-
-def _prepare_out(world: World, out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Rank 0 prepares ``out`` (:func:`prepare_out_dir`); the other ranks wait for it."""
-    if world.is_main:
-        prepare_out_dir(out, resume=resume, overwrite=overwrite)
-    world.barrier()
 
 
 def _check_data_parallel(experiment: Experiment) -> None:
@@ -254,8 +314,9 @@ def _check_data_parallel(experiment: Experiment) -> None:
         )
 
 
-def _launch_data_parallel(argv: Sequence[str], nproc: int, *, resumable: bool = True) -> int:
-    """Re-run this command under ``torch.distributed.run`` with ``nproc`` local processes."""
+def _launch_data_parallel(argv: Sequence[str], nproc: int, plan: RunPlan) -> int:
+    """Re-run this command under ``torch.distributed.run`` with ``nproc`` local processes,
+    once ``plan`` (the command resolved and checked here) holds. A failure is one line."""
     rest, skip = [], False
     for arg in argv:
         if skip:
@@ -264,15 +325,15 @@ def _launch_data_parallel(argv: Sequence[str], nproc: int, *, resumable: bool = 
             skip = True
         elif not arg.startswith("--nproc="):
             rest.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    cmd = [sys.executable, "-m", "ml3_robotics.app.launch", "--standalone",
            f"--nproc-per-node={nproc}", "-m", "ml3_robotics", *rest]  # fmt: skip
     code = subprocess.run(cmd, check=False).returncode
     if code != 0:
-        out = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--out"), None)
+        checkpoints = sorted((plan.out / "checkpoints").glob("*.safetensors"))
         hint = (
-            f"; the last checkpoint in {out}/checkpoints is intact: continue with "
-            f"ml3r run EXPERIMENT --nproc {nproc} --resume --out {out}"
-            if out and resumable
+            f"; its last checkpoint in {plan.out / 'checkpoints'} is intact: continue with "
+            f"ml3r run {plan.name} --nproc {nproc} --resume --out {plan.out}"
+            if checkpoints and plan.name != "eval"
             else ""
         )
         print(f"ml3r: error: a process of the {nproc}-process run failed (exit {code}){hint}",
@@ -286,7 +347,7 @@ ONE_ROBOT_ONE_PROCESS = (
 )
 
 
-def eval_loss(
+def plan_eval(
     loss: str | Path,
     *,
     robot: str | Sequence[str] | None = None,
@@ -300,13 +361,13 @@ def eval_loss(
     sets: Sequence[str] = (),
     smoke: bool = False,
     overwrite: bool = False,
-    progress: bool = False,
-) -> tuple[RunContext, RunResult]:
-    """``ml3r eval``: resolve the config, refuse a loss or robot that cannot be used before
-    touching ``out``, run :func:`ml3_robotics.app.robot_eval.run_reach_eval` (a reach loss) or
-    :func:`~ml3_robotics.app.robot_eval.run_model_eval` (a model-fitting loss, told apart by
-    the features its sidecar names), write the artefacts. Several robots (``robot`` a list)
-    are evaluated one by one, or split across the processes of ``ml3r eval --nproc N``."""
+    nproc: int = 1,
+    check_out: bool = True,
+) -> RunPlan:
+    """Resolve and check ``ml3r eval`` (the loss, the robots, the config, ``out``); writes
+    nothing. A reach loss runs :func:`ml3_robotics.app.robot_eval.run_reach_eval`, a
+    model-fitting loss (told apart by the features its sidecar names)
+    :func:`~ml3_robotics.app.robot_eval.run_model_eval`."""
     _check_seed(seed)
     robots = [robot] if isinstance(robot, str) else robot
     model_loss = is_model_loss(read_loss_sidecar(loss))  # LossFileError before anything else
@@ -336,16 +397,42 @@ def eval_loss(
             load_arm_config(name)
         except (TypeError, ValueError, FileNotFoundError) as e:
             raise ConfigError(f"--robot: {e}") from e
-    world = world_from_env()
-    if world.distributed:
+    if nproc > 1:
         if len(config.robot) < 2:
             raise ConfigError(ONE_ROBOT_ONE_PROCESS)
         _require_out(out)
     if out is None:
         out = Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S")
-    _prepare_out(world, out, resume=False, overwrite=overwrite)
-    ctx = RunContext(out, seed, smoke=smoke, progress=progress, world=world)
-    return ctx, execute_run(ctx, "eval", config, run_fn)
+    if check_out:
+        check_out_dir(out, resume=False, overwrite=overwrite)
+    return RunPlan("eval", config, run_fn, seed, smoke, out, overwrite=overwrite)
+
+
+def eval_loss(
+    loss: str | Path,
+    *,
+    robot: str | Sequence[str] | None = None,
+    goals: int | None = None,
+    steps: int | None = None,
+    policy_depth: int | None = None,
+    policy_width: int | None = None,
+    seed: int = 0,
+    out: Path | None = None,
+    config_file: Path | None = None,
+    sets: Sequence[str] = (),
+    smoke: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> tuple[RunContext, RunResult]:
+    """``ml3r eval``: :func:`plan_eval`, then the evaluation, then its artefacts. Several
+    robots (``robot`` a list) are evaluated one by one, or split across the processes of
+    ``ml3r eval --nproc N``."""
+    world = world_from_env()
+    plan = plan_eval(loss, robot=robot, goals=goals, steps=steps, policy_depth=policy_depth,
+                     policy_width=policy_width, seed=seed, out=out, config_file=config_file,
+                     sets=sets, smoke=smoke, overwrite=overwrite, nproc=world.size,
+                     check_out=not world.distributed)  # fmt: skip
+    return plan.execute(world, progress)
 
 
 TABLE_STEPS = (1, 2, 5, 10)  # inner steps whose distance the table shows, where recorded
@@ -458,6 +545,21 @@ def _experiment_help_request(argv: Sequence[str]) -> str | None:
     return None
 
 
+# What the CLI reports as one line with exit status 2: mistakes a user can fix.
+USER_ERRORS = (ML3Error, ConfigError, ValueError, FileNotFoundError, RenderingUnavailableError)
+
+
+def _plan(args: argparse.Namespace) -> RunPlan:
+    """The ``run`` or ``eval`` command of ``args`` resolved and checked, for the launcher."""
+    common = {"seed": args.seed, "out": args.out, "config_file": args.config, "sets": args.sets,
+              "smoke": args.smoke, "overwrite": args.overwrite, "nproc": args.nproc}  # fmt: skip
+    if args.command == "run":
+        return plan_experiment(args.experiment, resume=args.resume, **common)
+    return plan_eval(args.loss, robot=args.robot, goals=args.goals, steps=args.steps,
+                     policy_depth=args.policy_depth, policy_width=args.policy_width,
+                     **common)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     experiment = _experiment_help_request(argv)
@@ -493,20 +595,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     progress = sys.stderr.isatty()
     if args.command in ("run", "eval") and args.nproc != 1:
-        if args.nproc < 1:
-            print(f"ml3r: error: --nproc: expected an integer >= 1, got {args.nproc}",
-                  file=sys.stderr)  # fmt: skip
+        max_nproc = os.cpu_count() or 1
+        if not 1 <= args.nproc <= max_nproc:
+            print(f"ml3r: error: --nproc: expected an integer from 1 to {max_nproc} (the CPUs "
+                  f"of this machine), got {args.nproc}", file=sys.stderr)  # fmt: skip
             return 2
         if "WORLD_SIZE" not in os.environ:
-            try:
-                if args.command == "run":
-                    _check_data_parallel(get_experiment(args.experiment))
-                elif len(args.robot or ()) < 2:
-                    raise ConfigError(ONE_ROBOT_ONE_PROCESS)
-            except ConfigError as e:
+            try:  # every check before any process starts
+                plan = _plan(args)
+            except USER_ERRORS as e:
                 print(f"ml3r: error: {e}", file=sys.stderr)
                 return 2
-            return _launch_data_parallel(argv, args.nproc, resumable=args.command == "run")
+            return _launch_data_parallel(argv, args.nproc, plan)
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # one voice per run: rank 0 reports progress and prints the table
         progress_log.setLevel(logging.WARNING)
@@ -518,6 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             for name, exp in discover_experiments().items():
                 print(f"{name:16s} {exp.summary}")
+            for name, reason in broken_experiments().items():
+                print(f"ml3r: warning: plug-in {name!r} is not listed: {reason}", file=sys.stderr)
             return 0
         if args.command == "render":
             path = render_system(
@@ -566,8 +668,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overwrite=args.overwrite,
                 progress=progress,
             )
-    except (ML3Error, ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"ml3r: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if rank == 0:  # every rank meets the same mistake: one line, from rank 0
+            print(f"ml3r: error: {e}", file=sys.stderr)
         return 2
     if not ctx.world.is_main:
         return 0

@@ -12,6 +12,7 @@ robot, ``ml3r eval`` (:func:`run_reach_eval`) once per robot.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from ml3_robotics.app.runs import RunResult, execute_run
 from ml3_robotics.core.inner import InnerOptimizer
 from ml3_robotics.core.learned_loss import LearnedLoss
-from ml3_robotics.core.run_context import RunContext
+from ml3_robotics.core.run_context import RUN_MARKER, RunContext
 from ml3_robotics.core.serialization import load_learned_loss
 from ml3_robotics.core.validation import check_ints
 from ml3_robotics.evaluation.model_loss import ModelStudySettings, evaluate_on_new_robot
@@ -128,6 +129,14 @@ def check_robots(robots: Sequence[str]) -> None:
     if not robots:
         raise ValueError("robot: expected at least one arm name or YAML path")
     labels = [robot_label(r) for r in robots]
+    for robot, label in zip(robots, labels, strict=True):
+        # The label names the robot's folder robots/<label>: "...yaml" would make it "..".
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", label) or set(label) == {"."}:
+            raise ValueError(
+                f"robot: {robot!r} gives the folder name {label!r}; a robot's file name "
+                "(without .yaml) must be letters, digits, '_', '-', '+' or '.', not starting "
+                "with '.'"
+            )
     if len(set(labels)) != len(labels):
         raise ValueError(f"robot: expected distinct robots, got {list(robots)}")
 
@@ -156,10 +165,13 @@ def on_each_robot(
         if len(config.robot) == 1:
             return run_one(config, ctx)
 
+        for robot in config.robot:  # rank 0 lists every robot's run before any is written
+            ctx.path(f"robots/{robot_label(robot)}/{RUN_MARKER}")
+        ctx.world.barrier()
+
         def evaluate(robot: str) -> tuple[str, RunResult]:
             label = robot_label(robot)
-            sub = RunContext(ctx.out / "robots" / label, ctx.seed, smoke=ctx.smoke)
-            sub.out.mkdir(parents=True, exist_ok=True)
+            sub = ctx.nested_run(f"robots/{label}")
             return label, execute_run(sub, "eval", replace(config, robot=(robot,)), run_one)
 
         done = ctx.world.map_items(list(config.robot), evaluate)

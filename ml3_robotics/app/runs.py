@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fcntl
 import glob
 import inspect
 import json
 import math
+import os
 import platform
 import re
-import shutil
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ml3_robotics.core.errors import ML3Error, RunDirError
@@ -32,7 +33,9 @@ from ml3_robotics.core.meta_trainer import MetaTrainer
 from ml3_robotics.core.run_context import (
     RUN_MARKER,
     RunContext,
+    marker_entry,
     read_run_marker,
+    symlink_on_the_way,
     write_run_marker,
 )
 from ml3_robotics.core.serialization import atomic_write_bytes, load_learned_loss
@@ -79,6 +82,10 @@ class Experiment:
         demo: field overrides for the demo size (``ml3r demo``: minutes on 2 CPU cores).
         data_parallel: the run splits its work across processes (``ml3r run --nproc N``,
             :mod:`ml3_robotics.core.distributed`); others refuse ``--nproc``.
+        check_inputs: ``check_inputs(config)`` reads and checks the files and names the
+            config refers to (saved losses, robots), raising ``ValueError`` or
+            ``FileNotFoundError``; called before the run folder is made, so a mistake in them
+            leaves nothing behind.
     """
 
     name: str
@@ -88,17 +95,46 @@ class Experiment:
     smoke: Mapping[str, Any] = field(default_factory=dict)
     demo: Mapping[str, Any] = field(default_factory=dict)
     data_parallel: bool = False
+    check_inputs: Callable[[Any], None] = lambda _config: None
+
+
+def check_run_inputs(experiment: Experiment, config: Any) -> None:
+    """``experiment.check_inputs(config)`` with its mistakes as :class:`ConfigError`."""
+    try:
+        experiment.check_inputs(config)
+    except ML3Error:
+        raise
+    except (TypeError, ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def _load_plugins() -> tuple[dict[str, Experiment], dict[str, str]]:
+    """The registered experiments that load, and ``name -> one-line reason`` for the others."""
+    found: dict[str, Experiment] = {}
+    broken: dict[str, str] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            exp = ep.load()
+        except Exception as e:  # any error of a third-party module: report it, go on
+            broken[ep.name] = f"{ep.value} failed to import ({type(e).__name__}: {e})"
+            continue
+        if isinstance(exp, Experiment):
+            found[exp.name] = exp
+        else:
+            broken[ep.name] = f"{ep.value} is not an Experiment"
+    return dict(sorted(found.items())), broken
 
 
 def discover_experiments() -> dict[str, Experiment]:
-    """All experiments registered under the ``ml3r.experiments`` entry-point group."""
-    found: dict[str, Experiment] = {}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        exp = ep.load()
-        if not isinstance(exp, Experiment):
-            raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not an Experiment")
-        found[exp.name] = exp
-    return dict(sorted(found.items()))
+    """All experiments registered under the ``ml3r.experiments`` entry-point group; a plug-in
+    that fails to load is left out (:func:`broken_experiments` says why), the others work."""
+    return _load_plugins()[0]
+
+
+def broken_experiments() -> dict[str, str]:
+    """Registered plug-ins that fail to import or are not an :class:`Experiment`: name ->
+    one-line reason."""
+    return _load_plugins()[1]
 
 
 def get_experiment(name: str) -> Experiment:
@@ -106,6 +142,9 @@ def get_experiment(name: str) -> Experiment:
     experiments = discover_experiments()
     if name in experiments:
         return experiments[name]
+    broken = broken_experiments()
+    if name in broken:
+        raise ConfigError(f"experiment {name!r} cannot be loaded: {broken[name]}")
     close = difflib.get_close_matches(name, list(experiments), n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ConfigError(
@@ -114,6 +153,17 @@ def get_experiment(name: str) -> Experiment:
 
 
 # -- config resolution -----------------------------------------------------------------------
+
+
+# No integer setting here is near a billion (steps, sizes, counts); a larger one is a typo, and
+# taken as given it allocates or loops without end.
+MAX_CONFIG_INT = 10**9
+
+
+def _short(value: int) -> str:
+    """A huge integer as a few digits and its length."""
+    text = str(value)
+    return text if len(text) <= 20 else f"{text[:12]}... ({len(text)} digits)"
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -160,10 +210,15 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if abs(value) > MAX_CONFIG_INT:
+            raise ConfigError(f"{key}: expected an integer of at most {MAX_CONFIG_INT:.0e} in "
+                              f"size, got {_short(value)}")  # fmt: skip
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, int) and abs(value) > 1e300:
+            raise ConfigError(f"{key}: expected a finite number, got {_short(value)}")
         if not math.isfinite(value):
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
@@ -376,26 +431,80 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 # -- the run directory -----------------------------------------------------------------------
 
 
-def _remove_run_outputs(out: Path, written: list[str]) -> None:
-    """Delete the top-level entries a run wrote (and their stale atomic-write temporaries)."""
-    for name in written:
-        if not name or "/" in name or name in (".", ".."):
-            raise RunDirError(f"{out / RUN_MARKER} lists {name!r}, which is not a top-level name")
-        targets = [out / name, *out.glob(f".{glob.escape(name)}.*.tmp")]
-        for target in targets:
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
+# What every run writes at the top of its folder: a user's own file of one of these names is
+# refused before --overwrite removes anything (not when the run reaches it).
+RUN_FILES = ("config.yaml", "results.json", "metrics.csv")
+
+
+class RunFolderLock:
+    """An exclusive OS lock (``flock``) on a run folder, held while a run writes in it: a second
+    run on the same folder is refused at once, and a killed run's lock goes with its process."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._fd: int | None = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            self.release()
+            raise RunDirError(
+                f"--out {out}: another ml3r run is using this folder (one run per folder at "
+                "a time); wait for it or choose another --out"
+            ) from e
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+
+def _listed_files(out: Path) -> list[Path]:
+    """Every file the run in ``out`` wrote, by its marker, nested runs' files included; all of
+    it checked before anything is removed (raises :class:`RunDirError`)."""
+    marker = read_run_marker(out)
+    if marker is None:
+        return []
+    where = out / RUN_MARKER
+    files = []
+    for name in marker["written"]:
+        rel = marker_entry(name, where)
+        if rel == PurePosixPath(RUN_MARKER):
+            continue
+        target = out / rel
+        link = symlink_on_the_way(out, rel.parent)
+        if link is not None:
+            raise RunDirError(f"run marker {where} lists {name!r} behind the symbolic link {link}")
+        if target.is_dir() and not target.is_symlink():
+            if marker["format_version"] == 1:
+                raise RunDirError(
+                    f"--overwrite: {out} was written by an older ml3r whose marker lists whole "
+                    f"folders ({name}/), so what is ours in them is unknown; delete the folder "
+                    "yourself or choose a new --out"
+                )
+            raise RunDirError(f"run marker {where} lists {name!r}, which is a folder")
+        if rel.name == RUN_MARKER and target.is_file():
+            files += _listed_files(target.parent)  # a nested run: its own files first
+        files.append(target)
+    return files
+
+
+def _remove_run_outputs(out: Path) -> None:
+    """Delete the files the run in ``out`` wrote (and their killed writes' temporaries), then
+    the folders that this leaves empty; a user's files stay, wherever they are."""
+    files = _listed_files(out)
+    for path in files:
+        for target in (path, *path.parent.glob(f".{glob.escape(path.name)}.*.tmp")):
+            if target.is_symlink() or target.is_file():
                 target.unlink()
+    folders = {p for f in files for p in f.parents if out in p.parents}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
-def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Create ``out``, or check it before a run writes into it.
-
-    A new run needs ``out`` absent, empty, or (with ``overwrite``) a marked ml3r run folder, of
-    which only what the run wrote is removed; resuming needs the run's ``config.yaml``. Raises
-    :class:`RunDirError` (one line) otherwise; nothing is touched before the checks pass.
-    """
+def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Every check :func:`prepare_out_dir` makes, reading only (a launcher checks before it
+    starts processes). Raises :class:`RunDirError` or :class:`ConfigError` (one line)."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     for parent in (out, *out.parents):
@@ -405,27 +514,61 @@ def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
         if not (out / "config.yaml").is_file():
             raise RunDirError(f"--resume: {out} holds no run to resume (no config.yaml)")
         read_run_marker(out)  # refuses a damaged marker before the run writes
-        return
-    if out.is_dir() and any(out.iterdir()):
-        marker = read_run_marker(out)
-        if marker is None:
-            found = sorted(p.name for p in out.iterdir())
-            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
-            raise RunDirError(
-                f"--out {out} is not empty and is not an ml3r run folder (holds {shown}); "
-                "choose a new or empty folder"
-            )
-        if not overwrite:
-            raise RunDirError(
-                f"output directory {out} holds another run; pass --resume to continue it or "
-                "--overwrite to replace it"
-            )
-        _remove_run_outputs(out, [n for n in marker["written"] if n != RUN_MARKER])
+    elif out.is_dir():
+        _check_clearable(out, overwrite)
+
+
+def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> RunFolderLock:
+    """Create ``out``, or check it before a run writes into it, and lock it for the run.
+
+    A new run needs ``out`` absent, empty, or (with ``overwrite``) a marked ml3r run folder, of
+    which only the files the run wrote are removed; resuming needs the run's ``config.yaml``.
+    Raises :class:`RunDirError` (one line) otherwise; nothing is touched before the checks pass.
+    The caller releases the returned lock when the run is done (or its process exits).
+    """
+    check_out_dir(out, resume=resume, overwrite=overwrite)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunDirError(f"--out {out}: cannot create the folder ({e.strerror})") from e
-    write_run_marker(out, [])
+    lock = RunFolderLock(out)
+    try:  # checked again under the lock: another run may have started in between
+        check_out_dir(out, resume=resume, overwrite=overwrite)
+        if not resume:
+            if any(out.iterdir()):
+                _remove_run_outputs(out)
+            write_run_marker(out, [])
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_clearable(out: Path, overwrite: bool) -> None:
+    """Refuse a folder a new run cannot use: not empty and not an ml3r run, a run without
+    ``overwrite``, or a run whose files cannot all be removed safely."""
+    if not any(out.iterdir()):
+        return
+    marker = read_run_marker(out)
+    if marker is None:
+        found = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise RunDirError(
+            f"--out {out} is not empty and is not an ml3r run folder (holds {shown}); "
+            "choose a new or empty folder"
+        )
+    if not overwrite:
+        raise RunDirError(
+            f"output directory {out} holds another run; pass --resume to continue it or "
+            "--overwrite to replace it"
+        )
+    listed = set(_listed_files(out))
+    for name in RUN_FILES:
+        if (out / name).exists() and out / name not in listed:
+            raise RunDirError(
+                f"--overwrite: {out / name} is not a file the run in {out} wrote (its marker "
+                "does not list it); move it away, nothing was removed"
+            )
 
 
 def versions() -> dict[str, str]:
@@ -498,6 +641,8 @@ def execute_run(
 def read_run_config(out: Path) -> dict[str, Any]:
     """The ``config.yaml`` of an existing run (for ``--resume``)."""
     path = out / "config.yaml"
+    if not path.is_file():
+        raise RunDirError(f"--resume: {out} holds no run to resume (no config.yaml)")
     try:
         data = read_yaml_file(path, f"--resume: {path}")
     except ValueError as e:

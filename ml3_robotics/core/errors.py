@@ -19,3 +19,7 @@ class NonFiniteError(ML3Error, FloatingPointError):
 
 class RunDirError(ML3Error):
     """The output directory holds another run (refused unless resuming or overwriting)."""
+
+
+class CheckpointError(ML3Error, ValueError):
+    """A checkpoint is unreadable or does not fit the run resuming from it (nothing restored)."""

@@ -23,9 +23,10 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ml3_robotics.core.distributed import SINGLE, ItemObjective, World, item_mean
-from ml3_robotics.core.errors import NonFiniteError
+from ml3_robotics.core.errors import CheckpointError, NonFiniteError
 from ml3_robotics.core.progress import progress_bar
 from ml3_robotics.core.serialization import atomic_save_tensors
+from ml3_robotics.core.validation import MAX_OUTER_STEPS, check_ints
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,7 @@ class MetaTrainConfig:
         return self.lr_final + 0.5 * (self.lr - self.lr_final) * (1 + math.cos(math.pi * progress))
 
     def __post_init__(self) -> None:
-        if not isinstance(self.outer_steps, int) or self.outer_steps < 0:
-            raise ValueError(f"outer_steps: expected an int >= 0, got {self.outer_steps!r}")
+        check_ints(self, ("outer_steps",), 0, MAX_OUTER_STEPS)
         if not self.lr > 0:
             raise ValueError(f"lr: expected a positive number, got {self.lr}")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
@@ -181,45 +181,116 @@ class MetaTrainer:
         atomic_save_tensors(tensors, self.checkpoint_path, metadata=meta)
 
     def load_checkpoint(self) -> bool:
-        """Restore from ``checkpoint_path``; returns False when there is no checkpoint yet."""
-        if self.checkpoint_path is None or not self.checkpoint_path.is_file():
+        """Restore from ``checkpoint_path``; returns False when there is no checkpoint yet.
+
+        The whole file is checked first (its tensors' names and shapes against this trainer's
+        loss, optimizer and problem state, its metadata's types and ranges): a checkpoint that
+        does not fit raises :class:`CheckpointError` naming the file and what is wrong, before
+        anything is restored.
+        """
+        path = self.checkpoint_path
+        if path is None or not path.is_file():
             return False
         try:
-            tensors = load_file(self.checkpoint_path)
-            with safe_open(self.checkpoint_path, framework="pt") as f:
+            tensors = load_file(path)
+            with safe_open(path, framework="pt") as f:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"checkpoint {self.checkpoint_path} is unreadable ({e})") from e
+            raise CheckpointError(f"checkpoint {path} is unreadable ({e})") from e
+        iteration, param_groups, history = self._check_checkpoint(tensors, meta)
+        if self.state is not None:
+            try:  # first: the problem state checks its own tensors before it changes
+                self.state.load_state_dict(_with_prefix(tensors, "state."))
+            except (ValueError, KeyError, RuntimeError, TypeError) as e:
+                raise CheckpointError(
+                    f"checkpoint {path}: its problem state does not fit this run ({e})"
+                ) from e
+        self.loss.load_state_dict(_with_prefix(tensors, "loss."))
+        opt_state: dict[int, dict[str, Tensor]] = {}
+        for key, value in _with_prefix(tensors, "optim.").items():
+            idx, name = key.split(".", 1)
+            opt_state.setdefault(int(idx), {})[name] = value
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
+        self.iteration = iteration
+        self.history = history
+        log.info("resumed from %s at iteration %d", path, self.iteration)
+        return True
+
+    def _check_checkpoint(
+        self, tensors: Mapping[str, Tensor], meta: Mapping[str, str]
+    ) -> tuple[int, list[dict[str, Any]], list[dict[str, float]]]:
+        """The checkpoint's iteration, optimizer groups and history, once every part of it is
+        known to fit this trainer (raises :class:`CheckpointError` otherwise)."""
+        path = self.checkpoint_path
+
+        def refuse(what: str) -> CheckpointError:
+            return CheckpointError(
+                f"checkpoint {path}: {what}; it is not a checkpoint of this run (restore the "
+                "file or start a new run)"
+            )
+
         bad = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
         if bad:
             raise NonFiniteError(
-                f"checkpoint {self.checkpoint_path} holds non-finite values in {bad[:3]}; it is "
-                "not a usable checkpoint (start a new run)"
+                f"checkpoint {path} holds non-finite values in {bad[:3]}; it is not a usable "
+                "checkpoint (start a new run)"
             )
         if meta.get("seed") != str(self.config.seed):
-            raise ValueError(
-                f"checkpoint {self.checkpoint_path} was written with seed {meta.get('seed')}, "
-                f"this run has seed {self.config.seed}"
+            raise refuse(
+                f"it was written with seed {meta.get('seed')}, this run has seed {self.config.seed}"
             )
-        self.loss.load_state_dict(
-            {k[len("loss.") :]: v for k, v in tensors.items() if k.startswith("loss.")}
+        loss_shapes = {f"loss.{k}": tuple(v.shape) for k, v in self.loss.state_dict().items()}
+        # Adam keeps state only for parameters that have had a gradient: those may be absent.
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        optim_shapes = {
+            f"optim.{i}.{name}": () if name == "step" else tuple(p.shape)
+            for i, p in enumerate(params)
+            for name in ("step", "exp_avg", "exp_avg_sq")
+        }
+        found = {k: tuple(v.shape) for k, v in tensors.items() if not k.startswith("state.")}
+        wrong = sorted(
+            k
+            for k in loss_shapes.keys() | found.keys()
+            if found.get(k) != {**loss_shapes, **optim_shapes}.get(k)
+            and not (k in optim_shapes and k not in found)
         )
-        opt_state: dict[int, dict[str, Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, idx, name = key.split(".", 2)
-                opt_state.setdefault(int(idx), {})[name] = value
-        self.optimizer.load_state_dict(
-            {"state": opt_state, "param_groups": json.loads(meta["param_groups"])}
-        )
-        if self.state is not None:
-            self.state.load_state_dict(
-                {k[len("state.") :]: v for k, v in tensors.items() if k.startswith("state.")}
+        if wrong:
+            expected = {**loss_shapes, **optim_shapes}
+            shown = ", ".join(
+                f"{k} {found.get(k, 'absent')} (expected {expected.get(k, 'no such tensor')})"
+                for k in wrong[:3]
             )
-        self.iteration = int(meta["iteration"])
-        self.history = json.loads(meta["history"])
-        log.info("resumed from %s at iteration %d", self.checkpoint_path, self.iteration)
-        return True
+            raise refuse(f"its tensors do not match this run's: {shown}")
+        try:
+            iteration = int(meta["iteration"])
+            param_groups = json.loads(meta["param_groups"])
+            history = json.loads(meta["history"])
+        except (KeyError, ValueError) as e:
+            raise refuse(
+                f"its metadata is incomplete or unreadable ({type(e).__name__}: {e})"
+            ) from e
+        if not 0 <= iteration <= self.config.outer_steps:
+            raise refuse(
+                f"it claims iteration {iteration}, this run has outer_steps="
+                f"{self.config.outer_steps}"
+            )
+        own_groups = self.optimizer.state_dict()["param_groups"]
+        if (
+            not isinstance(param_groups, list)
+            or len(param_groups) != len(own_groups)
+            or any(
+                not isinstance(g, dict) or g.get("params") != o["params"]
+                for g, o in zip(param_groups, own_groups, strict=False)
+            )
+        ):
+            raise refuse("its optimizer groups do not match this run's")
+        if (
+            not isinstance(history, list)
+            or len(history) != iteration
+            or any(not isinstance(row, dict) for row in history)
+        ):
+            raise refuse(f"its history is not a list of {iteration} rows")
+        return iteration, param_groups, history
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -309,3 +380,8 @@ class MetaTrainer:
         finally:
             bar.close()
         return self.history
+
+
+def _with_prefix(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The tensors whose names start with ``prefix``, the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

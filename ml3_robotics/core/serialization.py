@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -16,11 +17,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from ml3_robotics.core.errors import LossFileError
 from ml3_robotics.core.learned_loss import FeatureSpec, LearnedLoss, LossConfig
+from ml3_robotics.core.validation import MAX_INNER_STEPS
 
 FORMAT = "ml3r-learned-loss"
 FORMAT_VERSION = 1
@@ -58,18 +60,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_save_tensors(
     tensors: Mapping[str, Tensor], path: Path, metadata: Mapping[str, str] | None = None
 ) -> None:
-    """safetensors' ``save_file`` made atomic (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    tmp = _new_temp(path)
-    try:
-        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(contiguous, tmp, metadata=dict(metadata) if metadata else None)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Tensors in safetensors format, written atomically. Serialised in memory and written by
+    :func:`atomic_write_bytes`: safetensors' own ``save_file`` writes through a temporary file of
+    its own (mode 0600, left behind by a kill, in no pattern a sweep could recognise)."""
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(contiguous, metadata=dict(metadata) if metadata else None))
 
 
 def read_format_json(
@@ -115,17 +110,31 @@ def _config_to_json(config: LossConfig) -> dict[str, Any]:
     }
 
 
+def _numbers(field: str, value: Any) -> tuple[float, ...] | None:
+    """A JSON list of numbers (or null). A string would iterate into digits ("88" -> (8, 8))
+    and a bool is an int: both are refused."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or any(
+        isinstance(v, bool) or not isinstance(v, int | float) for v in value
+    ):
+        raise ValueError(f"{field}: expected a list of numbers, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
 def _config_from_json(data: Mapping[str, Any]) -> LossConfig:
     f = data["features"]
     hidden = data["hidden"]
-    # A string would iterate into digits ("88" -> (8, 8)) and a bool is an int: refuse both.
     if not isinstance(hidden, list) or any(type(h) is not int for h in hidden):
         raise ValueError(f"hidden: expected a list of integers, got {hidden!r}")
+    names = f["names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"features.names: expected a list of strings, got {names!r}")
     return LossConfig(
         features=FeatureSpec(
-            names=tuple(f["names"]),
-            shift=None if f.get("shift") is None else tuple(f["shift"]),
-            scale=None if f.get("scale") is None else tuple(f["scale"]),
+            names=tuple(names),
+            shift=_numbers("features.shift", f.get("shift")),
+            scale=_numbers("features.scale", f.get("scale")),
         ),
         hidden=tuple(hidden),
         activation=str(data["activation"]),
@@ -161,7 +170,35 @@ def read_loss_sidecar(path: str | Path) -> dict[str, Any]:
     _, sidecar = loss_paths(path)
     if not sidecar.is_file():
         raise LossFileError(f"loss file: sidecar {sidecar} does not exist")
-    return read_format_json(sidecar, FORMAT, FORMAT_VERSION, LossFileError, "loss file: sidecar")
+    doc = read_format_json(sidecar, FORMAT, FORMAT_VERSION, LossFileError, "loss file: sidecar")
+    _check_provenance(doc.get("provenance", {}), sidecar)
+    return doc
+
+
+def _check_provenance(provenance: Any, sidecar: Path) -> None:
+    """The parts of a sidecar's provenance that say how the loss is applied (K, step size)
+    are of the right type and in range, so no later reader trusts a corrupt value."""
+    if provenance is None:
+        return
+    if not isinstance(provenance, dict):
+        raise LossFileError(
+            f"loss file: sidecar {sidecar}: provenance: expected a mapping, got "
+            f"{type(provenance).__name__}"
+        )
+    steps = provenance.get("inner_steps")
+    if steps is not None and (type(steps) is not int or not 1 <= steps <= MAX_INNER_STEPS):
+        raise LossFileError(
+            f"loss file: sidecar {sidecar}: provenance.inner_steps: expected an integer from 1 "
+            f"to {MAX_INNER_STEPS}, got {steps!r}"
+        )
+    lr = provenance.get("inner_lr")
+    if lr is not None and (
+        isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf
+    ):
+        raise LossFileError(
+            f"loss file: sidecar {sidecar}: provenance.inner_lr: expected a positive finite "
+            f"number, got {lr!r}"
+        )
 
 
 def load_learned_loss(
@@ -195,6 +232,12 @@ def load_learned_loss(
     try:
         with safe_open(weights, framework="pt") as f:
             found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        if any(d not in ("F16", "BF16", "F32", "F64") for d in dtypes.values()):
+            raise LossFileError(
+                f"loss file: {weights} holds tensors that are not floating point ({dtypes}); "
+                "a learned loss's parameters are"
+            )
         if expected == found:
             state = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:

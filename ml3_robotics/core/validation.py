@@ -30,12 +30,19 @@ def check_widths(argument: str, widths: Sequence[int]) -> None:
         )
 
 
-def check_ints(owner: Any, names: Sequence[str], minimum: int) -> None:
-    """Each field ``names`` of ``owner`` is an integer (not a bool) ``>= minimum``."""
+MAX_OUTER_STEPS = 1_000_000  # meta-updates: weeks on this hardware; a larger count is a typo
+MAX_INNER_STEPS = 100_000  # inner steps a loss is applied for (the studies use 1 to 100)
+
+
+def check_ints(owner: Any, names: Sequence[str], minimum: int, maximum: int | None = None) -> None:
+    """Each field ``names`` of ``owner`` is an integer (not a bool) ``>= minimum`` (and
+    ``<= maximum`` when given)."""
     for name in names:
         value = getattr(owner, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"{name}: expected an integer <= {maximum}, got {value!r}")
 
 
 def check_positive(owner: Any, names: Sequence[str]) -> None:

@@ -8,17 +8,20 @@ dict of plain tensors: it saves with safetensors (no pickle) and can be embedded
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
+
+from ml3_robotics.core.serialization import atomic_save_tensors
 
 __all__ = ["ReplayBuffer"]
 
 # Layout version of ``state_dict``; bump when the keys or their meaning change.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: only the stored transitions, oldest first
 _KEYS = ("x", "u", "x_next", "traj_id", "meta")
 
 
@@ -160,7 +163,9 @@ class ReplayBuffer:
         return self._x[slots], self._u[slots], self._xn[slots]
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Plain-tensor state (safetensors-compatible, no pickle)."""
+        """Plain-tensor state (safetensors-compatible, no pickle): the stored transitions only,
+        oldest first (a checkpoint of a run holding 400 transitions in a buffer of a million is
+        kilobytes, not the whole preallocated ring)."""
         meta = torch.tensor(
             [
                 _FORMAT_VERSION,
@@ -168,45 +173,53 @@ class ReplayBuffer:
                 self.nu,
                 self.capacity,
                 self._size,
-                self._ptr,
                 self._next_traj,
                 self._n_added,
             ],
             dtype=torch.int64,
         )
+        o = self._order()
         return {
-            "x": self._x.clone(),
-            "u": self._u.clone(),
-            "x_next": self._xn.clone(),
-            "traj_id": self._traj.clone(),
+            "x": self._x[o].clone(),
+            "u": self._u[o].clone(),
+            "x_next": self._xn[o].clone(),
+            "traj_id": self._traj[o].clone(),
             "meta": meta,
         }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Restore from ``state_dict()``; the dimensions and capacity must match this buffer."""
+        """Restore from ``state_dict()``; the dimensions and capacity must match this buffer.
+        Everything is checked before this buffer changes (raises ``ValueError``)."""
         missing = [k for k in _KEYS if k not in state]
         if missing:
             raise ValueError(f"state is missing keys {missing}; expected {list(_KEYS)}")
-        meta = [int(v) for v in state["meta"].tolist()]
-        if len(meta) != 8 or meta[0] != _FORMAT_VERSION:
+        meta = [int(v) for v in state["meta"].reshape(-1).tolist()]
+        if len(meta) != 7 or meta[0] != _FORMAT_VERSION:
             raise ValueError(f"unsupported ReplayBuffer state format {meta[:1]}")
-        _, nx, nu, capacity, size, ptr, next_traj, n_added = meta
+        _, nx, nu, capacity, size, next_traj, n_added = meta
         if (nx, nu, capacity) != (self.nx, self.nu, self.capacity):
             raise ValueError(
                 f"state has (nx, nu, capacity) = {(nx, nu, capacity)}, this buffer has "
                 f"{(self.nx, self.nu, self.capacity)}"
             )
-        if not (0 <= size <= capacity and 0 <= ptr < capacity):
-            raise ValueError(f"corrupt ReplayBuffer state: size={size}, ptr={ptr}")
-        self._x = state["x"].to(self.dtype).clone()
-        self._u = state["u"].to(self.dtype).clone()
-        self._xn = state["x_next"].to(self.dtype).clone()
-        self._traj = state["traj_id"].to(torch.int64).clone()
-        self._size, self._ptr, self._next_traj, self._n_added = size, ptr, next_traj, n_added
+        if not (0 <= size <= capacity and 0 <= next_traj and size <= n_added):
+            raise ValueError(f"corrupt ReplayBuffer state: size={size}, added={n_added}")
+        shapes = {"x": (size, nx), "u": (size, nu), "x_next": (size, nx), "traj_id": (size,)}
+        wrong = {k: tuple(state[k].shape) for k, v in shapes.items() if state[k].shape != v}
+        if wrong:
+            raise ValueError(f"ReplayBuffer state of {size} transitions has shapes {wrong}")
+        # Oldest first in slots 0..size-1: the next write goes after the newest, and the order
+        # sampling sees is the one saved, so a resumed run draws the same batches.
+        for key, slots in (("x", self._x), ("u", self._u), ("x_next", self._xn)):
+            slots[:size] = state[key].to(self.dtype)
+        self._traj[:size] = state["traj_id"].to(torch.int64)
+        self._traj[size:] = -1
+        self._size, self._ptr = size, size % capacity
+        self._next_traj, self._n_added = next_traj, n_added
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the buffer to ``path`` as safetensors (the caller chooses the location)."""
-        save_file(self.state_dict(), os.fspath(path), metadata={"format": "ml3r.ReplayBuffer"})
+        atomic_save_tensors(self.state_dict(), Path(path), metadata={"format": "ml3r.ReplayBuffer"})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ReplayBuffer:

@@ -86,7 +86,7 @@ def test_overwrite_removes_only_what_the_run_wrote(capsys, tmp_path):
     capsys.readouterr()
     marker = json.loads((out / RUN_MARKER).read_text())
     assert {"config.yaml", "results.json", "metrics.csv", "loss.safetensors", "loss.json",
-            "checkpoints"} <= set(marker["written"])  # fmt: skip
+            "checkpoints/meta_train.safetensors"} <= set(marker["written"])  # fmt: skip
     (out / "notes.txt").write_text("mine\n")  # a user's file added after the run
     (out / ".results.json.abc.tmp").write_bytes(b"half")  # a killed write's temporary
     (out / "mse_vs_step.png").unlink()
@@ -103,7 +103,7 @@ def test_a_damaged_marker_is_refused_and_nothing_removed(capsys, tmp_path):
     out = tmp_path / "run"
     assert main(_sine(out)) == 0
     capsys.readouterr()
-    (out / RUN_MARKER).write_text('{"format": "ml3r-run", "format_version": 1, "written": [')
+    (out / RUN_MARKER).write_text('{"format": "ml3r-run", "format_version": 2, "written": [')
     before = _tree(out)
     err = _error(capsys, _sine(out, "--overwrite"))
     assert "run marker" in err and "not valid JSON" in err

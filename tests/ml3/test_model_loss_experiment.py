@@ -277,8 +277,11 @@ def test_nproc_launch_failure_names_the_resume_command(monkeypatch, capsys, tmp_
 
     calls = []
 
-    def fake_run(cmd, check):
+    def fake_run(cmd, check):  # a run that fails after (or before) its first checkpoint
         calls.append(cmd)
+        if len(calls) == 1:
+            (out / "checkpoints").mkdir(parents=True)
+            (out / "checkpoints" / "prior.safetensors").write_bytes(b"")
         return subprocess.CompletedProcess(cmd, 1)
 
     monkeypatch.setattr(cli.subprocess, "run", fake_run)
@@ -286,10 +289,15 @@ def test_nproc_launch_failure_names_the_resume_command(monkeypatch, capsys, tmp_
     out = tmp_path / "x"
     code = cli.main(["run", "model-loss", "--nproc", "2", "--smoke", "--out", str(out)])
     assert code == 1
-    assert calls[0][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert calls[0][1:5] == ["-m", "ml3_robotics.app.launch", "--standalone",
+                             "--nproc-per-node=2"]  # fmt: skip
     assert "--nproc" not in calls[0][5:]
-    err = capsys.readouterr().err
-    assert f"--nproc 2 --resume --out {out}" in err
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"ml3r run model-loss --nproc 2 --resume --out {out}")
+    assert len(err.splitlines()) == 1
+    out = tmp_path / "y"  # no checkpoint: nothing to resume, so no hint
+    assert cli.main(["run", "model-loss", "--nproc", "2", "--smoke", "--out", str(out)]) == 1
+    assert "--resume" not in capsys.readouterr().err
     assert cli.main(["run", "model-loss", "--nproc", "0"]) == 2
 
 
