@@ -452,7 +452,7 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
     if ilqr_result is not None:
         summaries.update(
             {
-                k: {m: v for m, v in e.items() if m != "success_curve"}
+                k: {m: v for m, v in e.items() if m not in ("success_curve", "first_success")}
                 for k, e in ilqr_result.items()
             }
         )
@@ -473,9 +473,11 @@ def run(config: MountainCarConfig, ctx: RunContext) -> RunResult:
             },
             "heldout_starts": held_task.start.tolist(),
             # Per held-out start and method: the first inner step after which the car reaches
-            # the flag (None: not within test_steps).
+            # the flag (None: not within test_steps); for iLQR, the first of the iteration
+            # counts it is run for (1, 2, 5, ilqr_iters) whose plan reaches it.
             "first_success_step_per_heldout_start": {
-                name: first_success(b, car) for name, (_, b) in traces.items()
+                **{name: first_success(b, car) for name, (_, b) in traces.items()},
+                **{k: e["first_success"] for k, e in (ilqr_result or {}).items()},
             },
             "success_curves": {
                 **{
@@ -523,6 +525,7 @@ def _ilqr_baseline(
         for name, U0 in ilqr_inits(x0.shape[0], prm.horizon, prm.action_bound, seed).items():
             entry = out.setdefault(f"ilqr_{name}", {})
             curve = []
+            first: list[int | None] = [None] * x0.shape[0]
             for iters in iter_counts:
                 solver = ILQR(
                     dynamics,
@@ -535,7 +538,10 @@ def _ilqr_baseline(
                 res = solver.solve(x0, U0)
                 # success judged on a fresh rollout of the planned controls (the true dynamics)
                 X = car.rollout(x0, res.controls.to(x0.dtype))
-                rate = float(success(X, car).double().mean())
+                reached = success(X, car)
+                first = [f if f is not None or not r else iters
+                         for f, r in zip(first, reached.tolist(), strict=True)]  # fmt: skip
+                rate = float(reached.double().mean())
                 curve.append(rate)
                 tag = "last" if iters == config.ilqr_iters else f"k{iters}"
                 entry[f"success_{where}_{tag}"] = rate
@@ -549,6 +555,8 @@ def _ilqr_baseline(
             entry.setdefault("success_curve", {})[where] = dict(
                 zip([str(i) for i in iter_counts], curve, strict=True)
             )
+            if where == "heldout":
+                entry["first_success"] = first
     return out
 
 

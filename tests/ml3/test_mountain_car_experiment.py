@@ -68,6 +68,19 @@ def test_smoke_run_both_variants_writes_every_artefact(tmp_path):
         assert {"success_train_k1", "success_train_k2", "success_train_last"} <= set(entry)
         assert {"success_heldout_k1", "success_heldout_last", "converged_heldout"} <= set(entry)
     assert set(doc["extra"]["success_curves"]["ilqr_zeros"]) == {"train", "heldout"}
+    # iLQR's first success per held-out start, beside the gradient methods': the first reported
+    # iteration count at which the start reaches the flag, matching the success rates
+    first = doc["extra"]["first_success_step_per_heldout_start"]
+    curves = doc["extra"]["success_curves"]
+    for init in ("zeros", "plus", "minus", "random"):
+        per_start = first[f"ilqr_{init}"]
+        assert len(per_start) == len(doc["extra"]["heldout_starts"])
+        for k, rate in curves[f"ilqr_{init}"]["heldout"].items():
+            reached_by_k = sum(f is not None and f <= int(k) for f in per_start) / len(per_start)
+            assert rate <= reached_by_k + 1e-12  # a start that succeeds at k counts as first <= k
+            if k == "1":
+                assert rate == reached_by_k
+    assert len(first["ml3_goal"]) == len(doc["extra"]["heldout_starts"])
     # the meta-train log has rows for both objectives, with the extra term only for "goal"
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
