@@ -639,6 +639,8 @@ EXPERIMENT = Experiment(
     config_type=MountainCarConfig,
     run=run,
     check_inputs=check_inputs,
+    # protocol=paper fixes some sizes; the smoke preset's own choice of them gives way
+    smoke_yields=lambda user: PAPER_PROTOCOL if user.get("protocol") == "paper" else (),
     smoke={
         "outer_steps": 3,
         "meta_batch": 2,

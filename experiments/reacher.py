@@ -527,6 +527,11 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
                 "seed": seed,
                 "arm": config.arm,
                 "outer_steps": trainer.iteration,
+                # how the loss is meant to be applied: from which start, K steps of which
+                # optimizer with which step size (ml3r eval reads these)
+                "policy_class": config.policy_class,
+                "policy_hidden": list(config.policy_hidden),
+                "inner_method": config.inner_method,
                 "inner_steps": config.inner_steps,
                 "inner_lr": config.inner_lr,
                 "features": "per time step, joint-count independent (ml3_robotics.tasks.reach)",

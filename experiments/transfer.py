@@ -37,6 +37,7 @@ from ml3_robotics.evaluation.robots import (
     DEFAULT_INNER_LR,
     DEFAULT_INNER_STEPS,
     RobotEvalSettings,
+    check_fresh_start,
     grid_configs,
     inner_settings,
     load_reach_loss,
@@ -268,7 +269,7 @@ def check_inputs(config: TransferConfig) -> None:
     """The saved losses and the robots the config names, before the run folder is made."""
     for path in (config.loss_path, *(o.partition("=")[2] for o in config.other_losses)):
         if path is not None:
-            load_reach_loss(path)
+            check_fresh_start(load_reach_loss(path)[1], path)
     grid_configs(config.robots)
     grid_configs(config.depth_robots)
 

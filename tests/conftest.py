@@ -41,3 +41,15 @@ def _step_or_die(self):
     return _step(self)
 mt.MetaTrainer.step = _step_or_die
 """
+
+
+def cli_error(capsys, argv) -> str:
+    """The one error line of a refused ``ml3r`` command (exit status 2; progress lines, if any
+    ran first, aside)."""
+    from ml3_robotics.app.cli import main
+
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    err = "\n".join(line for line in lines if not line.startswith("[ml3r "))
+    assert err.startswith("ml3r: error: ") and "\n" not in err, err
+    return err

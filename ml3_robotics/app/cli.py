@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -51,7 +51,7 @@ from ml3_robotics.core.distributed import World, world_from_env
 from ml3_robotics.core.errors import ML3Error
 from ml3_robotics.core.run_context import RunContext
 from ml3_robotics.core.serialization import load_learned_loss, read_loss_sidecar
-from ml3_robotics.evaluation.robots import load_reach_loss
+from ml3_robotics.evaluation.robots import check_fresh_start, load_reach_loss
 from ml3_robotics.reporting.render import render_system
 from ml3_robotics.tasks.model_fitting import MODEL_LOSS_FEATURES
 from robots.arm import load_arm_config
@@ -177,14 +177,20 @@ def _run_options(
 
 
 def _config_layers(
-    smoke_settings: Mapping[str, Any], config_file: Path | None, sets: Sequence[str]
+    smoke_settings: Mapping[str, Any],
+    config_file: Path | None,
+    sets: Sequence[str],
+    smoke_yields: Callable[[Mapping[str, Any]], Collection[str]] = lambda _user: (),
 ) -> list[dict[str, Any]]:
-    """Config layers, later ones winning: smoke sizes, then ``--config FILE``, then ``--set``."""
-    layers = [dict(smoke_settings)]
-    if config_file is not None:
-        layers.append(read_config_file(config_file))
-    layers.append(parse_set_options(list(sets)))
-    return layers
+    """Config layers, later ones winning: smoke sizes, then ``--config FILE``, then ``--set``.
+    The smoke sizes leave out what ``smoke_yields(the user's keys)`` names: a preset is not a
+    choice of the user's, so it gives way where it would contradict one (a protocol that fixes
+    a size)."""
+    user = [read_config_file(config_file)] if config_file is not None else []
+    user.append(parse_set_options(list(sets)))
+    merged = {k: v for layer in user for k, v in layer.items()}
+    yields = set(smoke_yields(merged))
+    return [{k: v for k, v in smoke_settings.items() if k not in yields}, *user]
 
 
 @dataclass(frozen=True)
@@ -266,7 +272,9 @@ def plan_experiment(
             raise ConfigError(f"--resume: {out / 'config.yaml'}: {e}") from e
         seed, smoke = int(saved["seed"]), bool(saved.get("smoke", False))
     else:
-        layers = _config_layers(experiment.smoke if smoke else {}, config_file, sets)
+        layers = _config_layers(
+            experiment.smoke if smoke else {}, config_file, sets, experiment.smoke_yields
+        )
         config = build_config(experiment.config_type, *layers)
         if out is None:
             out = Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
@@ -277,26 +285,17 @@ def plan_experiment(
 
 
 def run_experiment(
-    name: str,
-    *,
-    seed: int = 0,
-    out: Path | None = None,
-    config_file: Path | None = None,
-    sets: Sequence[str] = (),
-    smoke: bool = False,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = False,
+    name: str, *, progress: bool = False, **options: Any
 ) -> tuple[RunContext, RunResult]:
-    """Resolve the config, prepare ``out``, run the experiment, write its artefacts.
+    """Resolve the config, prepare ``out``, run the experiment, write its artefacts
+    (``options``: the keyword arguments of :func:`plan_experiment`: seed, out, config_file,
+    sets, smoke, resume, overwrite).
 
     Under ``torch.distributed.run`` (``ml3r run --nproc N``) every rank resolves the same
     config; rank 0 alone prepares ``out`` and writes in it (the others wait for it, then read
     the checkpoints on resume)."""
     world = world_from_env()
-    plan = plan_experiment(name, seed=seed, out=out, config_file=config_file, sets=sets,
-                           smoke=smoke, resume=resume, overwrite=overwrite, nproc=world.size,
-                           check_out=not world.distributed)  # fmt: skip
+    plan = plan_experiment(name, nproc=world.size, check_out=not world.distributed, **options)
     return plan.execute(world, progress)
 
 
@@ -391,7 +390,9 @@ def plan_eval(
     if model_loss:  # FeatureSpecError / LossFileError before anything is written
         load_learned_loss(config.loss, expect_features=MODEL_LOSS_FEATURES)
     else:
-        load_reach_loss(config.loss)
+        _, sidecar = load_reach_loss(config.loss)
+        if config.start == "as_trained":
+            check_fresh_start(sidecar, config.loss)
     for name in config.robot:
         try:
             load_arm_config(name)
@@ -409,29 +410,14 @@ def plan_eval(
 
 
 def eval_loss(
-    loss: str | Path,
-    *,
-    robot: str | Sequence[str] | None = None,
-    goals: int | None = None,
-    steps: int | None = None,
-    policy_depth: int | None = None,
-    policy_width: int | None = None,
-    seed: int = 0,
-    out: Path | None = None,
-    config_file: Path | None = None,
-    sets: Sequence[str] = (),
-    smoke: bool = False,
-    overwrite: bool = False,
-    progress: bool = False,
+    loss: str | Path, *, progress: bool = False, **options: Any
 ) -> tuple[RunContext, RunResult]:
-    """``ml3r eval``: :func:`plan_eval`, then the evaluation, then its artefacts. Several
-    robots (``robot`` a list) are evaluated one by one, or split across the processes of
-    ``ml3r eval --nproc N``."""
+    """``ml3r eval``: :func:`plan_eval` (``options`` are its keyword arguments: robot, goals,
+    steps, seed, out, ...), then the evaluation, then its artefacts. Several robots (``robot``
+    a list) are evaluated one by one, or split across the processes of ``ml3r eval --nproc
+    N``."""
     world = world_from_env()
-    plan = plan_eval(loss, robot=robot, goals=goals, steps=steps, policy_depth=policy_depth,
-                     policy_width=policy_width, seed=seed, out=out, config_file=config_file,
-                     sets=sets, smoke=smoke, overwrite=overwrite, nproc=world.size,
-                     check_out=not world.distributed)  # fmt: skip
+    plan = plan_eval(loss, nproc=world.size, check_out=not world.distributed, **options)
     return plan.execute(world, progress)
 
 

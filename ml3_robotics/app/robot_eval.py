@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -78,10 +78,14 @@ class ReachEvalRunConfig(RobotEvalSettings):
             (``n_goals`` becomes their number).
         video_goals, video_stride: the ML3 video (0 goals: none).
         landscape_grid: points per axis of the loss-landscape plot (0: none).
+        start: ``as_trained``: a loss meta-trained from another start than fresh per-goal
+            policies (its sidecar's ``policy_class``) is refused, since the policies here start
+            fresh; ``fresh``: apply it to fresh policies anyway.
         the rest: :class:`RobotEvalSettings`.
     """
 
     loss: str = ""
+    start: Literal["as_trained", "fresh"] = "as_trained"
     robot: tuple[str, ...] = ("reacher2",)
     policy_depth: int = 2
     goals: tuple[tuple[float, float], ...] = ()

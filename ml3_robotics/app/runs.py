@@ -21,7 +21,7 @@ import platform
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -86,6 +86,9 @@ class Experiment:
             config refers to (saved losses, robots), raising ``ValueError`` or
             ``FileNotFoundError``; called before the run folder is made, so a mistake in them
             leaves nothing behind.
+        smoke_yields: ``smoke_yields(user_keys)``: the keys of ``smoke`` that give way to the
+            user's own choices (``user_keys``: what ``--config`` and ``--set`` set), where the
+            preset would contradict them.
     """
 
     name: str
@@ -96,6 +99,7 @@ class Experiment:
     demo: Mapping[str, Any] = field(default_factory=dict)
     data_parallel: bool = False
     check_inputs: Callable[[Any], None] = lambda _config: None
+    smoke_yields: Callable[[Mapping[str, Any]], Collection[str]] = lambda _user: ()
 
 
 def check_run_inputs(experiment: Experiment, config: Any) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ml3_robotics.core.errors import LossFileError
 from ml3_robotics.core.learned_loss import LearnedLoss
 from ml3_robotics.core.run_context import RunContext
 from ml3_robotics.core.serialization import load_learned_loss
@@ -59,6 +60,22 @@ def load_reach_loss(path: str | Path) -> tuple[LearnedLoss, dict[str, Any]]:
         LossFileError: missing or corrupt files.
     """
     return load_learned_loss(path, expect_features=REACH_FEATURES)
+
+
+def check_fresh_start(sidecar: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse (:class:`LossFileError`, one line) a loss meta-trained to adapt a start other
+    than fresh per-goal policies: ``ml3r eval`` and the transfer study start from fresh
+    policies, where such a loss was never meant to be applied (a goal-conditioned loss left
+    policies barely moving there, 226 mm on six goals, with no warning)."""
+    provenance = sidecar.get("provenance") or {}
+    policy_class = provenance.get("policy_class", "per_goal")
+    if policy_class != "per_goal":
+        raise LossFileError(
+            f"loss file: {path} was meta-trained to adapt a {policy_class} policy pre-trained in "
+            "its run (provenance.policy_class), not fresh per-goal policies as this evaluation "
+            "starts from; its run's results.json holds its held-out figures (or set "
+            "start=fresh to apply it to fresh policies anyway)"
+        )
 
 
 def inner_settings(sidecar: Mapping[str, Any]) -> tuple[int, float]:

@@ -8,6 +8,7 @@ import stat
 import numpy as np
 import pytest
 import torch
+from conftest import cli_error
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -35,15 +36,6 @@ from ml3_robotics.mbrl.loop import ReachModelConfig
 from ml3_robotics.tasks.reach import reach_feature_spec
 from robots.arm import load_arm_config
 from robots.yaml_io import dump_yaml, parse_yaml
-
-
-def _error(capsys, argv) -> str:
-    """The one error line of a refused command (progress lines, if any ran first, aside)."""
-    assert main(argv) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    err = "\n".join(line for line in lines if not line.startswith("[ml3r "))
-    assert err.startswith("ml3r: error: ") and "\n" not in err, err
-    return err
 
 
 def _sine(out, *extra: str) -> list[str]:
@@ -75,7 +67,7 @@ def test_overwrite_never_empties_a_folder_ml3r_did_not_write(capsys, tmp_path):
     (project / "src" / "main.py").write_text("print('hi')\n")
     before = _tree(project)
     for extra in ((), ("--overwrite",)):
-        err = _error(capsys, _sine(project, *extra))
+        err = cli_error(capsys, _sine(project, *extra))
         assert "is not an ml3r run folder" in err and str(project) in err
         assert _tree(project) == before
 
@@ -90,7 +82,7 @@ def test_overwrite_removes_only_what_the_run_wrote(capsys, tmp_path):
     (out / "notes.txt").write_text("mine\n")  # a user's file added after the run
     (out / ".results.json.abc.tmp").write_bytes(b"half")  # a killed write's temporary
     (out / "mse_vs_step.png").unlink()
-    err = _error(capsys, _sine(out))
+    err = cli_error(capsys, _sine(out))
     assert "holds another run" in err and "--overwrite" in err
     capsys.readouterr()
     assert main(_sine(out, "--overwrite")) == 0
@@ -105,16 +97,16 @@ def test_a_damaged_marker_is_refused_and_nothing_removed(capsys, tmp_path):
     capsys.readouterr()
     (out / RUN_MARKER).write_text('{"format": "ml3r-run", "format_version": 2, "written": [')
     before = _tree(out)
-    err = _error(capsys, _sine(out, "--overwrite"))
+    err = cli_error(capsys, _sine(out, "--overwrite"))
     assert "run marker" in err and "not valid JSON" in err
     assert _tree(out) == before
 
 
 def test_out_under_a_regular_file(capsys, tmp_path):
     (tmp_path / "f").write_text("x")
-    err = _error(capsys, _sine(tmp_path / "f" / "run"))
+    err = cli_error(capsys, _sine(tmp_path / "f" / "run"))
     assert "--out" in err and "is a file" in err
-    err = _error(capsys, _sine(tmp_path / "f"))
+    err = cli_error(capsys, _sine(tmp_path / "f"))
     assert "--out" in err and "is a file" in err
 
 
@@ -169,17 +161,17 @@ def test_set_1e_minus_3_runs(tmp_path):
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_non_finite_numbers_are_refused_before_anything_is_written(capsys, tmp_path, value):
     out = tmp_path / "run"
-    err = _error(capsys, _sine(out, "--set", f"inner_lr={value}"))
+    err = cli_error(capsys, _sine(out, "--set", f"inner_lr={value}"))
     assert "inner_lr" in err and "finite" in err
     assert not out.exists()
 
 
 def test_malformed_yaml_names_file_and_line(capsys, tmp_path):
     (tmp_path / "c.yaml").write_text("inner_lr: 0.1\nouter: [1, 2\n")
-    err = _error(capsys, ["run", "sine", "--config", str(tmp_path / "c.yaml"),
+    err = cli_error(capsys, ["run", "sine", "--config", str(tmp_path / "c.yaml"),
                           "--out", str(tmp_path / "o")])  # fmt: skip
     assert "c.yaml" in err and "line" in err
-    err = _error(capsys, _sine(tmp_path / "o", "--set", "hidden=[1, 2"))
+    err = cli_error(capsys, _sine(tmp_path / "o", "--set", "hidden=[1, 2"))
     assert "--set hidden" in err
 
 
@@ -190,11 +182,13 @@ def test_malformed_yaml_names_file_and_line(capsys, tmp_path):
 def test_bad_robot_files(capsys, tmp_path, content, expected):
     robot = tmp_path / "a.yaml"
     robot.write_text(content)
-    err = _error(capsys, ["render", "arm", "--robot", str(robot), "--out", str(tmp_path / "v.gif")])
+    err = cli_error(
+        capsys, ["render", "arm", "--robot", str(robot), "--out", str(tmp_path / "v.gif")]
+    )
     assert "a.yaml" in err and expected in err.lower()
     loss = tmp_path / "loss"
     _save_reach_loss(loss)
-    err = _error(capsys, ["eval", "--loss", str(loss), "--robot", str(robot), "--smoke",
+    err = cli_error(capsys, ["eval", "--loss", str(loss), "--robot", str(robot), "--smoke",
                           "--out", str(tmp_path / "e")])  # fmt: skip
     assert "a.yaml" in err and expected in err.lower()
     assert not (tmp_path / "e").exists() and not (tmp_path / "v.gif").exists()
@@ -210,13 +204,13 @@ def test_resume_on_a_damaged_config(capsys, tmp_path):
     assert main(_sine(out)) == 0
     capsys.readouterr()
     (out / "config.yaml").write_text("experiment: sine\nconfig: {inner_lr: [\n")
-    err = _error(capsys, ["run", "sine", "--resume", "--out", str(out)])
+    err = cli_error(capsys, ["run", "sine", "--resume", "--out", str(out)])
     assert "config.yaml" in err and "line" in err
     (out / "config.yaml").write_text("experiment: sine\nseed: 0\nconfig: {inner_lrr: 0.1}\n")
-    err = _error(capsys, ["run", "sine", "--resume", "--out", str(out)])
+    err = cli_error(capsys, ["run", "sine", "--resume", "--out", str(out)])
     assert "config.yaml" in err and "inner_lrr" in err and "did you mean" in err
     (out / "config.yaml").write_text("[1, 2]\n")
-    err = _error(capsys, ["run", "sine", "--resume", "--out", str(out)])
+    err = cli_error(capsys, ["run", "sine", "--resume", "--out", str(out)])
     assert "config.yaml" in err and "not a run config" in err
 
 
@@ -245,7 +239,7 @@ def test_damaged_sidecars_are_refused(capsys, tmp_path, edit, expected):
     path = tmp_path / "loss"
     _save_reach_loss(path)
     _edit_sidecar(path, edit)
-    err = _error(capsys, ["eval", "--loss", str(path), "--smoke", "--out", str(tmp_path / "e")])
+    err = cli_error(capsys, ["eval", "--loss", str(path), "--smoke", "--out", str(tmp_path / "e")])
     assert "loss.json" in err or "loss.safetensors" in err
     assert expected in err
     assert not (tmp_path / "e").exists()
@@ -257,7 +251,7 @@ def test_non_finite_loss_weights_are_refused(capsys, tmp_path):
     with torch.no_grad():
         loss.net[0].weight[0, 0] = float("nan")
     save_learned_loss(loss, path, provenance={"arm": "reacher2", "inner_steps": 1})
-    err = _error(capsys, ["eval", "--loss", str(path), "--smoke", "--out", str(tmp_path / "e")])
+    err = cli_error(capsys, ["eval", "--loss", str(path), "--smoke", "--out", str(tmp_path / "e")])
     assert "non-finite" in err and "net.0.weight" in err
 
 
@@ -272,7 +266,7 @@ def test_resume_from_a_non_finite_checkpoint_is_refused(capsys, tmp_path):
     name = next(k for k in tensors if k.startswith("loss."))
     tensors[name] = torch.full_like(tensors[name], float("nan"))
     save_file(tensors, ckpt, metadata=meta)
-    err = _error(capsys, ["run", "sine", "--resume", "--out", str(out)])
+    err = cli_error(capsys, ["run", "sine", "--resume", "--out", str(out)])
     assert "non-finite" in err and name in err and "last good" not in err
 
 
@@ -282,7 +276,7 @@ def test_resume_from_a_non_finite_checkpoint_is_refused(capsys, tmp_path):
 @pytest.mark.parametrize("key", ["hidden", "loss_hidden"])
 def test_zero_width_layers_are_refused_before_anything_is_written(capsys, tmp_path, key):
     out = tmp_path / "run"
-    err = _error(capsys, _sine(out, "--set", f"{key}=[0]"))
+    err = cli_error(capsys, _sine(out, "--set", f"{key}=[0]"))
     assert key in err and "layer widths" in err
     assert not out.exists()
 
@@ -430,7 +424,7 @@ def test_reacher_goals_from_the_command_line(capsys, tmp_path):
 )
 def test_unreachable_or_malformed_goals(capsys, tmp_path, goals, expected):
     out = tmp_path / "run"
-    err = _error(
+    err = cli_error(
         capsys, ["run", "reacher", "--smoke", "--out", str(out), "--set", f"goals={goals}"]
     )
     assert expected in err
@@ -469,7 +463,7 @@ def test_mountain_car_starts_from_the_command_line(tmp_path):
 def test_mountain_car_starts_outside_the_car_are_refused(capsys, tmp_path, starts):
     out = tmp_path / "run"
     argv = ["run", "mountain-car", "--smoke", "--out", str(out), "--set", f"starts={starts}"]
-    err = _error(capsys, argv)
+    err = cli_error(capsys, argv)
     assert "starts[0]" in err
     assert not out.exists()
 

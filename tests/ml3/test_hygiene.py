@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import cli_error
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -18,15 +19,6 @@ from ml3_robotics.app.runs import RunFolderLock
 from ml3_robotics.core.run_context import RUN_MARKER
 from ml3_robotics.core.serialization import atomic_save_tensors
 from ml3_robotics.models.replay_buffer import ReplayBuffer
-
-
-def _error(capsys, argv) -> str:
-    """The one error line of a refused command."""
-    assert main(argv) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    err = "\n".join(line for line in lines if not line.startswith("[ml3r "))
-    assert err.startswith("ml3r: error: ") and "\n" not in err, err
-    return err
 
 
 def _sine(out, *extra: str) -> list[str]:
@@ -62,7 +54,7 @@ def test_a_metrics_csv_that_is_a_link_is_never_written_through(capsys, tmp_path,
     (sine_run / "metrics.csv").symlink_to(victim)
     argv = ["-q", "run", "sine", "--out", str(sine_run), "--resume"]
     if mode == "--resume":
-        err = _error(capsys, argv)
+        err = cli_error(capsys, argv)
         assert "symbolic link" in err and "metrics.csv" in err
     else:  # the listed name is removed (the link itself, not what it points to), then written
         assert main(_sine(sine_run, "--overwrite")) == 0
@@ -76,7 +68,7 @@ def test_a_users_metrics_csv_in_a_marked_folder_is_not_replaced(capsys, tmp_path
     (out / RUN_MARKER).write_text('{"format": "ml3r-run", "format_version": 2, "written": []}')
     (out / "metrics.csv").write_text("my,own\n1,2\n")
     before = _tree(out)
-    err = _error(capsys, _sine(out, "--overwrite"))
+    err = cli_error(capsys, _sine(out, "--overwrite"))
     assert "metrics.csv" in err and "does not list it" in err
     assert _tree(out) == before
 
@@ -96,7 +88,7 @@ def test_a_run_never_writes_over_a_file_it_did_not_make(capsys, sine_run):
     marker["written"].remove("checkpoints/meta_train.safetensors")
     (sine_run / RUN_MARKER).write_text(json.dumps(marker))
     (sine_run / "checkpoints" / "meta_train.safetensors").write_text("mine")
-    err = _error(capsys, _sine(sine_run, "--overwrite"))
+    err = cli_error(capsys, _sine(sine_run, "--overwrite"))
     assert "meta_train.safetensors" in err and "did not write" in err
     assert (sine_run / "checkpoints" / "meta_train.safetensors").read_text() == "mine"
 
@@ -107,7 +99,7 @@ def test_every_marker_entry_is_checked_before_anything_is_removed(capsys, sine_r
     marker["written"].append(bad)  # after names that would be removed first
     (sine_run / RUN_MARKER).write_text(json.dumps(marker))
     before = _tree(sine_run)
-    err = _error(capsys, _sine(sine_run, "--overwrite"))
+    err = cli_error(capsys, _sine(sine_run, "--overwrite"))
     assert "run marker" in err and repr(bad) in err
     assert _tree(sine_run) == before
 
@@ -117,7 +109,7 @@ def test_an_older_marker_that_lists_folders_is_not_emptied(capsys, sine_run):
         {"format": "ml3r-run", "format_version": 1, "written": ["config.yaml", "checkpoints"]}
     ))  # fmt: skip
     before = _tree(sine_run)
-    err = _error(capsys, _sine(sine_run, "--overwrite"))
+    err = cli_error(capsys, _sine(sine_run, "--overwrite"))
     assert "older ml3r" in err and "checkpoints" in err
     assert _tree(sine_run) == before
 
@@ -130,9 +122,9 @@ def test_a_second_run_on_a_locked_folder_is_refused(capsys, sine_run):
     try:
         before = _tree(sine_run)
         for extra in (("--overwrite",),):
-            err = _error(capsys, _sine(sine_run, *extra))
+            err = cli_error(capsys, _sine(sine_run, *extra))
             assert "another ml3r run is using this folder" in err
-        err = _error(capsys, ["-q", "run", "sine", "--out", str(sine_run), "--resume"])
+        err = cli_error(capsys, ["-q", "run", "sine", "--out", str(sine_run), "--resume"])
         assert "another ml3r run is using this folder" in err
         assert _tree(sine_run) == before
     finally:
@@ -192,13 +184,13 @@ def _drop(key):
 )
 def test_resume_checks_the_whole_checkpoint_first(capsys, sine_run, edit, expected):
     _edit_checkpoint(sine_run, edit)
-    err = _error(capsys, ["-q", "run", "sine", "--out", str(sine_run), "--resume"])
+    err = cli_error(capsys, ["-q", "run", "sine", "--out", str(sine_run), "--resume"])
     assert expected in err and "meta_train.safetensors" in err
 
 
 def test_a_checkpoint_that_is_not_a_file_of_tensors_names_the_file(capsys, sine_run):
     (sine_run / "checkpoints" / "meta_train.safetensors").write_text("not tensors")
-    err = _error(capsys, ["-q", "run", "sine", "--out", str(sine_run), "--resume"])
+    err = cli_error(capsys, ["-q", "run", "sine", "--out", str(sine_run), "--resume"])
     assert "checkpoint" in err and "meta_train.safetensors" in err
 
 
@@ -263,21 +255,25 @@ ALIAS_BOMB = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
 def test_malformed_yaml_is_one_line_everywhere(capsys, tmp_path, text, expected):
     (tmp_path / "c.yaml").write_text(text)
     out = tmp_path / "o"
-    err = _error(capsys, ["run", "sine", "--config", str(tmp_path / "c.yaml"), "--out", str(out)])
+    err = cli_error(
+        capsys, ["run", "sine", "--config", str(tmp_path / "c.yaml"), "--out", str(out)]
+    )
     assert expected in err and "c.yaml" in err
     first, _, value = text.partition(": ")
     if "\n" not in value.rstrip("\n"):  # one key: the same through --set
-        err = _error(capsys, _sine(out, "--set", f"{first}={value.strip()}"))
+        err = cli_error(capsys, _sine(out, "--set", f"{first}={value.strip()}"))
         assert expected in err
     robot = tmp_path / "arm.yaml"
     robot.write_text(text)
-    err = _error(capsys, ["render", "arm", "--robot", str(robot), "--out", str(tmp_path / "v.gif")])
+    err = cli_error(
+        capsys, ["render", "arm", "--robot", str(robot), "--out", str(tmp_path / "v.gif")]
+    )
     assert expected in err and "arm.yaml" in err
     assert not out.exists() and not (tmp_path / "v.gif").exists()
 
 
 def test_a_date_is_read_as_the_text_it_is(capsys, tmp_path):
-    err = _error(capsys, _sine(tmp_path / "o", "--set", "inner_lr=2024-01-01"))
+    err = cli_error(capsys, _sine(tmp_path / "o", "--set", "inner_lr=2024-01-01"))
     assert "inner_lr" in err and "'2024-01-01'" in err
 
 
@@ -285,9 +281,9 @@ def test_huge_integers_are_refused_before_anything_is_written(capsys, tmp_path):
     from experiments.sine import SineConfig
     from ml3_robotics.app.runs import ConfigError, build_config
 
-    err = _error(capsys, _sine(tmp_path / "o", "--set", f"outer_steps={10**18}"))
+    err = cli_error(capsys, _sine(tmp_path / "o", "--set", f"outer_steps={10**18}"))
     assert "outer_steps" in err and "at most" in err
-    err = _error(capsys, _sine(tmp_path / "o", "--set", "outer_steps=2000000"))
+    err = cli_error(capsys, _sine(tmp_path / "o", "--set", "outer_steps=2000000"))
     assert "outer_steps: expected an integer <= 1000000" in err
     assert not (tmp_path / "o").exists()
     with pytest.raises(ConfigError, match="inner_lr: expected a finite number"):
@@ -321,7 +317,7 @@ def test_reacher_inputs_are_checked_before_the_folder_is_made(capsys, tmp_path, 
         assert main(["-q", "run", "sine", "--smoke", "--set", "outer_steps=1", "--out",
                      str(tmp_path / "sine")]) == 0  # fmt: skip
         argv = ["--set", f"loss_path={tmp_path / 'sine' / 'loss'}"]
-    err = _error(capsys, ["-q", "run", "reacher", "--smoke", "--out", str(out), *argv])
+    err = cli_error(capsys, ["-q", "run", "reacher", "--smoke", "--out", str(out), *argv])
     assert expected in err
     assert not out.exists()
 
@@ -337,7 +333,7 @@ def test_reacher_inputs_are_checked_before_the_folder_is_made(capsys, tmp_path, 
 def test_a_sidecars_provenance_is_checked_and_named(capsys, tmp_path, provenance, expected):
     loss = _write_loss(tmp_path / "loss", provenance)
     out = tmp_path / "o"
-    err = _error(capsys, ["-q", "eval", "--loss", str(loss), "--smoke", "--out", str(out)])
+    err = cli_error(capsys, ["-q", "eval", "--loss", str(loss), "--smoke", "--out", str(out)])
     assert expected in err and "loss.json" in err
     assert not out.exists()
 
@@ -347,7 +343,7 @@ def test_a_sidecar_whose_provenance_is_a_list(capsys, tmp_path):
     doc = json.loads((tmp_path / "loss.json").read_text())
     doc["provenance"] = [1, 2]
     (tmp_path / "loss.json").write_text(json.dumps(doc))
-    err = _error(
+    err = cli_error(
         capsys, ["-q", "eval", "--loss", str(loss), "--smoke", "--out", str(tmp_path / "o")]
     )
     assert "provenance: expected a mapping" in err
@@ -360,7 +356,7 @@ def test_a_sidecars_normalisation_must_be_numbers(capsys, tmp_path, field):
     n = len(doc["config"]["features"]["names"])
     doc["config"]["features"][field] = "1" * n  # a string of the right length
     (tmp_path / "loss.json").write_text(json.dumps(doc))
-    err = _error(
+    err = cli_error(
         capsys, ["-q", "eval", "--loss", str(loss), "--smoke", "--out", str(tmp_path / "o")]
     )
     assert f"features.{field}: expected a list of numbers" in err
@@ -370,7 +366,7 @@ def test_weights_stored_as_integers_are_refused(capsys, tmp_path):
     loss = _write_loss(tmp_path / "loss")
     weights = tmp_path / "loss.safetensors"
     save_file({k: v.to(torch.int32) for k, v in load_file(weights).items()}, weights)
-    err = _error(
+    err = cli_error(
         capsys, ["-q", "eval", "--loss", str(loss), "--smoke", "--out", str(tmp_path / "o")]
     )
     assert "not floating point" in err
@@ -381,7 +377,7 @@ def test_a_robot_file_that_names_a_folder_dot_dot_is_refused(capsys, tmp_path):
     robot = tmp_path / "...yaml"
     robot.write_text("n_links: 2\n")
     out = tmp_path / "o"
-    err = _error(capsys, ["-q", "eval", "--loss", str(loss), "--smoke", "--robot", "reacher2",
+    err = cli_error(capsys, ["-q", "eval", "--loss", str(loss), "--smoke", "--robot", "reacher2",
                           "--robot", str(robot), "--out", str(out)])  # fmt: skip
     assert "folder name" in err
     assert not out.exists()
@@ -391,7 +387,7 @@ def test_a_robot_file_that_names_a_folder_dot_dot_is_refused(capsys, tmp_path):
 
 
 def test_nproc_beyond_the_cpus_is_refused(capsys, tmp_path):
-    err = _error(capsys, ["run", "model-loss", "--smoke", "--nproc", "1000", "--out",
+    err = cli_error(capsys, ["run", "model-loss", "--smoke", "--nproc", "1000", "--out",
                           str(tmp_path / "o")])  # fmt: skip
     assert "--nproc" in err and "1000" in err
     assert not (tmp_path / "o").exists()
@@ -406,13 +402,15 @@ def test_nproc_beyond_the_cpus_is_refused(capsys, tmp_path):
 )
 def test_nproc_config_mistakes_are_one_line_before_any_process(capsys, tmp_path, argv, expected):
     out = ["--out", str(tmp_path / "o")] if argv else []
-    err = _error(capsys, ["run", "model-loss", "--smoke", "--nproc", "2", *out, *argv])
+    err = cli_error(capsys, ["run", "model-loss", "--smoke", "--nproc", "2", *out, *argv])
     assert expected in err
     assert not (tmp_path / "o").exists()
 
 
 def test_nproc_into_a_folder_holding_a_run_is_refused_before_any_process(capsys, sine_run):
-    err = _error(capsys, ["run", "model-loss", "--smoke", "--nproc", "2", "--out", str(sine_run)])
+    err = cli_error(
+        capsys, ["run", "model-loss", "--smoke", "--nproc", "2", "--out", str(sine_run)]
+    )
     assert "holds another run" in err
 
 
@@ -475,5 +473,33 @@ def test_a_broken_plugin_is_one_line_and_the_others_are_listed(capsys, monkeypat
     out, err = capsys.readouterr()
     assert "sine" in out and "reacher" in out
     assert err.count("\n") == 1 and "'broken'" in err and "no_such_module_xyz" in err
-    err = _error(capsys, ["run", "broken", "--smoke"])
+    err = cli_error(capsys, ["run", "broken", "--smoke"])
     assert "cannot be loaded" in err
+
+
+def test_a_smoke_preset_gives_way_to_a_protocol_the_user_chose(tmp_path, capsys):
+    """protocol=paper fixes meta_batch to 1; the smoke size's meta_batch=2 is a preset, not a
+    conflict the user made. An explicit --set meta_batch=2 still is."""
+    out = tmp_path / "o"
+    assert main(["-q", "run", "mountain-car", "--smoke", "--set", "protocol=paper",
+                 "--set", "ilqr=false", "--out", str(out)]) == 0  # fmt: skip
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert config["meta_batch"] == 1 and config["protocol"] == "paper"
+    assert config["test_steps"] == 2  # the rest of the smoke size still applies
+    err = cli_error(capsys, ["-q", "run", "mountain-car", "--smoke", "--set", "protocol=paper",
+                          "--set", "meta_batch=2", "--out", str(tmp_path / "p")])  # fmt: skip
+    assert "meta_batch: protocol=paper fixes it to 1, got 2" in err
+
+
+def test_eval_refuses_a_loss_meant_for_another_start(capsys, tmp_path):
+    """A loss meta-trained to adapt a goal-conditioned start is not silently applied to fresh
+    policies (it left them barely moving); start=fresh applies it anyway, on the user's word."""
+    loss = _write_loss(tmp_path / "loss", {"inner_steps": 1, "inner_lr": 1e-3,
+                                           "policy_class": "goal_conditioned"})  # fmt: skip
+    out = tmp_path / "o"
+    err = cli_error(capsys, ["-q", "eval", "--loss", str(loss), "--smoke", "--out", str(out)])
+    assert "goal_conditioned" in err and "start=fresh" in err
+    assert not out.exists()
+    fresh = ["--set", "start=fresh", "--set", "video_goals=0", "--set", "landscape_grid=0"]
+    assert main(["-q", "eval", "--loss", str(loss), "--smoke", *fresh, "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["config"]["start"] == "fresh"
