@@ -32,7 +32,11 @@ from ml3_robotics.core.meta_trainer import (
     iteration_generator,
 )
 from ml3_robotics.core.run_context import RunContext
-from ml3_robotics.core.serialization import load_learned_loss, save_learned_loss
+from ml3_robotics.core.serialization import (
+    atomic_save_tensors,
+    load_learned_loss,
+    save_learned_loss,
+)
 from ml3_robotics.core.task_losses import Demonstrations, ExtraTerm
 from ml3_robotics.core.validation import (
     MAX_OUTER_STEPS,
@@ -519,10 +523,15 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
         if not ctx.world.finish():  # data-parallel meta-training done; rank 0 goes on
             return RunResult.of_other_rank()
         history = trainer.history
+        start_file: dict[str, str] = {}
+        if state.start_policy is not None:  # the start the loss adapts: ml3r eval rebuilds it
+            start_file["start_policy"] = START_POLICY_FILE
+            atomic_save_tensors(state.start_policy.state_dict(), ctx.path(START_POLICY_FILE))
         save_learned_loss(
             loss,
             ctx.loss_stem("loss"),
             provenance={
+                **start_file,
                 "experiment": "reacher",
                 "seed": seed,
                 "arm": config.arm,
@@ -593,6 +602,10 @@ def _run(config: ReacherConfig, ctx: RunContext) -> RunResult:
             "resumed": bool(resumed),
         },
     )
+
+
+# The goal-conditioned start policy a loss was meta-trained to adapt, beside ``loss.json``.
+START_POLICY_FILE = "loss.start_policy.safetensors"
 
 
 def check_inputs(config: ReacherConfig) -> None:

@@ -51,10 +51,11 @@ from ml3_robotics.core.distributed import World, world_from_env
 from ml3_robotics.core.errors import ML3Error
 from ml3_robotics.core.run_context import RunContext
 from ml3_robotics.core.serialization import load_learned_loss, read_loss_sidecar
-from ml3_robotics.evaluation.robots import check_fresh_start, load_reach_loss
+from ml3_robotics.evaluation.robots import load_reach_loss, load_start_policy
+from ml3_robotics.mbrl.loop import load_reach_model
 from ml3_robotics.reporting.render import render_system
 from ml3_robotics.tasks.model_fitting import MODEL_LOSS_FEATURES
-from robots.arm import load_arm_config
+from robots.arm import ArmConfig, load_arm_config
 from robots.arm.sim import RenderingUnavailableError
 from robots.yaml_io import dump_yaml
 
@@ -391,13 +392,13 @@ def plan_eval(
         load_learned_loss(config.loss, expect_features=MODEL_LOSS_FEATURES)
     else:
         _, sidecar = load_reach_loss(config.loss)
-        if config.start == "as_trained":
-            check_fresh_start(sidecar, config.loss)
+        if config.start == "as_trained":  # the start rebuilds on every robot, or one line
+            for robot in config.robot:
+                load_start_policy(sidecar, config.loss, _arm(robot))
+        if config.model_checkpoint:
+            load_reach_model(_arm(config.robot[0]), config.model, config.model_checkpoint, seed)
     for name in config.robot:
-        try:
-            load_arm_config(name)
-        except (TypeError, ValueError, FileNotFoundError) as e:
-            raise ConfigError(f"--robot: {e}") from e
+        _arm(name)
     if nproc > 1:
         if len(config.robot) < 2:
             raise ConfigError(ONE_ROBOT_ONE_PROCESS)
@@ -407,6 +408,14 @@ def plan_eval(
     if check_out:
         check_out_dir(out, resume=False, overwrite=overwrite)
     return RunPlan("eval", config, run_fn, seed, smoke, out, overwrite=overwrite)
+
+
+def _arm(robot: str) -> ArmConfig:
+    """``--robot``'s arm (its mistakes as :class:`ConfigError` naming the option)."""
+    try:
+        return load_arm_config(robot)
+    except (TypeError, ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"--robot: {e}") from e
 
 
 def eval_loss(

@@ -35,8 +35,9 @@ from ml3_robotics.evaluation.robots import (
     evaluate_on_robot,
     inner_settings,
     load_reach_loss,
+    load_start_policy,
 )
-from ml3_robotics.mbrl.loop import ReachModelConfig
+from ml3_robotics.mbrl.loop import ReachModelConfig, load_reach_model
 from ml3_robotics.mbrl.model_loss import ModelFitSettings
 from ml3_robotics.reporting.reach_figures import write_reach_figures
 from ml3_robotics.tasks.model_fitting import FITTING_LOSSES, MODEL_LOSS_FEATURES
@@ -78,14 +79,19 @@ class ReachEvalRunConfig(RobotEvalSettings):
             (``n_goals`` becomes their number).
         video_goals, video_stride: the ML3 video (0 goals: none).
         landscape_grid: points per axis of the loss-landscape plot (0: none).
-        start: ``as_trained``: a loss meta-trained from another start than fresh per-goal
-            policies (its sidecar's ``policy_class``) is refused, since the policies here start
-            fresh; ``fresh``: apply it to fresh policies anyway.
+        start: ``as_trained``: the start the loss was meta-trained to adapt (fresh per-goal
+            policies, or the goal-conditioned policy saved beside the loss, rebuilt on the arm it
+            was trained on); ``fresh``: fresh per-goal policies whatever the loss was made for.
+        model_checkpoint: a reacher run's checkpoint (``RUN/checkpoints/meta_train.safetensors``)
+            whose learned model and data eval uses instead of fitting its own: the run's model
+            after its refits, so that the run's held-out figures can be reproduced (one robot,
+            the run's; the ``model`` group must be the run's).
         the rest: :class:`RobotEvalSettings`.
     """
 
     loss: str = ""
     start: Literal["as_trained", "fresh"] = "as_trained"
+    model_checkpoint: str = ""
     robot: tuple[str, ...] = ("reacher2",)
     policy_depth: int = 2
     goals: tuple[tuple[float, float], ...] = ()
@@ -100,6 +106,11 @@ class ReachEvalRunConfig(RobotEvalSettings):
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"policy_depth: expected an integer >= 1, got {depth!r}")
         check_robots(self.robot)
+        if self.model_checkpoint and len(self.robot) != 1:
+            raise ValueError(
+                f"model_checkpoint: a run's model is one robot's; name one robot, got "
+                f"{list(self.robot)}"
+            )
         if self.goals:
             for robot in self.robot:
                 check_goals(robot, self.goals)
@@ -221,14 +232,20 @@ def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
     :mod:`ml3_robotics.evaluation.robots`)."""
     loss, sidecar = load_reach_loss(config.loss)
     arm = load_arm_config(config.robot[0])
+    start = load_start_policy(sidecar, config.loss, arm) if config.start == "as_trained" else None
     steps, lr = inner_settings(sidecar)
     eval_config = config.eval_config(steps, lr, config.policy_depth)
+    fitted = None
+    if config.model_checkpoint:
+        fitted = load_reach_model(arm, config.model, config.model_checkpoint, ctx.seed)
     results, extra = evaluate_and_report(
         loss, arm, eval_config, config.model, ctx,
         n_goals=config.n_goals, n_tune_goals=config.n_tune_goals,
         goal_min_radius=config.goal_min_radius, goal_separation=config.goal_separation,
         goals=np.asarray(config.goals, dtype=np.float64) if config.goals else None,
+        start_policy=start, fitted=fitted,
     )  # fmt: skip
+    extra["start"] = "fresh per-goal policies" if start is None else "the loss's start policy"
     extra["inner_steps"] = eval_config.inner_steps
     extra["inner_lr"] = eval_config.inner_lr
     extra["policy_hidden"] = list(eval_config.policy_hidden)

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from ml3_robotics.core.errors import LossFileError
 from ml3_robotics.core.learned_loss import LearnedLoss
@@ -38,7 +40,7 @@ from ml3_robotics.evaluation.reach import (
 from ml3_robotics.mbrl.loop import ReachModelConfig, fit_reach_model
 from ml3_robotics.models.learned_dynamics import ProbabilisticEnsemble
 from ml3_robotics.models.replay_buffer import ReplayBuffer
-from ml3_robotics.tasks.reach import REACH_FEATURES
+from ml3_robotics.tasks.reach import REACH_FEATURES, GoalConditionedPolicy
 from robots.arm import ArmConfig, ArmSim, load_arm_config, sample_goals
 
 log = logging.getLogger(__name__)
@@ -64,18 +66,53 @@ def load_reach_loss(path: str | Path) -> tuple[LearnedLoss, dict[str, Any]]:
 
 def check_fresh_start(sidecar: Mapping[str, Any], path: str | Path) -> None:
     """Refuse (:class:`LossFileError`, one line) a loss meta-trained to adapt a start other
-    than fresh per-goal policies: ``ml3r eval`` and the transfer study start from fresh
-    policies, where such a loss was never meant to be applied (a goal-conditioned loss left
-    policies barely moving there, 226 mm on six goals, with no warning)."""
+    than fresh per-goal policies, where fresh policies are all there is (the transfer study's
+    other robots): applied to them, a goal-conditioned loss left policies barely moving (226 mm
+    on six goals) with no warning."""
     provenance = sidecar.get("provenance") or {}
     policy_class = provenance.get("policy_class", "per_goal")
     if policy_class != "per_goal":
         raise LossFileError(
             f"loss file: {path} was meta-trained to adapt a {policy_class} policy pre-trained in "
-            "its run (provenance.policy_class), not fresh per-goal policies as this evaluation "
-            "starts from; its run's results.json holds its held-out figures (or set "
-            "start=fresh to apply it to fresh policies anyway)"
+            "its run (provenance.policy_class), not the fresh per-goal policies this study "
+            "starts from; ml3r eval rebuilds that start on the arm it was trained on"
         )
+
+
+def load_start_policy(
+    sidecar: Mapping[str, Any], path: str | Path, arm: ArmConfig
+) -> GoalConditionedPolicy | None:
+    """The start a saved loss was meta-trained to adapt, rebuilt for ``arm``: None for fresh
+    per-goal policies, else the goal-conditioned policy saved beside the loss (its sidecar's
+    ``provenance.start_policy``). Refuses (:class:`LossFileError`, one line) a start that
+    cannot be rebuilt: no file (a loss saved before issue 30), another arm than the one the
+    start was trained on, or weights that do not fit."""
+    provenance = sidecar.get("provenance") or {}
+    if provenance.get("policy_class", "per_goal") == "per_goal":
+        return None
+    other = "set start=fresh to apply it to fresh per-goal policies instead"
+    name = provenance.get("start_policy")
+    if not isinstance(name, str) or Path(name).name != name:
+        raise LossFileError(
+            f"loss file: {path} was meta-trained to adapt a goal-conditioned start its sidecar "
+            f"names no file of (provenance.start_policy); {other}"
+        )
+    try:
+        trained_on = load_arm_config(str(provenance.get("arm")))
+    except (TypeError, ValueError, FileNotFoundError) as e:
+        raise LossFileError(f"loss file: {path}: provenance.arm: {e}") from e
+    if trained_on != arm:
+        raise LossFileError(
+            f"loss file: {path} adapts a start policy trained on {provenance.get('arm')!r}, not "
+            f"on {arm.name!r}; evaluate it there, or {other}"
+        )
+    weights = Path(path).with_suffix("").parent / name
+    policy = GoalConditionedPolicy(arm, tuple(provenance.get("policy_hidden") or ()))
+    try:
+        policy.load_state_dict(load_file(weights))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise LossFileError(f"loss file: start policy {weights} is unusable ({e})") from e
+    return policy
 
 
 def inner_settings(sidecar: Mapping[str, Any]) -> tuple[int, float]:
@@ -199,13 +236,15 @@ def evaluate_on_robot(
     goals: np.ndarray | None = None,
     methods: Sequence[str] = METHODS,
     fitted: tuple[ProbabilisticEnsemble, ReplayBuffer] | None = None,
+    start_policy: GoalConditionedPolicy | None = None,
 ) -> RobotEvaluation:
     """Fit ``arm``'s learned model by babbling, then evaluate ``loss`` and the baselines on it
     (data only: :func:`ml3_robotics.app.robot_eval.evaluate_and_report` adds the figures).
 
     ``fitted``: ``arm``'s model and buffer from an earlier :func:`fit_reach_model` with the same
     seed and ``model_config`` (skips the fit; the transfer study evaluates several losses and
-    policy sizes per robot).
+    policy sizes per robot). ``start_policy``: the goal-conditioned start the loss adapts
+    (:func:`load_start_policy`; None: fresh per-goal policies).
 
     Returns:
         The evaluation, the robot's model and simulator, and ``extra``: the robot, the goals,
@@ -222,6 +261,7 @@ def evaluate_on_robot(
     evaluation = evaluate_reach(
         loss, arm, model, test_goals, tune_goals, eval_config, ctx,
         model_env_steps=buffer.n_transitions_added, sim=sim, methods=methods,
+        start_policy=start_policy,
     )  # fmt: skip
     extra = {
         "robot": arm.to_dict(),

@@ -14,9 +14,12 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ml3_robotics.core.validation import check_ints, check_widths
@@ -195,4 +198,27 @@ def fit_reach_model(
         np.random.default_rng(seed),
     ))  # fmt: skip
     learner.refit(config.fit_epochs, torch.Generator().manual_seed(seed))
+    return learner.model, learner.buffer
+
+
+def load_reach_model(
+    arm: ArmConfig, config: ReachModelConfig, checkpoint: str | Path, seed: int
+) -> tuple[ProbabilisticEnsemble, ReplayBuffer]:
+    """A reacher run's learned model and replay buffer from its checkpoint (the ``state.``
+    tensors ``DynamicsLearner`` wrote): after the run, the model its meta-test used, refits
+    included. ``config`` must describe the same ensemble.
+
+    Raises:
+        ValueError: one line naming the file, when it is unreadable or does not fit.
+    """
+    learner = DynamicsLearner(arm, config.ensemble(arm), seed)
+    try:
+        tensors = load_file(Path(checkpoint))
+        learner.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("state.")})
+    except (SafetensorError, OSError, RuntimeError, KeyError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"model_checkpoint: {checkpoint} holds no learned model of this arm and model "
+            f"group ({reason})"
+        ) from e
     return learner.model, learner.buffer

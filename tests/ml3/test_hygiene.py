@@ -498,8 +498,75 @@ def test_eval_refuses_a_loss_meant_for_another_start(capsys, tmp_path):
                                            "policy_class": "goal_conditioned"})  # fmt: skip
     out = tmp_path / "o"
     err = cli_error(capsys, ["-q", "eval", "--loss", str(loss), "--smoke", "--out", str(out)])
-    assert "goal_conditioned" in err and "start=fresh" in err
+    assert "provenance.start_policy" in err and "start=fresh" in err
     assert not out.exists()
     fresh = ["--set", "start=fresh", "--set", "video_goals=0", "--set", "landscape_grid=0"]
     assert main(["-q", "eval", "--loss", str(loss), "--smoke", *fresh, "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text())["config"]["start"] == "fresh"
+
+
+def test_eval_rebuilds_the_goal_conditioned_start_a_loss_was_trained_from(capsys, tmp_path):
+    """The reacher saves the goal-conditioned start beside its loss; ml3r eval adapts that start
+    (not fresh policies) with the loss's K and step size. On the run's own goals and seed, with
+    the run's model (its checkpoint: after the on-policy refits), eval reproduces the run's
+    held-out ML3 figures to 1e-6; on another arm it refuses in one line."""
+    from experiments.reacher import START_POLICY_FILE
+
+    run = tmp_path / "run"
+    goal_conditioned = ["policy_class=goal_conditioned", "pretrain_steps=5",
+                        "meta_objective=ramp", "inner_steps=2", "meta_distance=end_effector",
+                        "video_goals=0", "landscape_grid=0"]  # fmt: skip
+    assert main(["-q", "run", "reacher", "--smoke", "--out", str(run),
+                 *(a for s in goal_conditioned for a in ("--set", s))]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert (run / START_POLICY_FILE).is_file()
+    assert json.loads((run / "loss.json").read_text())["provenance"]["start_policy"] == (
+        START_POLICY_FILE
+    )
+    doc = json.loads((run / "results.json").read_text())
+    goals = doc["extra"]["test_goals"]
+    out = tmp_path / "eval"
+    assert doc["extra"]["model_refits"] >= 1  # the model eval would fit alone is not the run's
+    checkpoint = run / "checkpoints" / "meta_train.safetensors"
+    assert main(["-q", "eval", "--loss", str(run / "loss"), "--smoke", "--set",
+                 f"goals={goals}", "--set", "video_goals=0", "--set", "landscape_grid=0",
+                 "--set", f"model_checkpoint={checkpoint}", "--out", str(out)]) == 0  # fmt: skip
+    ev = json.loads((out / "results.json").read_text())
+    assert ev["extra"]["start"] == "the loss's start policy"
+    assert ev["extra"]["inner_steps"] == 2
+    assert ev["metrics"]["mean_final_distance_mm"] == pytest.approx(
+        doc["metrics"]["mean_final_distance_mm"], abs=1e-6
+    )
+    ran = doc["metrics"]["distance_by_inner_step_mm"]
+    for a, b in zip(ev["metrics"]["distance_by_inner_step_mm"], ran, strict=False):
+        assert a == pytest.approx(b, abs=1e-6)
+    ran = ran[0]
+    # eval's own fit (not the run's refit model): the same start before any step, other
+    # figures after it, so the equality above needs the run's model
+    own = tmp_path / "own_fit"
+    assert main(["-q", "eval", "--loss", str(run / "loss"), "--smoke", "--set",
+                 f"goals={goals}", "--set", "video_goals=0", "--set", "landscape_grid=0",
+                 "--out", str(own)]) == 0  # fmt: skip
+    other = json.loads((own / "results.json").read_text())["metrics"]
+    assert other["distance_by_inner_step_mm"][0] == pytest.approx(ran, abs=1e-6)
+    assert abs(other["mean_final_distance_mm"] - doc["metrics"]["mean_final_distance_mm"]) > 1e-3
+    capsys.readouterr()
+    err = cli_error(capsys, ["-q", "eval", "--loss", str(run / "loss"), "--smoke",
+                             "--robot", "arm3", "--out", str(tmp_path / "arm3")])  # fmt: skip
+    assert "trained on 'reacher2'" in err and "start=fresh" in err
+    assert not (tmp_path / "arm3").exists()
+
+
+def test_eval_refuses_a_model_checkpoint_that_holds_no_model_of_the_arm(capsys, tmp_path, sine_run):
+    loss = _write_loss(tmp_path / "loss")
+    out = tmp_path / "o"
+    for checkpoint in (tmp_path / "missing.safetensors",
+                       sine_run / "checkpoints" / "meta_train.safetensors"):  # fmt: skip
+        err = cli_error(capsys, ["-q", "eval", "--loss", str(loss), "--smoke", "--set",
+                                 f"model_checkpoint={checkpoint}", "--out", str(out)])  # fmt: skip
+        assert "model_checkpoint" in err and str(checkpoint) in err
+    err = cli_error(capsys, ["-q", "eval", "--loss", str(loss), "--smoke", "--robot", "reacher2",
+                             "--robot", "arm3", "--set", f"model_checkpoint={tmp_path}",
+                             "--out", str(out)])  # fmt: skip
+    assert "one robot" in err
+    assert not out.exists()
