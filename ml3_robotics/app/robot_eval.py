@@ -27,7 +27,7 @@ from ml3_robotics.core.run_context import RUN_MARKER, RunContext
 from ml3_robotics.core.serialization import load_learned_loss
 from ml3_robotics.core.validation import check_ints
 from ml3_robotics.evaluation.model_loss import ModelStudySettings, evaluate_on_new_robot
-from ml3_robotics.evaluation.reach import METHODS, ReachEvalConfig
+from ml3_robotics.evaluation.reach import MetaLearnedBaselines, ReachEvalConfig
 from ml3_robotics.evaluation.robots import (
     DEFAULT_INNER_LR,
     DEFAULT_INNER_STEPS,
@@ -68,7 +68,7 @@ def evaluate_and_report(
 
 
 @dataclass(frozen=True)
-class ReachEvalRunConfig(RobotEvalSettings):
+class ReachEvalRunConfig(RobotEvalSettings, MetaLearnedBaselines):
     """``ml3r eval``: one saved loss on one robot and one policy architecture.
 
     Attributes:
@@ -86,12 +86,18 @@ class ReachEvalRunConfig(RobotEvalSettings):
             whose learned model and data eval uses instead of fitting its own: the run's model
             after its refits, so that the run's held-out figures can be reproduced (one robot,
             the run's; the ``model`` group must be the run's).
-        the rest: :class:`RobotEvalSettings`.
+        n_meta_goals: goals of the robot, apart from the evaluation goals, on which the
+            meta-learned baselines meta-train (the task loss with learned per-step step sizes;
+            MAML, a learned start: :class:`~ml3_robotics.evaluation.reach.MetaLearnedBaselines`,
+            0 updates: not run).
+        the rest: :class:`RobotEvalSettings` and
+            :class:`~ml3_robotics.evaluation.reach.MetaLearnedBaselines`.
     """
 
     loss: str = ""
     start: Literal["as_trained", "fresh"] = "as_trained"
     model_checkpoint: str = ""
+    n_meta_goals: int = 64
     robot: tuple[str, ...] = ("reacher2",)
     policy_depth: int = 2
     goals: tuple[tuple[float, float], ...] = ()
@@ -106,6 +112,7 @@ class ReachEvalRunConfig(RobotEvalSettings):
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ValueError(f"policy_depth: expected an integer >= 1, got {depth!r}")
         check_robots(self.robot)
+        check_ints(self, ("n_meta_goals",), 1)
         if self.model_checkpoint and len(self.robot) != 1:
             raise ValueError(
                 f"model_checkpoint: a run's model is one robot's; name one robot, got "
@@ -244,6 +251,8 @@ def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
         goal_min_radius=config.goal_min_radius, goal_separation=config.goal_separation,
         goals=np.asarray(config.goals, dtype=np.float64) if config.goals else None,
         start_policy=start, fitted=fitted,
+        n_meta_goals=config.n_meta_goals if eval_config.step_size_updates
+        or eval_config.maml_updates else 0,
     )  # fmt: skip
     extra["start"] = "fresh per-goal policies" if start is None else "the loss's start policy"
     extra["inner_steps"] = eval_config.inner_steps
@@ -252,7 +261,7 @@ def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
     extra["loss_provenance"] = sidecar.get("provenance", {})
     return RunResult(
         metrics=results["ml3"],
-        baselines={name: results[name] for name in METHODS[1:]},
+        baselines={name: r for name, r in results.items() if name != "ml3"},
         extra=extra,
     )
 

@@ -83,7 +83,34 @@ HOLDOUT_BABBLE_SEED = 30_000
 
 
 @dataclass(frozen=True)
-class ReachEvalConfig:
+class MetaLearnedBaselines:
+    """The meta-learned baselines run beside ML3 (the reacher's, ``ml3r eval``'s), checked
+    where they are used (:class:`ReachEvalConfig`).
+
+    Attributes:
+        step_size_updates: meta-updates of the learned step-size baseline
+            (:func:`learn_step_sizes`; 0: not run). It needs ``meta_goals``.
+        step_size_lr: Adam step size of those meta-updates on the log step sizes (cosine-decayed
+            to a tenth).
+        maml_updates: meta-updates of the MAML baseline (:func:`learn_initialisation`; 0: not
+            run). It needs ``meta_goals``.
+        maml_lr: Adam step size of those meta-updates.
+        goals_per_iteration: meta-training goals per meta-update of those baselines.
+        meta_objective, meta_distance: its meta-objective
+            (:func:`~ml3_robotics.tasks.reach.meta_objective_terms`), as ML3's.
+    """
+
+    step_size_updates: int = 0
+    step_size_lr: float = 0.05
+    maml_updates: int = 0
+    maml_lr: float = 1e-3
+    goals_per_iteration: int = 16
+    meta_objective: str = "last_step"
+    meta_distance: str = "task_loss"
+
+
+@dataclass(frozen=True)
+class ReachEvalConfig(MetaLearnedBaselines):
     """Settings of :func:`evaluate_reach` (defaults: the reacher's full size).
 
     Attributes:
@@ -109,16 +136,7 @@ class ReachEvalConfig:
         baseline_methods: inner optimizers the baseline may pick ("sgd", "adam").
         landscape_grid: points per axis of the loss-landscape plot (0: no plot).
         bc_epochs: epochs of the behaviour-cloning baseline (run when demonstrations are given).
-        step_size_updates: meta-updates of the learned step-size baseline
-            (:func:`learn_step_sizes`; 0: not run). It needs ``meta_goals``.
-        step_size_lr: Adam step size of those meta-updates on the log step sizes (cosine-decayed
-            to a tenth).
-        maml_updates: meta-updates of the MAML baseline (:func:`learn_initialisation`; 0: not
-            run). It needs ``meta_goals``.
-        maml_lr: Adam step size of those meta-updates.
-        goals_per_iteration: meta-training goals per meta-update of those baselines.
-        meta_objective, meta_distance: its meta-objective
-            (:func:`~ml3_robotics.tasks.reach.meta_objective_terms`), as ML3's.
+        the rest: :class:`MetaLearnedBaselines`.
     """
 
     horizon: int = 65
@@ -138,13 +156,6 @@ class ReachEvalConfig:
     baseline_methods: tuple[str, ...] = ("sgd", "adam")
     landscape_grid: int = 21
     bc_epochs: int = 2000
-    step_size_updates: int = 0
-    step_size_lr: float = 0.05
-    maml_updates: int = 0
-    maml_lr: float = 1e-3
-    goals_per_iteration: int = 16
-    meta_objective: str = "last_step"
-    meta_distance: str = "task_loss"
 
     def __post_init__(self) -> None:
         budgets = tuple(self.budgets)

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 #: Seed offsets of the evaluation goals and of the step-size tuning goals of one robot.
 GOAL_SEED = 7919
 TUNE_GOAL_SEED = 104_729
+META_GOAL_SEED = 1_299_709  # the meta-learned baselines' goals
 #: Fallbacks when a loss's sidecar does not say how it was meta-trained.
 DEFAULT_INNER_STEPS = 3
 DEFAULT_INNER_LR = 1e-3
@@ -237,6 +238,7 @@ def evaluate_on_robot(
     methods: Sequence[str] = METHODS,
     fitted: tuple[ProbabilisticEnsemble, ReplayBuffer] | None = None,
     start_policy: GoalConditionedPolicy | None = None,
+    n_meta_goals: int = 0,
 ) -> RobotEvaluation:
     """Fit ``arm``'s learned model by babbling, then evaluate ``loss`` and the baselines on it
     (data only: :func:`ml3_robotics.app.robot_eval.evaluate_and_report` adds the figures).
@@ -244,7 +246,9 @@ def evaluate_on_robot(
     ``fitted``: ``arm``'s model and buffer from an earlier :func:`fit_reach_model` with the same
     seed and ``model_config`` (skips the fit; the transfer study evaluates several losses and
     policy sizes per robot). ``start_policy``: the goal-conditioned start the loss adapts
-    (:func:`load_start_policy`; None: fresh per-goal policies).
+    (:func:`load_start_policy`; None: fresh per-goal policies). ``n_meta_goals``: goals of
+    the robot, apart from the evaluation goals, on which the meta-learned baselines
+    (``eval_config.step_size_updates``, ``maml_updates``) meta-train.
 
     Returns:
         The evaluation, the robot's model and simulator, and ``extra``: the robot, the goals,
@@ -258,10 +262,16 @@ def evaluate_on_robot(
         with ctx.phase("model_fit"):
             fitted = fit_reach_model(arm, sim, model_config, eval_config.horizon, ctx.seed)
     model, buffer = fitted
+    meta_goals = None
+    if n_meta_goals:
+        meta_goals = sample_goals(
+            arm, n_meta_goals, ctx.seed + META_GOAL_SEED, exclude=test_goals,
+            min_radius=goal_min_radius, min_distance=goal_separation,
+        )  # fmt: skip
     evaluation = evaluate_reach(
         loss, arm, model, test_goals, tune_goals, eval_config, ctx,
         model_env_steps=buffer.n_transitions_added, sim=sim, methods=methods,
-        start_policy=start_policy,
+        start_policy=start_policy, meta_goals=meta_goals,
     )  # fmt: skip
     extra = {
         "robot": arm.to_dict(),

@@ -505,6 +505,11 @@ def test_eval_refuses_a_loss_meant_for_another_start(capsys, tmp_path):
     assert json.loads((out / "results.json").read_text())["config"]["start"] == "fresh"
 
 
+# What the ML3 figures do not need, at its smallest (one step size, one iLQR iteration).
+FAST = ["video_goals=0", "landscape_grid=0", "lr_grid=[0.001]", "ilqr_iters=1",
+        "n_holdout_trajectories=1"]  # fmt: skip
+
+
 def test_eval_rebuilds_the_goal_conditioned_start_a_loss_was_trained_from(capsys, tmp_path):
     """The reacher saves the goal-conditioned start beside its loss; ml3r eval adapts that start
     (not fresh policies) with the loss's K and step size. On the run's own goals and seed, with
@@ -515,7 +520,7 @@ def test_eval_rebuilds_the_goal_conditioned_start_a_loss_was_trained_from(capsys
     run = tmp_path / "run"
     goal_conditioned = ["policy_class=goal_conditioned", "pretrain_steps=5",
                         "meta_objective=ramp", "inner_steps=2", "meta_distance=end_effector",
-                        "video_goals=0", "landscape_grid=0"]  # fmt: skip
+                        *FAST]  # fmt: skip
     assert main(["-q", "run", "reacher", "--smoke", "--out", str(run),
                  *(a for s in goal_conditioned for a in ("--set", s))]) == 0  # fmt: skip
     capsys.readouterr()
@@ -529,7 +534,7 @@ def test_eval_rebuilds_the_goal_conditioned_start_a_loss_was_trained_from(capsys
     assert doc["extra"]["model_refits"] >= 1  # the model eval would fit alone is not the run's
     checkpoint = run / "checkpoints" / "meta_train.safetensors"
     assert main(["-q", "eval", "--loss", str(run / "loss"), "--smoke", "--set",
-                 f"goals={goals}", "--set", "video_goals=0", "--set", "landscape_grid=0",
+                 f"goals={goals}", *(a for s in FAST for a in ("--set", s)),
                  "--set", f"model_checkpoint={checkpoint}", "--out", str(out)]) == 0  # fmt: skip
     ev = json.loads((out / "results.json").read_text())
     assert ev["extra"]["start"] == "the loss's start policy"
@@ -545,7 +550,7 @@ def test_eval_rebuilds_the_goal_conditioned_start_a_loss_was_trained_from(capsys
     # figures after it, so the equality above needs the run's model
     own = tmp_path / "own_fit"
     assert main(["-q", "eval", "--loss", str(run / "loss"), "--smoke", "--set",
-                 f"goals={goals}", "--set", "video_goals=0", "--set", "landscape_grid=0",
+                 f"goals={goals}", *(a for s in FAST for a in ("--set", s)),
                  "--out", str(own)]) == 0  # fmt: skip
     other = json.loads((own / "results.json").read_text())["metrics"]
     assert other["distance_by_inner_step_mm"][0] == pytest.approx(ran, abs=1e-6)
@@ -570,3 +575,20 @@ def test_eval_refuses_a_model_checkpoint_that_holds_no_model_of_the_arm(capsys, 
                              "--out", str(out)])  # fmt: skip
     assert "one robot" in err
     assert not out.exists()
+
+
+def test_eval_offers_the_runs_meta_learned_baselines(tmp_path):
+    """ml3r eval runs the learned step sizes and MAML beside ML3 (the reacher's baselines), on
+    goals of the robot apart from the evaluation goals, and reports every budget's figures."""
+    loss = _write_loss(tmp_path / "loss")
+    out = tmp_path / "o"
+    sets = ["step_size_updates=2", "maml_updates=2", "n_meta_goals=4", "goals_per_iteration=2",
+            "video_goals=0", "landscape_grid=0"]  # fmt: skip
+    assert main(["-q", "eval", "--loss", str(loss), "--smoke", "--out", str(out),
+                 *(a for s in sets for a in ("--set", s))]) == 0  # fmt: skip
+    doc = json.loads((out / "results.json").read_text())
+    assert {"learned_step_sizes", "maml", "task_loss"} <= set(doc["baselines"])
+    for name in ("learned_step_sizes", "maml"):
+        figures = doc["baselines"][name]
+        assert figures["mean_final_distance_mm"] > 0
+        assert set(figures["max_distance_by_budget_mm"]) == set(figures["distance_by_budget_mm"])
