@@ -27,29 +27,6 @@ def _registry(monkeypatch):
     monkeypatch.setattr(runs, "discover_experiments", lambda: registry)
 
 
-def test_smoke_study_meta_trains_then_transfers(tmp_path):
-    out = tmp_path / "study"
-    run_experiment("transfer", seed=2, out=out, smoke=True)
-    doc = json.loads((out / "results.json").read_text())
-    assert (out / "source" / "loss.safetensors").is_file()  # meta-trained first, kept
-    assert json.loads((out / "source" / "results.json").read_text())["experiment"] == "reacher"
-    table = doc["extra"]["table"]
-    assert [r["label"] for r in table] == doc["config"]["robots"]
-    assert {r["n_links"] for r in table} == {2, 3}
-    for row in table:
-        for method in METHODS:
-            assert 0 <= row[f"{method}_mm"] <= row[f"{method}_max_mm"], (row["label"], method)
-        assert row["ml3_over_task_loss"] == pytest.approx(row["ml3_mm"] / row["task_loss_mm"])
-    # The policy-size sweep: every depth on the depth robots, only policy-based methods rerun.
-    depths = doc["extra"]["policy_depth_table"]
-    assert [len(r["policy_hidden"]) for r in depths] == doc["config"]["policy_depths"]
-    assert depths[0]["ml3_mm"] == table[0]["ml3_mm"]  # depth 2 on reacher2 is the grid's row
-    assert "ilqr_true_model_mm" not in depths[1]
-    assert doc["metrics"]["robots_evaluated"] == len(table)
-    for name in ("transfer_heatmap.png", "policy_depth_heatmap.png", "transfer_bars.png"):
-        assert (out / name).is_file(), name
-
-
 def test_same_loss_twice_gives_the_same_row(tmp_path):
     loss = LearnedLoss(LossConfig(reach_feature_spec(), hidden=(8,)))
     loss.reset_parameters(torch.Generator().manual_seed(1))
@@ -70,13 +47,37 @@ def test_unknown_robot_label_suggests(tmp_path):
         run_experiment("transfer", out=tmp_path / "x", smoke=True, sets=["robots=[arm33]"])
 
 
-# Two robots (one per rank) and one step size: the split needs no more, and the suite's time does.
+# Two robots (one per rank: 2 and 3 links) and one step size: the study and its split need no
+# more (the grid's labels have a test of their own, test_transfer_eval).
 SMALLER = ["--set", "robots=[reacher2, arm3]", "--set", "lr_grid=[0.001]"]
 
 
-def test_two_processes_split_the_robots_and_report_what_one_does(tmp_path):
-    """``ml3r run transfer --nproc 2``: rank 0 meta-trains the source loss, the robots and the
-    policy-size runs are split across the ranks, and the gathered rows equal one process's."""
+def test_smoke_study_meta_trains_then_transfers_and_two_processes_agree(tmp_path):
+    """The study at smoke size: the source loss is meta-trained first and kept, then every
+    robot and policy size is evaluated. ``ml3r run transfer --nproc 2``: rank 0 meta-trains the
+    source loss, the robots and the policy-size runs are split across the ranks, and the
+    gathered rows equal one process's."""
+    out = tmp_path / "one"
+    run_experiment("transfer", seed=2, out=out, smoke=True, sets=SMALLER[1::2])
+    doc = json.loads((out / "results.json").read_text())
+    assert (out / "source" / "loss.safetensors").is_file()  # meta-trained first, kept
+    assert json.loads((out / "source" / "results.json").read_text())["experiment"] == "reacher"
+    table = doc["extra"]["table"]
+    assert [r["label"] for r in table] == doc["config"]["robots"]
+    assert {r["n_links"] for r in table} == {2, 3}
+    for row in table:
+        for method in METHODS:
+            assert 0 <= row[f"{method}_mm"] <= row[f"{method}_max_mm"], (row["label"], method)
+        assert row["ml3_over_task_loss"] == pytest.approx(row["ml3_mm"] / row["task_loss_mm"])
+    # The policy-size sweep: every depth on the depth robots, only policy-based methods rerun.
+    depths = doc["extra"]["policy_depth_table"]
+    assert [len(r["policy_hidden"]) for r in depths] == doc["config"]["policy_depths"]
+    assert depths[0]["ml3_mm"] == table[0]["ml3_mm"]  # depth 2 on reacher2 is the grid's row
+    assert "ilqr_true_model_mm" not in depths[1]
+    assert doc["metrics"]["robots_evaluated"] == len(table)
+    for name in ("transfer_heatmap.png", "policy_depth_heatmap.png", "transfer_bars.png"):
+        assert (out / name).is_file(), name
+
     import os
     import subprocess
     import sys
@@ -100,9 +101,7 @@ def test_two_processes_split_the_robots_and_report_what_one_does(tmp_path):
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    one = tmp_path / "one"
-    run_experiment("transfer", seed=2, out=one, smoke=True, sets=SMALLER[1::2])
-    a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    a, b = (json.loads((d / "results.json").read_text()) for d in (out, two))
     assert a["metrics"] == b["metrics"] and a["baselines"] == b["baselines"]
     for key in ("table", "policy_depth_table"):
         assert a["extra"][key] == b["extra"][key], key
