@@ -392,13 +392,13 @@ def plan_eval(
         load_learned_loss(config.loss, expect_features=MODEL_LOSS_FEATURES)
     else:
         _, sidecar = load_reach_loss(config.loss)
+    arms = [_arm(name) for name in config.robot]
+    if not model_loss:
         if config.start == "as_trained":  # the start rebuilds on every robot, or one line
-            for robot in config.robot:
-                load_start_policy(sidecar, config.loss, _arm(robot))
+            for arm in arms:
+                load_start_policy(sidecar, config.loss, arm)
         if config.model_checkpoint:
-            load_reach_model(_arm(config.robot[0]), config.model, config.model_checkpoint, seed)
-    for name in config.robot:
-        _arm(name)
+            load_reach_model(arms[0], config.model, config.model_checkpoint, seed)
     if nproc > 1:
         if len(config.robot) < 2:
             raise ConfigError(ONE_ROBOT_ONE_PROCESS)

@@ -250,9 +250,7 @@ def run_reach_eval(config: ReachEvalRunConfig, ctx: RunContext) -> RunResult:
         n_goals=config.n_goals, n_tune_goals=config.n_tune_goals,
         goal_min_radius=config.goal_min_radius, goal_separation=config.goal_separation,
         goals=np.asarray(config.goals, dtype=np.float64) if config.goals else None,
-        start_policy=start, fitted=fitted,
-        n_meta_goals=config.n_meta_goals if eval_config.step_size_updates
-        or eval_config.maml_updates else 0,
+        start_policy=start, fitted=fitted, n_meta_goals=config.n_meta_goals,
     )  # fmt: skip
     extra["start"] = "fresh per-goal policies" if start is None else "the loss's start policy"
     extra["inner_steps"] = eval_config.inner_steps

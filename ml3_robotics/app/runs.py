@@ -492,10 +492,10 @@ def _listed_files(out: Path) -> list[Path]:
     return files
 
 
-def _remove_run_outputs(out: Path) -> None:
-    """Delete the files the run in ``out`` wrote (and their killed writes' temporaries), then
-    the folders that this leaves empty; a user's files stay, wherever they are."""
-    files = _listed_files(out)
+def _remove_run_outputs(out: Path, files: list[Path]) -> None:
+    """Delete ``files``, the files the run in ``out`` wrote (:func:`_listed_files`), and their
+    killed writes' temporaries, then the folders that this leaves empty; a user's files stay,
+    wherever they are."""
     for path in files:
         for target in (path, *path.parent.glob(f".{glob.escape(path.name)}.*.tmp")):
             if target.is_symlink() or target.is_file():
@@ -537,10 +537,10 @@ def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> RunFolderLoc
         raise RunDirError(f"--out {out}: cannot create the folder ({e.strerror})") from e
     lock = RunFolderLock(out)
     try:  # checked again under the lock: another run may have started in between
-        check_out_dir(out, resume=resume, overwrite=overwrite)
-        if not resume:
-            if any(out.iterdir()):
-                _remove_run_outputs(out)
+        if resume:
+            check_out_dir(out, resume=resume, overwrite=overwrite)
+        else:
+            _remove_run_outputs(out, _check_clearable(out, overwrite))
             write_run_marker(out, [])
     except BaseException:
         lock.release()
@@ -548,11 +548,12 @@ def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> RunFolderLoc
     return lock
 
 
-def _check_clearable(out: Path, overwrite: bool) -> None:
+def _check_clearable(out: Path, overwrite: bool) -> list[Path]:
     """Refuse a folder a new run cannot use: not empty and not an ml3r run, a run without
-    ``overwrite``, or a run whose files cannot all be removed safely."""
+    ``overwrite``, or a run whose files cannot all be removed safely. Returns the files of the
+    run to remove (:func:`_listed_files`; none in an empty folder)."""
     if not any(out.iterdir()):
-        return
+        return []
     marker = read_run_marker(out)
     if marker is None:
         found = sorted(p.name for p in out.iterdir())
@@ -566,13 +567,14 @@ def _check_clearable(out: Path, overwrite: bool) -> None:
             f"output directory {out} holds another run; pass --resume to continue it or "
             "--overwrite to replace it"
         )
-    listed = set(_listed_files(out))
+    listed = _listed_files(out)
     for name in RUN_FILES:
         if (out / name).exists() and out / name not in listed:
             raise RunDirError(
                 f"--overwrite: {out / name} is not a file the run in {out} wrote (its marker "
                 "does not list it); move it away, nothing was removed"
             )
+    return listed
 
 
 def versions() -> dict[str, str]:

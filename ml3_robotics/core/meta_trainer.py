@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ml3_robotics.core.distributed import SINGLE, ItemObjective, World, item_mean
 from ml3_robotics.core.errors import CheckpointError, NonFiniteError
 from ml3_robotics.core.progress import progress_bar
-from ml3_robotics.core.serialization import atomic_save_tensors
+from ml3_robotics.core.serialization import atomic_save_tensors, tensors_with_prefix
 from ml3_robotics.core.validation import MAX_OUTER_STEPS, check_ints
 
 log = logging.getLogger(__name__)
@@ -200,14 +200,14 @@ class MetaTrainer:
         iteration, param_groups, history = self._check_checkpoint(tensors, meta)
         if self.state is not None:
             try:  # first: the problem state checks its own tensors before it changes
-                self.state.load_state_dict(_with_prefix(tensors, "state."))
+                self.state.load_state_dict(tensors_with_prefix(tensors, "state."))
             except (ValueError, KeyError, RuntimeError, TypeError) as e:
                 raise CheckpointError(
                     f"checkpoint {path}: its problem state does not fit this run ({e})"
                 ) from e
-        self.loss.load_state_dict(_with_prefix(tensors, "loss."))
+        self.loss.load_state_dict(tensors_with_prefix(tensors, "loss."))
         opt_state: dict[int, dict[str, Tensor]] = {}
-        for key, value in _with_prefix(tensors, "optim.").items():
+        for key, value in tensors_with_prefix(tensors, "optim.").items():
             idx, name = key.split(".", 1)
             opt_state.setdefault(int(idx), {})[name] = value
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
@@ -248,14 +248,13 @@ class MetaTrainer:
             for name in ("step", "exp_avg", "exp_avg_sq")
         }
         found = {k: tuple(v.shape) for k, v in tensors.items() if not k.startswith("state.")}
+        expected = {**loss_shapes, **optim_shapes}
         wrong = sorted(
             k
             for k in loss_shapes.keys() | found.keys()
-            if found.get(k) != {**loss_shapes, **optim_shapes}.get(k)
-            and not (k in optim_shapes and k not in found)
+            if found.get(k) != expected.get(k) and not (k in optim_shapes and k not in found)
         )
         if wrong:
-            expected = {**loss_shapes, **optim_shapes}
             shown = ", ".join(
                 f"{k} {found.get(k, 'absent')} (expected {expected.get(k, 'no such tensor')})"
                 for k in wrong[:3]
@@ -380,8 +379,3 @@ class MetaTrainer:
         finally:
             bar.close()
         return self.history
-
-
-def _with_prefix(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """The tensors whose names start with ``prefix``, the prefix removed."""
-    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -21,7 +21,7 @@ from typing import Any
 
 from ml3_robotics.core.distributed import SINGLE, World
 from ml3_robotics.core.errors import RunDirError
-from ml3_robotics.core.serialization import atomic_write_bytes
+from ml3_robotics.core.serialization import atomic_write_bytes, read_format_json
 
 progress_log = logging.getLogger("ml3r.progress")
 # The file that makes a folder an ml3r run: format, version and the files the run wrote, as
@@ -56,17 +56,7 @@ def read_run_marker(out: Path) -> dict[str, Any] | None:
         raise RunDirError(f"run marker {path} is a symbolic link; ml3r never writes one")
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunDirError(f"run marker {path} is not valid JSON ({e})") from e
-    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
-        raise RunDirError(f"run marker {path} is not an {RUN_FORMAT} file")
-    if doc.get("format_version") not in _READABLE_VERSIONS:
-        raise RunDirError(
-            f"run marker {path} has format_version {doc.get('format_version')!r}, expected one "
-            f"of {list(_READABLE_VERSIONS)}"
-        )
+    doc = read_format_json(path, RUN_FORMAT, _READABLE_VERSIONS, RunDirError, "run marker")
     if not isinstance(doc.get("written"), list):
         raise RunDirError(f"run marker {path} has no list of written names")
     for name in doc["written"]:

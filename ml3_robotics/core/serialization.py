@@ -68,9 +68,10 @@ def atomic_save_tensors(
 
 
 def read_format_json(
-    path: Path, fmt: str, version: int, error: type[Exception], what: str
+    path: Path, fmt: str, version: int | tuple[int, ...], error: type[Exception], what: str
 ) -> dict[str, Any]:
-    """A JSON object whose ``format`` is ``fmt`` and ``format_version`` is ``version``.
+    """A JSON object whose ``format`` is ``fmt`` and ``format_version`` is ``version`` (or one
+    of several readable versions).
 
     Raises ``error`` with one line naming ``what`` and ``path`` when the file is unreadable,
     not JSON, of another format or of another version.
@@ -81,11 +82,19 @@ def read_format_json(
         raise error(f"{what} {path} is not valid JSON ({e})") from e
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise error(f"{what} {path} is not an {fmt} file")
-    if doc.get("format_version") != version:
+    readable = version if isinstance(version, tuple) else (version,)
+    if doc.get("format_version") not in readable:
+        expected = f"one of {list(readable)}" if len(readable) > 1 else str(readable[0])
         raise error(
-            f"{what} {path} has format_version {doc.get('format_version')!r}, expected {version}"
+            f"{what} {path} has format_version {doc.get('format_version')!r}, expected {expected}"
         )
     return doc
+
+
+def tensors_with_prefix(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The tensors whose names start with ``prefix``, the prefix removed (one part of a
+    checkpoint: ``loss.``, ``optim.``, ``state.``)."""
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def loss_paths(path: str | Path) -> tuple[Path, Path]:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from ml3_robotics.core.errors import LossFileError
 from ml3_robotics.core.learned_loss import LearnedLoss
 from ml3_robotics.core.run_context import RunContext
-from ml3_robotics.core.serialization import load_learned_loss
+from ml3_robotics.core.serialization import load_learned_loss, loss_paths
 from ml3_robotics.core.validation import check_ints
 from ml3_robotics.evaluation.reach import (
     METHODS,
@@ -107,7 +107,7 @@ def load_start_policy(
             f"loss file: {path} adapts a start policy trained on {provenance.get('arm')!r}, not "
             f"on {arm.name!r}; evaluate it there, or {other}"
         )
-    weights = Path(path).with_suffix("").parent / name
+    weights = loss_paths(path)[1].parent / name
     policy = GoalConditionedPolicy(arm, tuple(provenance.get("policy_hidden") or ()))
     try:
         policy.load_state_dict(load_file(weights))
@@ -248,7 +248,7 @@ def evaluate_on_robot(
     policy sizes per robot). ``start_policy``: the goal-conditioned start the loss adapts
     (:func:`load_start_policy`; None: fresh per-goal policies). ``n_meta_goals``: goals of
     the robot, apart from the evaluation goals, on which the meta-learned baselines
-    (``eval_config.step_size_updates``, ``maml_updates``) meta-train.
+    (``eval_config.step_size_updates``, ``maml_updates``) meta-train, when they run.
 
     Returns:
         The evaluation, the robot's model and simulator, and ``extra``: the robot, the goals,
@@ -263,7 +263,7 @@ def evaluate_on_robot(
             fitted = fit_reach_model(arm, sim, model_config, eval_config.horizon, ctx.seed)
     model, buffer = fitted
     meta_goals = None
-    if n_meta_goals:
+    if n_meta_goals and (eval_config.step_size_updates or eval_config.maml_updates):
         meta_goals = sample_goals(
             arm, n_meta_goals, ctx.seed + META_GOAL_SEED, exclude=test_goals,
             min_radius=goal_min_radius, min_distance=goal_separation,

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ml3_robotics.core.serialization import tensors_with_prefix
 from ml3_robotics.core.validation import check_ints, check_widths
 from ml3_robotics.models.learned_dynamics import EnsembleConfig, ProbabilisticEnsemble, fit
 from ml3_robotics.models.replay_buffer import ReplayBuffer
@@ -214,7 +215,7 @@ def load_reach_model(
     learner = DynamicsLearner(arm, config.ensemble(arm), seed)
     try:
         tensors = load_file(Path(checkpoint))
-        learner.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("state.")})
+        learner.load_state_dict(tensors_with_prefix(tensors, "state."))
     except (SafetensorError, OSError, RuntimeError, KeyError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(
